@@ -1,0 +1,128 @@
+"""The ``nnseg`` command: thin subcommands over the Python API.
+
+Every subcommand parses its options, calls one library function and prints the
+result. Errors caused by the input (:class:`nnseg.errors.NnsegError`) are printed as
+one readable message and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from nnseg.errors import NnsegError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def _triple(kind: type) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        parts = text.replace("x", ",").split(",")
+        if len(parts) != 3:
+            raise argparse.ArgumentTypeError(f"expected three values like 40,48,48, got {text!r}")
+        try:
+            return tuple(kind(p) for p in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected three numbers like 40,48,48, got {text!r}") from None
+    return parse
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="generate a phantom dataset (nnU-Net layout)",
+                       description="Write a realistic synthetic dataset: sample data for demos and tests.")
+    p.add_argument("out", type=Path, help="destination folder (new or empty)")
+    p.add_argument("--cases", type=int, default=8, help="training cases (default 8)")
+    p.add_argument("--test-cases", type=int, default=0, help="extra cases in imagesTs/labelsTs (default 0)")
+    p.add_argument("--shape", type=_triple(int), default=(40, 48, 48), help="nominal shape k,j,i (default 40,48,48)")
+    p.add_argument("--spacing", type=_triple(float), default=(1.5, 1.2, 1.2),
+                   help="nominal voxel size in mm k,j,i (default 1.5,1.2,1.2)")
+    p.add_argument("--modality", choices=["CT", "MR"], default="CT")
+    p.add_argument("--channels", type=int, default=1, help="channels (MR only for >1)")
+    p.add_argument("--anisotropic", action="store_true", help="thick slices along k (3.5-5 mm)")
+    p.add_argument("--no-oblique", dest="oblique", action="store_false", help="identity directions")
+    p.add_argument("--file-ending", default=".nii.gz", choices=[".nii.gz", ".nii", ".mha", ".nrrd"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from nnseg.synth import SynthConfig, generate_dataset
+
+    config = SynthConfig(
+        num_cases=args.cases, num_test=args.test_cases, shape=args.shape, spacing=args.spacing,
+        modality=args.modality, channels=args.channels, anisotropic=args.anisotropic,
+        oblique=args.oblique, seed=args.seed, file_ending=args.file_ending,
+    )
+    out = generate_dataset(args.out, config)
+    print(f"wrote {config.num_cases} training + {config.num_test} test phantom case(s) to {out}")
+    return EXIT_OK
+
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="verify a dataset and list every problem",
+                       description="Check a dataset (nnU-Net or MSD layout). Exit 0 when clean (warnings "
+                                   "allowed), 2 on any error. Never writes into the dataset.")
+    p.add_argument("dataset", type=Path, help="dataset folder holding dataset.json")
+    p.add_argument("--json", action="store_true", help="print a machine-readable JSON report")
+    p.add_argument("--workers", type=int, default=1, help="parallel reader processes (default 1)")
+    p.set_defaults(handler=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from nnseg.dataset import check_dataset
+
+    report = check_dataset(args.dataset, workers=args.workers, show_progress=not args.json)
+    print(report.to_json() if args.json else report.summary())
+    return EXIT_OK if report.ok else EXIT_BAD_INPUT
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the pipeline end to end on built-in phantom data",
+                       description="synth -> check -> ... on a small phantom dataset, in minutes on a CPU.")
+    p.add_argument("--out", type=Path, default=Path("demo"), help="working folder (default ./demo)")
+    p.add_argument("--cases", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from nnseg.demo import run_demo
+
+    return EXIT_OK if run_demo(args.out, num_cases=args.cases, seed=args.seed) else EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``nnseg`` argument parser with every subcommand."""
+    from nnseg import __version__
+
+    parser = argparse.ArgumentParser(prog="nnseg", description="Self-configuring 3D medical image segmentation.")
+    parser.add_argument("--version", action="version", version=f"nnseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_synth, _add_check, _add_demo):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nnseg`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return int(args.handler(args))
+    except NnsegError as exc:
+        print(f"nnseg: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("nnseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Read and write volumes with their geometry.
+
+NIfTI (``.nii``, ``.nii.gz``) goes through nibabel: it raises on truncated files and
+keeps NaN/Inf, where SimpleITK's NIfTI reader silently zero-fills and zeroes them.
+MetaImage and NRRD (``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``) go through SimpleITK.
+Arrays come back in array order ``(k, j, i)`` or ``(c, k, j, i)`` (see
+:mod:`nnseg.io.geometry`).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from nnseg.errors import ImageReadError, NnsegError
+from nnseg.io.geometry import Geometry
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """An array in array order plus its geometry.
+
+    Attributes:
+        array: ``(k, j, i)`` for one channel, ``(c, k, j, i)`` for a multi-channel file.
+        geometry: placement of the spatial axes; ``geometry.shape == array.shape[-3:]``.
+    """
+
+    array: np.ndarray
+    geometry: Geometry
+
+
+def split_suffix(path: str | os.PathLike) -> tuple[str, str]:
+    """Split a file name into (stem, known image suffix), e.g. ``("case_0000", ".nii.gz")``.
+
+    Raises:
+        ImageReadError: the suffix is not a supported image format.
+    """
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)], suffix
+    raise ImageReadError(
+        f"{path}: unsupported file type; nnseg reads {', '.join(IMAGE_SUFFIXES)}"
+    )
+
+
+def _is_nifti(path: Path) -> bool:
+    return split_suffix(path)[1] in NIFTI_SUFFIXES
+
+
+_QFORM_FIELDS = ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z")
+
+
+def _nifti_geometry(img: nib.Nifti1Image | nib.Nifti2Image, spatial_shape: tuple[int, ...]) -> Geometry:
+    header = img.header
+    qform_code = int(header["qform_code"])
+    sform_code = int(header["sform_code"])
+    qform_params = None
+    if qform_code:
+        pixdim = header["pixdim"]
+        qform_params = tuple(float(header[f]) for f in _QFORM_FIELDS) + (
+            float(pixdim[0]), float(pixdim[1]), float(pixdim[2]), float(pixdim[3]))
+    return Geometry(
+        affine=img.affine,
+        shape=tuple(reversed(spatial_shape)),
+        qform_params=qform_params,
+        qform_code=int(qform_code or 0),
+        sform_code=int(sform_code or 0),
+        nifti_version=2 if isinstance(img, nib.Nifti2Image) else 1,
+    )
+
+
+def _load_nifti(path: Path, *, with_data: bool) -> Volume:
+    try:
+        img = nib.load(str(path))
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: file not found") from None
+    except Exception as exc:  # nibabel raises many types for broken headers
+        raise ImageReadError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise ImageReadError(f"{path}: not a NIfTI image (nibabel sees {type(img).__name__})")
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) < 3:
+        raise ImageReadError(f"{path}: image is {len(shape)}D (shape {shape}); nnseg needs 3D volumes")
+    if len(shape) > 4:
+        raise ImageReadError(f"{path}: image is {len(shape)}D (shape {shape}); nnseg reads 3D volumes or 4D channel stacks")
+    geometry = _nifti_geometry(img, shape[:3])
+    if not with_data:
+        return Volume(np.empty((0,)), geometry)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except (EOFError, zlib.error, OSError, ValueError) as exc:
+        raise ImageReadError(f"{path}: file is truncated or corrupt, the voxel data cannot be read ({exc})") from None
+    return Volume(np.ascontiguousarray(data.T), geometry)
+
+
+def _load_itk(path: Path, *, with_data: bool) -> Volume:
+    if not path.exists():
+        raise ImageReadError(f"{path}: file not found")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ImageReadError(f"{path}: not a readable image ({str(exc).strip().splitlines()[-1]})") from None
+    size = reader.GetSize()
+    dim = reader.GetDimension()
+    if dim != 3:
+        raise ImageReadError(f"{path}: image is {dim}D (size {size}); nnseg needs 3D volumes")
+    geometry = Geometry.from_itk(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), tuple(reversed(size)))
+    if not with_data:
+        return Volume(np.empty((0,)), geometry)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise ImageReadError(f"{path}: file is truncated or corrupt ({str(exc).strip().splitlines()[-1]})") from None
+    data = sitk.GetArrayFromImage(image)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        data = np.moveaxis(data, -1, 0)
+    return Volume(np.ascontiguousarray(data), geometry)
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Read an image or label file with its geometry.
+
+    Args:
+        path: a ``.nii``, ``.nii.gz``, ``.mha``, ``.mhd``, ``.nrrd`` or ``.nhdr`` file.
+
+    Returns:
+        The voxel data in its stored dtype, array order ``(k, j, i)`` or ``(c, k, j, i)``.
+
+    Raises:
+        ImageReadError: missing, unreadable, truncated, or not 3D/4D; the message names the file.
+    """
+    path = Path(path)
+    return _load_nifti(path, with_data=True) if _is_nifti(path) else _load_itk(path, with_data=True)
+
+
+def read_geometry(path: str | os.PathLike) -> tuple[Geometry, int]:
+    """Read only the header: the geometry and the number of channels (1 for a 3D file)."""
+    path = Path(path)
+    if _is_nifti(path):
+        volume = _load_nifti(path, with_data=False)
+        img = nib.load(str(path))
+        channels = int(img.shape[3]) if len(img.shape) == 4 else 1
+        return volume.geometry, channels
+    volume = _load_itk(path, with_data=False)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return volume.geometry, int(reader.GetNumberOfComponents())
+
+
+def label_dtype_for(array: np.ndarray) -> np.dtype:
+    """Smallest unsigned/signed integer dtype holding every value of a label map."""
+    if array.size == 0:
+        return np.dtype(np.uint8)
+    low, high = int(array.min()), int(array.max())
+    for dtype in (np.uint8, np.uint16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return np.dtype(dtype)
+    raise NnsegError(f"label values {low}..{high} do not fit a 32-bit integer")
+
+
+def write_volume(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    geometry: Geometry,
+    *,
+    is_label: bool = False,
+    overwrite: bool = True,
+) -> Path:
+    """Write an array with the given geometry, atomically (temp file, then rename).
+
+    Args:
+        path: destination; the suffix picks the format (.nii.gz, .nii, .mha or .nrrd).
+        array: array order ``(k, j, i)``; its shape must equal ``geometry.shape``.
+        geometry: e.g. the geometry of the image a prediction was made from.
+        is_label: store as the smallest integer type (uint8 where it fits); values must be integers.
+        overwrite: when False, refuse to replace an existing file.
+
+    Returns:
+        The written path.
+    """
+    path = Path(path)
+    _, suffix = split_suffix(path)
+    if suffix in (".mhd", ".nhdr"):
+        raise NnsegError(f"{path}: writing detached-header formats is not supported; use .nii.gz, .mha or .nrrd")
+    if tuple(array.shape) != tuple(geometry.shape):
+        raise ValueError(f"{path}: array shape {array.shape} does not match geometry shape {geometry.shape}")
+    if path.exists() and not overwrite:
+        raise NnsegError(f"{path}: exists already; refusing to overwrite it")
+    if is_label:
+        if np.issubdtype(array.dtype, np.floating) and not np.all(np.mod(array, 1) == 0):
+            raise ValueError(f"{path}: label map has non-integer values")
+        array = array.astype(label_dtype_for(array), copy=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    try:
+        if suffix in NIFTI_SUFFIXES:
+            _write_nifti(tmp, array, geometry)
+        else:
+            _write_itk(tmp, array, geometry)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _write_nifti(path: Path, array: np.ndarray, geometry: Geometry) -> None:
+    image_class = nib.Nifti2Image if geometry.nifti_version == 2 else nib.Nifti1Image
+    img = image_class(np.ascontiguousarray(array.T), geometry.affine)
+    sform_code = geometry.sform_code
+    qform_code = geometry.qform_code
+    if sform_code == 0 and qform_code == 0:
+        sform_code = qform_code = 1  # the source had no NIfTI codes (e.g. .mha): scanner coordinates
+    if sform_code:
+        img.set_sform(geometry.affine, code=int(sform_code))
+    else:
+        img.set_sform(None, code=0)
+    if qform_code:
+        img.set_qform(geometry.affine, code=int(qform_code))
+        if geometry.qform_params is not None:  # restore the source's qform verbatim
+            header = img.header
+            for name, value in zip(_QFORM_FIELDS, geometry.qform_params[:6]):
+                header[name] = value
+            header["pixdim"][0:4] = geometry.qform_params[6:10]
+    else:
+        img.set_qform(None, code=0)
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, str(path))
+
+
+def _write_itk(path: Path, array: np.ndarray, geometry: Geometry) -> None:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    spacing, origin, direction = geometry.to_itk()
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(path), useCompression=True)

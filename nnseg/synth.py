@@ -1,0 +1,258 @@
+"""``nnseg synth``: realistic phantom datasets in the nnU-Net layout, deterministic from a seed.
+
+Each case is a body (an irregular ellipsoid) holding an organ (a large rotated
+ellipsoid, label 1) and a lesion (a small sphere inside the organ, label 2), with a
+"spine" (a bright cylinder, unlabelled) as distractor. Cases differ in shape,
+voxel spacing, size, position and orientation (oblique, some in LPS-like axis order).
+
+CT-like images are int16 Hounsfield units with air at -1000; MR-like images are float32
+with a multiplicative bias field, noise, and zero outside the head/body field of view
+(as after skull-stripping or defacing) so that cropping to the nonzero box matters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage
+
+from nnseg.errors import NnsegError
+from nnseg.io import Geometry, write_volume
+from nnseg.progress import progress
+
+Modality = Literal["CT", "MR"]
+
+#: Mean intensity per tissue: (background, body, organ, lesion, spine), per modality and channel.
+_TISSUE_MEANS: dict[str, list[tuple[float, float, float, float, float]]] = {
+    "CT": [(-1000.0, 30.0, 75.0, 140.0, 450.0)],
+    "MR": [(0.0, 300.0, 520.0, 850.0, 150.0), (0.0, 420.0, 260.0, 950.0, 120.0)],
+}
+_NOISE = {"CT": 18.0, "MR": 25.0}
+_MR_CHANNEL_NAMES = ("T1", "T2", "FLAIR", "PD")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What ``nnseg synth`` generates.
+
+    Attributes:
+        num_cases: training cases (imagesTr + labelsTr).
+        num_test: extra cases written to imagesTs (labels to labelsTs, for evaluation).
+        shape: nominal array shape ``(k, j, i)``; each case varies by about +-15 %.
+        spacing: nominal voxel size in mm ``(k, j, i)``; each case varies by about +-10 %.
+        modality: "CT" (HU, int16) or "MR" (float32, bias field).
+        channels: number of channels (MR only for > 1: T1, T2, ...).
+        anisotropic: thick slices along k: spacing k of 3.5-5 mm (in-plane 0.7-0.9 mm),
+            with the slice count reduced accordingly.
+        oblique: rotate cases by up to 12 degrees and flip some into LPS-like axis order.
+        seed: everything is a function of this seed.
+        file_ending: ".nii.gz", ".nii", ".mha" or ".nrrd".
+    """
+
+    num_cases: int = 8
+    num_test: int = 0
+    shape: tuple[int, int, int] = (40, 48, 48)
+    spacing: tuple[float, float, float] = (1.5, 1.2, 1.2)
+    modality: Modality = "CT"
+    channels: int = 1
+    anisotropic: bool = False
+    oblique: bool = True
+    seed: int = 0
+    file_ending: str = ".nii.gz"
+
+    def validate(self) -> None:
+        if self.num_cases < 1:
+            raise NnsegError(f"--cases must be >= 1, got {self.num_cases}")
+        if self.num_test < 0:
+            raise NnsegError(f"--test-cases must be >= 0, got {self.num_test}")
+        if self.modality not in _TISSUE_MEANS:
+            raise NnsegError(f"--modality must be CT or MR, got {self.modality!r}")
+        if self.modality == "CT" and self.channels != 1:
+            raise NnsegError("CT phantoms have one channel; use --modality MR for several channels")
+        if not 1 <= self.channels <= len(_MR_CHANNEL_NAMES):
+            raise NnsegError(f"--channels must be 1..{len(_MR_CHANNEL_NAMES)}, got {self.channels}")
+        if any(s < 16 for s in self.shape):
+            raise NnsegError(f"--shape must be at least 16 voxels per axis, got {self.shape}")
+        if any(s <= 0 for s in self.spacing):
+            raise NnsegError(f"--spacing must be positive, got {self.spacing}")
+        if self.file_ending not in (".nii.gz", ".nii", ".mha", ".nrrd"):
+            raise NnsegError(f"--file-ending must be .nii.gz, .nii, .mha or .nrrd, got {self.file_ending!r}")
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        return ("CT",) if self.modality == "CT" else _MR_CHANNEL_NAMES[: self.channels]
+
+
+@dataclass(frozen=True)
+class PhantomCase:
+    """One generated case: channels ``(c, k, j, i)``, labels ``(k, j, i)``, geometry."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    geometry: Geometry
+
+
+def make_case(config: SynthConfig, rng: np.random.Generator) -> PhantomCase:
+    """Draw one phantom case."""
+    spacing, shape = _case_grid(config, rng)
+    coords = _physical_coords(shape, spacing)
+    extent = np.array(shape) * np.array(spacing)
+
+    body = _irregular_ellipsoid(coords, np.zeros(3), extent * rng.uniform(0.36, 0.44, 3), rng, roughness=0.08)
+    organ_radii = extent * rng.uniform(0.14, 0.22, 3)
+    organ_center = _random_point_inside(extent * 0.12, rng)
+    organ = _irregular_ellipsoid(coords, organ_center, organ_radii, rng, roughness=0.05, rotate=True) & body
+    lesion_radius = max(float(organ_radii.min() * rng.uniform(0.35, 0.55)), 2.5 * float(min(spacing)))
+    lesion_center = organ_center + _random_point_inside(organ_radii * 0.35, rng)
+    lesion = (np.linalg.norm(coords - lesion_center[:, None, None, None], axis=0) <= lesion_radius) & organ
+    spine_center = np.array([0.0, -extent[1] * 0.25, rng.uniform(-3, 3)])
+    spine = (np.hypot(coords[1] - spine_center[1], coords[2] - spine_center[2]) <= extent[2] * 0.05) & body & ~organ
+
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[organ] = 1
+    labels[lesion] = 2
+    tissue = np.zeros(shape, dtype=np.uint8)  # 0 background, 1 body, 2 organ, 3 lesion, 4 spine
+    tissue[body] = 1
+    tissue[organ] = 2
+    tissue[lesion] = 3
+    tissue[spine] = 4
+
+    channels = [
+        _render_channel(config.modality, means, tissue, body, rng)
+        for means in _TISSUE_MEANS[config.modality][: config.channels]
+    ] if config.modality == "MR" else [_render_channel("CT", _TISSUE_MEANS["CT"][0], tissue, body, rng)]
+    if config.modality == "MR":
+        fov = _irregular_ellipsoid(coords, np.zeros(3), extent * rng.uniform(0.43, 0.47, 3), rng, roughness=0.0)
+        channels = [np.where(fov, c, 0.0).astype(np.float32) for c in channels]
+    else:
+        channels = [np.clip(np.round(c), -1024, 3071).astype(np.int16) for c in channels]
+    return PhantomCase(np.stack(channels), labels, _case_geometry(config, spacing, shape, rng))
+
+
+def _case_grid(config: SynthConfig, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int]]:
+    spacing = np.array(config.spacing, dtype=np.float64) * rng.uniform(0.9, 1.1, 3)
+    shape = np.array(config.shape, dtype=np.float64) * rng.uniform(0.85, 1.15, 3)
+    if config.anisotropic:
+        in_plane = rng.uniform(0.7, 0.9)
+        thick = rng.uniform(3.5, 5.0)
+        # keep the physical extent along k, with fewer and thicker slices
+        shape[0] = max(12.0, shape[0] * config.spacing[0] / thick)
+        spacing = np.array([thick, in_plane, in_plane])
+    return np.round(spacing, 4), tuple(int(round(s)) for s in shape)  # type: ignore[return-value]
+
+
+def _physical_coords(shape: tuple[int, int, int], spacing: np.ndarray) -> np.ndarray:
+    axes = [(np.arange(n) - (n - 1) / 2.0) * s for n, s in zip(shape, spacing)]
+    return np.stack(np.meshgrid(*axes, indexing="ij")).astype(np.float32)
+
+
+def _random_point_inside(half_extent: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(-1.0, 1.0, 3) * half_extent
+
+
+def _random_rotation(rng: np.random.Generator, max_degrees: float) -> np.ndarray:
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    angle = np.deg2rad(rng.uniform(-max_degrees, max_degrees))
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
+
+
+def _irregular_ellipsoid(coords: np.ndarray, center: np.ndarray, radii: np.ndarray, rng: np.random.Generator,
+                         *, roughness: float, rotate: bool = False) -> np.ndarray:
+    offset = coords - center.astype(np.float32)[:, None, None, None]
+    if rotate:
+        rotation = _random_rotation(rng, 40.0).astype(np.float32)
+        offset = np.einsum("ab,b...->a...", rotation, offset)
+    radius = np.sqrt(sum((offset[a] / radii[a]) ** 2 for a in range(3)))
+    if roughness > 0:
+        # low-frequency bumps on the surface: a smooth function of direction
+        direction = offset / np.maximum(np.linalg.norm(offset, axis=0), 1e-6)
+        weights = rng.normal(size=(3, 2))
+        bumps = sum(weights[a, 0] * np.sin(3 * direction[a] + weights[a, 1]) for a in range(3))
+        radius = radius * (1 + roughness * bumps / 3)
+    return radius <= 1.0
+
+
+def _render_channel(modality: str, means: tuple[float, ...], tissue: np.ndarray, body: np.ndarray,
+                    rng: np.random.Generator) -> np.ndarray:
+    image = np.asarray(means, dtype=np.float32)[tissue]
+    texture = ndimage.gaussian_filter(rng.normal(size=tissue.shape).astype(np.float32), 1.5)
+    image += np.where(body, texture * _NOISE[modality] * 2.0, 0.0).astype(np.float32)
+    image = ndimage.gaussian_filter(image, 0.6)  # partial-volume blur at edges
+    if modality == "MR":
+        image *= _bias_field(tissue.shape, rng)
+        image = np.abs(image + rng.normal(0, _NOISE[modality], tissue.shape).astype(np.float32))  # Rician-like
+    else:
+        image += rng.normal(0, _NOISE[modality], tissue.shape).astype(np.float32)
+    return image
+
+
+def _bias_field(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    grids = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape], indexing="ij")
+    coefficients = rng.normal(0, 0.15, size=(3, 2))
+    log_field = sum(coefficients[a, 0] * grids[a] + coefficients[a, 1] * grids[a] ** 2 for a in range(3))
+    return np.exp(log_field).astype(np.float32)
+
+
+def _case_geometry(config: SynthConfig, spacing: np.ndarray, shape: tuple[int, int, int],
+                   rng: np.random.Generator) -> Geometry:
+    spacing_ijk = spacing[::-1]
+    direction = np.eye(3)
+    if config.oblique:
+        direction = _random_rotation(rng, 12.0)
+        if rng.random() < 0.5:
+            direction = np.diag([-1.0, -1.0, 1.0]) @ direction  # LPS-like axis order
+    affine = np.eye(4)
+    affine[:3, :3] = direction @ np.diag(spacing_ijk)
+    affine[:3, 3] = rng.uniform(-120, 120, 3)
+    return Geometry(affine=np.round(affine, 5), shape=shape, qform_code=1, sform_code=1)
+
+
+def generate_dataset(out: str | os.PathLike, config: SynthConfig, *, show_progress: bool = True) -> Path:
+    """Write a phantom dataset in the nnU-Net v2 layout.
+
+    Args:
+        out: destination folder (created; must be empty or absent).
+        config: what to generate.
+        show_progress: draw a progress bar.
+
+    Returns:
+        The dataset folder, holding dataset.json, imagesTr/, labelsTr/ and, with test cases,
+        imagesTs/ and labelsTs/.
+
+    Example:
+        >>> generate_dataset("phantoms", SynthConfig(num_cases=4, seed=1))  # doctest: +SKIP
+    """
+    config.validate()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise NnsegError(f"{out}: folder exists and is not empty; choose a new folder for the phantoms")
+    rng = np.random.default_rng(config.seed)
+    seeds = rng.integers(0, 2**31, size=config.num_cases + config.num_test)
+    ending = config.file_ending
+    for index in progress(range(len(seeds)), total=len(seeds), desc="synth", unit="case", enabled=show_progress):
+        is_test = index >= config.num_cases
+        case_id = f"case_{index:03d}"
+        case = make_case(config, np.random.default_rng(seeds[index]))
+        image_dir, label_dir = ("imagesTs", "labelsTs") if is_test else ("imagesTr", "labelsTr")
+        for channel, image in enumerate(case.images):
+            write_volume(out / image_dir / f"{case_id}_{channel:04d}{ending}", image, case.geometry)
+        write_volume(out / label_dir / f"{case_id}{ending}", case.labels, case.geometry, is_label=True)
+    (out / "labelsTr").mkdir(parents=True, exist_ok=True)
+    dataset_json = {
+        "name": f"Phantoms{config.modality}",
+        "description": "nnseg synthetic phantoms",
+        "channel_names": {str(i): name for i, name in enumerate(config.channel_names)},
+        "labels": {"background": 0, "organ": 1, "lesion": 2},
+        "numTraining": config.num_cases,
+        "file_ending": ending,
+        "nnseg_synth": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+    }
+    (out / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
+    return out

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny phantom datasets written once per session, copied per test when a test changes them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nnseg.synth import SynthConfig, generate_dataset
+
+TINY_SHAPE = (20, 24, 24)
+
+
+@pytest.fixture(scope="session")
+def ct_dataset_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 CT-like cases, one channel, oblique affines (read-only: copy before changing)."""
+    out = tmp_path_factory.mktemp("ct") / "Dataset001_CT"
+    return generate_dataset(out, SynthConfig(num_cases=4, num_test=1, shape=TINY_SHAPE, seed=1), show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def mr_dataset_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 MR-like cases with 2 channels (read-only: copy before changing)."""
+    out = tmp_path_factory.mktemp("mr") / "Dataset002_MR"
+    config = SynthConfig(num_cases=3, shape=TINY_SHAPE, modality="MR", channels=2, seed=2)
+    return generate_dataset(out, config, show_progress=False)
+
+
+@pytest.fixture()
+def ct_dataset(ct_dataset_template: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the CT phantom dataset."""
+    return Path(shutil.copytree(ct_dataset_template, tmp_path / ct_dataset_template.name))
+
+
+@pytest.fixture()
+def mr_dataset(mr_dataset_template: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the 2-channel MR phantom dataset."""
+    return Path(shutil.copytree(mr_dataset_template, tmp_path / mr_dataset_template.name))

@@ -1,0 +1,30 @@
+"""The nnseg command: exit codes, help, and the demo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nnseg.cli import main
+
+
+def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "check" in capsys.readouterr().out
+
+
+def test_console_script_runs_as_module(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "nnseg", "check", str(tmp_path / "missing")],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert "dataset folder not found" in result.stdout
+
+
+def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--cases", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "[check] OK" in out
+    assert (tmp_path / "demo" / "raw" / "dataset.json").is_file()
