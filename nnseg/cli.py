@@ -80,6 +80,30 @@ def _run_check(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_BAD_INPUT
 
 
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="fingerprint a dataset and plan the experiment",
+                       description="Check the dataset, write <work>/fingerprint.json and <work>/plans.json "
+                                   "(2d, 3d_fullres and, when needed, 3d_lowres), and print a summary.")
+    p.add_argument("dataset", type=Path, help="dataset folder holding dataset.json")
+    p.add_argument("--work", type=Path, default=None, help="work folder (default ./nnseg_work)")
+    p.add_argument("--preset", default="default",
+                   help="planner preset: a name from plans/ (default, cpu, ...) or a path to a preset .json")
+    p.add_argument("--gpu-memory-gb", type=float, default=None, help="plan for this much GPU memory")
+    p.add_argument("--workers", type=int, default=None, help="reader processes (default: from cores and free memory)")
+    p.set_defaults(handler=_run_plan)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from nnseg.api import plan
+    from nnseg.planning.summary import plan_summary
+
+    result = plan(args.dataset, args.work, preset=args.preset, gpu_memory_gb=args.gpu_memory_gb,
+                  workers=args.workers)
+    print(plan_summary(result.plan))
+    print(f"wrote {result.fingerprint_path} and {result.plans_path}")
+    return EXIT_OK
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the pipeline end to end on built-in phantom data",
                        description="synth -> check -> ... on a small phantom dataset, in minutes on a CPU.")
@@ -102,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnseg", description="Self-configuring 3D medical image segmentation.")
     parser.add_argument("--version", action="version", version=f"nnseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_synth, _add_check, _add_demo):
+    for add in (_add_synth, _add_check, _add_plan, _add_demo):
         add(sub)
     return parser
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from nnseg.api import plan
 from nnseg.dataset import check_dataset
+from nnseg.planning.summary import plan_summary
 from nnseg.synth import SynthConfig, generate_dataset
 
 
 def run_demo(out: str | Path, *, num_cases: int = 8, seed: int = 0) -> bool:
-    """Run synth -> check -> ... in ``out``; print each stage's result; True when all succeeded."""
+    """Run synth -> check -> plan in ``out``; print each stage's result; True when all succeeded."""
     out = Path(out)
     raw = out / "raw"
     started = time.perf_counter()
@@ -24,5 +26,8 @@ def run_demo(out: str | Path, *, num_cases: int = 8, seed: int = 0) -> bool:
     if not report.ok:
         print(report.summary())
         return False
+    result = plan(raw, out / "work", preset="cpu", show_progress=False)
+    print(f"[plan] wrote {result.fingerprint_path} and {result.plans_path} (preset 'cpu'):")
+    print(plan_summary(result.plan))
     print(f"demo finished in {time.perf_counter() - started:.1f} s; outputs under {out.resolve()}")
     return True

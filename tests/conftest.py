@@ -37,3 +37,21 @@ def ct_dataset(ct_dataset_template: Path, tmp_path: Path) -> Path:
 def mr_dataset(mr_dataset_template: Path, tmp_path: Path) -> Path:
     """A private, writable copy of the 2-channel MR phantom dataset."""
     return Path(shutil.copytree(mr_dataset_template, tmp_path / mr_dataset_template.name))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite golden files (e.g. tests/planning/golden/*.json) instead of comparing")
+
+
+@pytest.fixture()
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-golden"))
+
+
+@pytest.fixture(scope="session")
+def aniso_dataset_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """5 MR-like cases with thick slices (3.5-5 mm along k) and larger in-plane size (read-only)."""
+    out = tmp_path_factory.mktemp("aniso") / "Dataset003_Aniso"
+    config = SynthConfig(num_cases=5, shape=(40, 64, 64), modality="MR", anisotropic=True, seed=3)
+    return generate_dataset(out, config, show_progress=False)

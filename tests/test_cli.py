@@ -27,4 +27,6 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["demo", "--out", str(tmp_path / "demo"), "--cases", "3"]) == 0
     out = capsys.readouterr().out
     assert "[check] OK" in out
+    assert "[plan] wrote" in out and "3d_fullres" in out
+    assert (tmp_path / "demo" / "work" / "plans.json").is_file()
     assert (tmp_path / "demo" / "raw" / "dataset.json").is_file()

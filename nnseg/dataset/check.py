@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from nnseg.dataset.problems import Problem
 from nnseg.dataset.spec import Case, Dataset, load_dataset
 from nnseg.errors import DatasetError, ImageReadError
 from nnseg.io import Volume, read_volume
+from nnseg.parallel import parallel_map
 from nnseg.progress import progress
 
 #: Affine agreement demanded between a case's channels and its label map.
@@ -110,19 +110,10 @@ def check_dataset(
     report = CheckReport(str(dataset.root), len(dataset.cases), list(dataset.problems))
     report.problems += _dataset_level_problems(dataset)
     tasks = [(dataset, case) for case in dataset.cases] + [(dataset, case) for case in dataset.test_cases]
-    for problems in progress(_map(_check_case_task, tasks, workers), total=len(tasks),
+    for problems in progress(parallel_map(_check_case_task, tasks, workers=workers), total=len(tasks),
                              desc="check", unit="case", enabled=show_progress):
         report.problems += problems
     return report
-
-
-def _map(fn, items: list, workers: int) -> Iterator:
-    """Ordered map, in worker processes when ``workers > 1``."""
-    if workers <= 1 or len(items) <= 1:
-        yield from map(fn, items)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(fn, items)
 
 
 def _dataset_level_problems(dataset: Dataset) -> list[Problem]:

@@ -1,0 +1,63 @@
+"""The Python API behind the CLI: one function per stage, artifact to artifact."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnseg.dataset import check_dataset, load_dataset
+from nnseg.fingerprint import Fingerprint, extract_fingerprint
+from nnseg.parallel import default_workers
+from nnseg.planning import Plan, load_preset, make_plan
+from nnseg.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """What :func:`plan` wrote."""
+
+    fingerprint: Fingerprint
+    plan: Plan
+    fingerprint_path: Path
+    plans_path: Path
+
+
+def plan(
+    dataset: str | os.PathLike,
+    work: str | os.PathLike | None = None,
+    *,
+    preset: str | os.PathLike = "default",
+    gpu_memory_gb: float | None = None,
+    workers: int | None = None,
+    show_progress: bool = True,
+) -> PlanResult:
+    """Check, fingerprint and plan a dataset: writes ``<work>/fingerprint.json`` and ``<work>/plans.json``.
+
+    Args:
+        dataset: dataset folder (nnU-Net or MSD layout).
+        work: work folder (default ``./nnseg_work``).
+        preset: planner preset name (``plans/<name>.json``) or path.
+        gpu_memory_gb: plan for this much GPU memory instead of the preset's.
+        workers: reader processes (default: from CPU cores and free memory).
+        show_progress: progress bars on stderr.
+
+    Raises:
+        DatasetError: the dataset fails ``nnseg check`` (nothing is written).
+        NnsegError: a bad preset or option.
+
+    Example:
+        >>> import nnseg
+        >>> result = nnseg.plan("Dataset001_Liver", "work")  # doctest: +SKIP
+    """
+    chosen_preset = load_preset(preset, gpu_memory_gb=gpu_memory_gb)
+    spec = load_dataset(dataset)
+    check_dataset(spec, workers=workers or default_workers(), show_progress=show_progress).raise_if_errors()
+    fingerprint = extract_fingerprint(spec, workers=workers, show_progress=show_progress)
+    from nnseg import __version__
+
+    result_plan = make_plan(fingerprint, spec.labels, chosen_preset, nnseg_version=__version__)
+    workspace = Workspace.at(work)
+    fingerprint_path = fingerprint.save(workspace.fingerprint)
+    plans_path = result_plan.save(workspace.plans)
+    return PlanResult(fingerprint, result_plan, fingerprint_path, plans_path)

@@ -1,0 +1,46 @@
+"""The plain 3D/2D U-Net of nnU-Net, as MONAI's DynUNet configured from a NetworkPlan.
+
+DynUNet with ``res_block=False`` is exactly the plan's network: per stage two
+(conv, instance norm with affine, leaky ReLU 0.01) blocks, the first carrying the
+stage's stride; transposed-conv upsampling with kernel = stride; skip concatenation;
+1x1 segmentation heads (deep supervision on the upper decoder levels).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from nnseg.planning.plan import NetworkPlan
+
+
+def build_unet(plan: NetworkPlan, in_channels: int, num_classes: int, *, deep_supervision: bool | None = None) -> nn.Module:
+    """A DynUNet matching ``plan``.
+
+    Args:
+        plan: the configuration's network plan (kernel sizes and strides in planning order).
+        in_channels: input channels.
+        num_classes: output channels (one per label, background included).
+        deep_supervision: override the plan's flag (inference turns it off).
+    """
+    from monai.networks.nets import DynUNet
+
+    if set(plan.n_conv_per_stage) != {2} or set(plan.n_conv_per_stage_decoder) - {2}:
+        raise ValueError("the DynUNet builder supports 2 convolutions per stage; got "
+                         f"{plan.n_conv_per_stage} / {plan.n_conv_per_stage_decoder}")
+    use_ds = plan.deep_supervision if deep_supervision is None else deep_supervision
+    dims = len(plan.kernel_sizes[0])
+    return DynUNet(
+        spatial_dims=dims,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        kernel_size=[list(k) for k in plan.kernel_sizes],
+        strides=[list(s) for s in plan.strides],
+        upsample_kernel_size=[list(s) for s in plan.strides[1:]],
+        filters=list(plan.features_per_stage),
+        norm_name=("INSTANCE", {"affine": True, "eps": 1e-5}),
+        act_name=("leakyrelu", {"inplace": True, "negative_slope": plan.negative_slope}),
+        deep_supervision=use_ds,
+        deep_supr_num=max(1, plan.n_stages - 3) if use_ds else 1,
+        res_block=False,
+        trans_bias=plan.conv_bias,
+    )

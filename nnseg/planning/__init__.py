@@ -1,0 +1,16 @@
+"""Planning: presets, network topology, the planner, and the plans.json schema."""
+
+from nnseg.planning.plan import ConfigurationPlan, NetworkPlan, Plan, PlanError
+from nnseg.planning.planner import make_plan
+from nnseg.planning.presets import PlannerPreset, available_presets, load_preset
+
+__all__ = [
+    "ConfigurationPlan",
+    "NetworkPlan",
+    "Plan",
+    "PlanError",
+    "PlannerPreset",
+    "available_presets",
+    "load_preset",
+    "make_plan",
+]

@@ -1,0 +1,264 @@
+"""plans.json: the single source of truth for preprocessing, training and inference.
+
+The schema is this module: frozen dataclasses with a docstring per field. Loading goes
+through :func:`nnseg.schema.load_dataclass` (types, keys) and :meth:`Plan.validate`
+(consistency), so a broken or hand-edited plans file fails with a message that names
+the field.
+
+Axis order: ``spacing``, ``median_shape`` and ``patch_size`` of a configuration are in
+*planning order*: array order ``(k, j, i)`` permuted by ``transpose_forward`` (coarsest
+axis first). 2D configurations list the two in-plane axes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from nnseg.errors import NnsegError
+from nnseg.planning.presets import PlannerPreset
+from nnseg.schema import SchemaError, load_dataclass, read_json, write_json_atomic
+
+PLAN_SCHEMA_VERSION = 1
+NormalizationScheme = Literal["ct", "zscore", "none", "rescale_to_0_1", "rgb_to_0_1"]
+
+
+class PlanError(NnsegError):
+    """plans.json is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class ChannelNormalization:
+    """How one input channel is normalized.
+
+    Attributes:
+        channel: channel name from dataset.json.
+        scheme: "ct" (clip to ``clip_low``..``clip_high``, subtract ``mean``, divide by ``std``, dataset-wide),
+            "zscore" (per image), "none", "rescale_to_0_1" (per image min/max), "rgb_to_0_1" (divide by 255).
+        use_nonzero_mask: z-score only inside the nonzero mask and leave the outside at 0.
+        clip_low / clip_high: foreground 0.5 / 99.5 percentiles (CT only).
+        mean / std: foreground mean and standard deviation (CT only).
+    """
+
+    channel: str
+    scheme: NormalizationScheme
+    use_nonzero_mask: bool
+    clip_low: float | None = None
+    clip_high: float | None = None
+    mean: float | None = None
+    std: float | None = None
+
+
+@dataclass(frozen=True)
+class ResamplingPlan:
+    """How images, labels and predicted probabilities are resampled.
+
+    Attributes:
+        image_order: spline order for images (3).
+        label_order: order for labels, applied to a one-hot encoding (1: linear, never invents labels).
+        probabilities_order: order for softmax probabilities when exporting predictions.
+        separate_axis_order: order along the coarse axis when it is resampled separately (0).
+        separate_axis_threshold: resample the coarse axis separately when its spacing exceeds
+            this multiple of the finest axis' spacing (3).
+        force_separate_axis: always (True) / never (False) resample the coarse axis separately; None decides
+            from the spacing.
+    """
+
+    image_order: int = 3
+    label_order: int = 1
+    probabilities_order: int = 1
+    separate_axis_order: int = 0
+    separate_axis_threshold: float = 3.0
+    force_separate_axis: bool | None = None
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """A plain U-Net: per stage ``n_conv`` x (conv, instance norm, leaky ReLU); strided-conv down, transposed-conv up.
+
+    Attributes:
+        architecture: registry key of the network builder ("unet").
+        n_stages: resolution levels, including the bottleneck.
+        features_per_stage: output channels per stage.
+        kernel_sizes: per stage, per axis (planning order).
+        strides: per stage, per axis; the first conv of stage s has stride ``strides[s]``.
+        n_conv_per_stage: encoder convolutions per stage.
+        n_conv_per_stage_decoder: decoder convolutions per stage (n_stages - 1 entries, deepest first).
+        norm: normalization layer.
+        nonlinearity: activation.
+        negative_slope: leaky ReLU slope.
+        conv_bias: convolutions have a bias term.
+        deep_supervision: the decoder emits a segmentation at every resolution during training.
+    """
+
+    n_stages: int
+    features_per_stage: tuple[int, ...]
+    kernel_sizes: tuple[tuple[int, ...], ...]
+    strides: tuple[tuple[int, ...], ...]
+    n_conv_per_stage: tuple[int, ...]
+    n_conv_per_stage_decoder: tuple[int, ...]
+    architecture: Literal["unet"] = "unet"
+    norm: Literal["instance"] = "instance"
+    nonlinearity: Literal["leaky_relu"] = "leaky_relu"
+    negative_slope: float = 0.01
+    conv_bias: bool = True
+    deep_supervision: bool = True
+
+
+@dataclass(frozen=True)
+class ConfigurationPlan:
+    """One configuration (2d, 3d_fullres, 3d_lowres): data geometry, patch, batch and network.
+
+    Attributes:
+        name: configuration name.
+        dimensions: 2 or 3.
+        data_identifier: names the preprocessed data folder (configurations with equal spacing could share it).
+        spacing: target voxel size in mm, planning order.
+        median_shape: median image shape after cropping and resampling to ``spacing``, planning order.
+        patch_size: training patch, planning order; divisible by the product of the strides per axis.
+        batch_size: patches per training step.
+        batch_dice: compute the Dice loss over the whole batch (True) or per sample.
+        network: the U-Net.
+        normalization: one entry per input channel, channel order.
+        resampling: resampling orders.
+        budget_used: fraction of the preset's budget the plan uses at this batch size (<= 1 when it fits).
+        previous_stage / next_stage: cascade links (3d_lowres -> 3d_cascade_fullres).
+    """
+
+    name: str
+    dimensions: Literal[2, 3]
+    data_identifier: str
+    spacing: tuple[float, ...]
+    median_shape: tuple[float, ...]
+    patch_size: tuple[int, ...]
+    batch_size: int
+    batch_dice: bool
+    network: NetworkPlan
+    normalization: tuple[ChannelNormalization, ...]
+    resampling: ResamplingPlan
+    budget_used: float
+    previous_stage: str | None = None
+    next_stage: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything training and inference need to know, per configuration.
+
+    Attributes:
+        schema_version: version of this schema.
+        nnseg_version: nnseg version that planned.
+        dataset_name: from dataset.json.
+        preset: the preset's name.
+        preset_values: every constant the planner used.
+        channel_names: input channels, in order.
+        labels: label name -> value (or tuple of values for a region), as in dataset.json.
+        num_training_cases: cases the plan was made from.
+        transpose_forward: array axes in planning order (coarsest axis first).
+        transpose_backward: inverse permutation of ``transpose_forward``.
+        original_median_spacing: median voxel size of the raw data, planning order.
+        original_median_shape: median shape after cropping of the raw data, planning order.
+        configurations: name -> configuration.
+    """
+
+    schema_version: int
+    nnseg_version: str
+    dataset_name: str
+    preset: str
+    preset_values: PlannerPreset
+    channel_names: tuple[str, ...]
+    labels: dict[str, int | tuple[int, ...]]
+    num_training_cases: int
+    transpose_forward: tuple[int, ...]
+    transpose_backward: tuple[int, ...]
+    original_median_spacing: tuple[float, ...]
+    original_median_shape: tuple[float, ...]
+    configurations: dict[str, ConfigurationPlan]
+
+    @property
+    def num_classes(self) -> int:
+        """Network outputs: one per label name (background included)."""
+        return len(self.labels)
+
+    def configuration(self, name: str) -> ConfigurationPlan:
+        """The named configuration, or a PlanError listing the available ones."""
+        if name not in self.configurations:
+            raise PlanError(f"configuration {name!r} is not in the plan; available: {', '.join(self.configurations)}")
+        return self.configurations[name]
+
+    def validate(self) -> None:
+        """Check the plan's internal consistency; raise PlanError naming the first bad field."""
+        if self.schema_version != PLAN_SCHEMA_VERSION:
+            raise PlanError(f"schema_version {self.schema_version} is not supported (expected {PLAN_SCHEMA_VERSION}); "
+                            "re-run nnseg plan")
+        if sorted(self.transpose_forward) != [0, 1, 2]:
+            raise PlanError(f"transpose_forward must be a permutation of 0, 1, 2; got {list(self.transpose_forward)}")
+        if [self.transpose_forward[i] for i in self.transpose_backward] != [0, 1, 2]:
+            raise PlanError("transpose_backward is not the inverse of transpose_forward")
+        if not self.configurations:
+            raise PlanError("configurations is empty")
+        for name, config in self.configurations.items():
+            _validate_configuration(self, name, config)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Validate, then write atomically."""
+        self.validate()
+        return write_json_atomic(path, self)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Plan:
+        """Read and validate a plans.json; errors name the file and the field."""
+        data = read_json(path, "plans file")
+        try:
+            plan = load_dataclass(cls, data)
+            plan.validate()
+        except (SchemaError, PlanError) as exc:
+            raise PlanError(f"{path}: invalid plans file: {exc}") from None
+        return plan
+
+
+def _validate_configuration(plan: Plan, name: str, config: ConfigurationPlan) -> None:
+    where = f"configurations.{name}"
+    dims = config.dimensions
+    net = config.network
+    if config.name != name:
+        raise PlanError(f"{where}.name is {config.name!r}, expected {name!r}")
+    for field_name in ("spacing", "median_shape", "patch_size"):
+        value = getattr(config, field_name)
+        if len(value) != dims:
+            raise PlanError(f"{where}.{field_name} needs {dims} values, got {list(value)}")
+        if any(v <= 0 for v in value):
+            raise PlanError(f"{where}.{field_name} must be positive, got {list(value)}")
+    if config.batch_size < 1:
+        raise PlanError(f"{where}.batch_size must be >= 1, got {config.batch_size}")
+    if len(config.normalization) != len(plan.channel_names):
+        raise PlanError(f"{where}.normalization has {len(config.normalization)} entries for "
+                        f"{len(plan.channel_names)} channels")
+    for index, norm in enumerate(config.normalization):
+        if norm.scheme == "ct" and None in (norm.clip_low, norm.clip_high, norm.mean, norm.std):
+            raise PlanError(f"{where}.normalization[{index}]: scheme ct needs clip_low, clip_high, mean and std")
+        if norm.scheme == "ct" and norm.std is not None and norm.std <= 0:
+            raise PlanError(f"{where}.normalization[{index}].std must be positive, got {norm.std}")
+    stage_lists = {"features_per_stage": net.features_per_stage, "kernel_sizes": net.kernel_sizes,
+                   "strides": net.strides, "n_conv_per_stage": net.n_conv_per_stage}
+    for field_name, value in stage_lists.items():
+        if len(value) != net.n_stages:
+            raise PlanError(f"{where}.network.{field_name} has {len(value)} entries for n_stages={net.n_stages}")
+    if len(net.n_conv_per_stage_decoder) != net.n_stages - 1:
+        raise PlanError(f"{where}.network.n_conv_per_stage_decoder needs n_stages - 1 = {net.n_stages - 1} entries")
+    for field_name in ("kernel_sizes", "strides"):
+        for stage, per_axis in enumerate(getattr(net, field_name)):
+            if len(per_axis) != dims or any(v < 1 for v in per_axis):
+                raise PlanError(f"{where}.network.{field_name}[{stage}] must hold {dims} positive values, "
+                                f"got {list(per_axis)}")
+    for axis in range(dims):
+        divisor = math.prod(s[axis] for s in net.strides)
+        if config.patch_size[axis] % divisor:
+            raise PlanError(f"{where}.patch_size[{axis}] = {config.patch_size[axis]} must be divisible by "
+                            f"{divisor} (the product of the strides along that axis)")
+    for link in (config.previous_stage, config.next_stage):
+        if link is not None and link not in plan.configurations and link != "3d_cascade_fullres":
+            raise PlanError(f"{where} links to unknown configuration {link!r}")

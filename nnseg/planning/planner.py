@@ -1,0 +1,293 @@
+"""The experiment planner: fingerprint + preset -> Plan. One small function per decision, no I/O.
+
+The decisions reproduce nnU-Net v2.8.1's default ``ExperimentPlanner`` (see
+``benchmarks/compare_plans.py`` for the side-by-side check); the constants come from
+the preset, so a CPU preset changes the budget, not the rules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from nnseg.fingerprint import Fingerprint
+from nnseg.planning.plan import (
+    PLAN_SCHEMA_VERSION,
+    ChannelNormalization,
+    ConfigurationPlan,
+    NetworkPlan,
+    NormalizationScheme,
+    Plan,
+    ResamplingPlan,
+)
+from nnseg.planning.presets import GpuMemoryBudget, PlannerPreset, StepTimeBudget
+from nnseg.planning.topology import (
+    Topology,
+    conv_flops,
+    feature_map_voxels,
+    features_per_stage,
+    pool_and_kernel_layout,
+)
+
+#: Channel names (case-insensitive) that select a normalization explicitly; anything else is z-score.
+CHANNEL_NAME_SCHEMES: dict[str, NormalizationScheme] = {
+    "ct": "ct", "nonorm": "none", "zscore": "zscore", "rescale_to_0_1": "rescale_to_0_1", "rgb_to_0_1": "rgb_to_0_1",
+}
+#: Schemes that can restrict themselves to the nonzero mask (leaving the outside at 0).
+MASKABLE_SCHEMES = {"zscore"}
+
+
+def target_spacing(spacings: np.ndarray, shapes: np.ndarray, anisotropy_threshold: float) -> np.ndarray:
+    """Median spacing per axis; for a coarse axis with few voxels, its 10th percentile instead.
+
+    When the coarsest axis' median spacing exceeds ``anisotropy_threshold`` times every other
+    axis' AND its median size (voxels) times the threshold is below every other axis' size,
+    resampling to the median would smear the many thin-slice cases: use the 10th percentile
+    of that axis' spacings, but never finer than the other axes' coarsest spacing.
+    """
+    target = np.percentile(spacings, 50, axis=0)
+    target_size = np.percentile(shapes, 50, axis=0)
+    worst = int(np.argmax(target))
+    others = [a for a in range(len(target)) if a != worst]
+    other_spacing = max(target[a] for a in others)
+    anisotropic_spacing = target[worst] > anisotropy_threshold * other_spacing
+    few_voxels = target_size[worst] * anisotropy_threshold < min(target_size[a] for a in others)
+    if anisotropic_spacing and few_voxels:
+        coarse = np.percentile(spacings[:, worst], 10)
+        if coarse < other_spacing:
+            coarse = max(other_spacing, coarse) + 1e-5
+        target[worst] = coarse
+    return target
+
+
+def transpose_for(spacing: Sequence[float]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Put the coarsest axis first (first maximum on ties); return (forward, backward) permutations."""
+    coarsest = int(np.argmax(spacing))
+    forward = (coarsest, *[a for a in range(len(spacing)) if a != coarsest])
+    backward = tuple(int(forward.index(a)) for a in range(len(spacing)))
+    return forward, backward
+
+
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]) -> np.ndarray:
+    """Shape after resampling from ``spacing`` to ``new_spacing`` (rounded to the nearest voxel)."""
+    return np.array([int(round(s / n * d)) for s, n, d in zip(spacing, new_spacing, shape)])
+
+
+def channel_normalization(fingerprint: Fingerprint, nonzero_mask_threshold: float) -> tuple[ChannelNormalization, ...]:
+    """Scheme per channel from its name; mask-restricted z-score when cropping shrank the median image enough."""
+    use_mask = fingerprint.median_relative_size_after_crop < nonzero_mask_threshold
+    result = []
+    for name, stats in zip(fingerprint.channel_names, fingerprint.intensity):
+        scheme = CHANNEL_NAME_SCHEMES.get(name.casefold(), "zscore")
+        if scheme == "ct":
+            result.append(ChannelNormalization(
+                channel=name, scheme="ct", use_nonzero_mask=False, clip_low=stats.percentile_00_5,
+                clip_high=stats.percentile_99_5, mean=stats.mean, std=stats.std,
+            ))
+        else:
+            result.append(ChannelNormalization(name, scheme, use_mask and scheme in MASKABLE_SCHEMES))
+    return tuple(result)
+
+
+def initial_patch_size(spacing: Sequence[float], median_shape: Sequence[float], preset: PlannerPreset) -> list[float]:
+    """A patch of ``edge ** dims`` voxels shaped like the spacing's inverse aspect ratio, capped at the median shape."""
+    inverse = 1 / np.asarray(spacing, dtype=np.float64)
+    dims = len(spacing)
+    edge = preset.initial_patch_edge_3d if dims == 3 else preset.initial_patch_edge_2d
+    patch = [round(v) for v in inverse * (edge**dims / np.prod(inverse)) ** (1 / dims)]
+    return [min(p, m) for p, m in zip(patch, median_shape)]
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    topology: Topology
+    features: tuple[int, ...]
+    samples_that_fit: float  # how many samples of this patch fit the budget in one step
+
+
+def _network_for(topology: Topology, preset: PlannerPreset, dims: int) -> tuple[tuple[int, ...], tuple[int, ...],
+                                                                              tuple[int, ...]]:
+    cap = preset.max_features_3d if dims == 3 else preset.max_features_2d
+    n = topology.n_stages
+    features = features_per_stage(n, preset.base_features, cap)
+    return features, (preset.conv_per_stage_encoder,) * n, (preset.conv_per_stage_decoder,) * (n - 1)
+
+
+def samples_that_fit(topology: Topology, preset: PlannerPreset, dims: int, in_channels: int, num_classes: int) -> float:
+    """How many patches of this topology one training step can hold under the preset's budget."""
+    features, n_conv, n_conv_dec = _network_for(topology, preset, dims)
+    budget = preset.budget
+    if isinstance(budget, GpuMemoryBudget):
+        footprint = feature_map_voxels(topology.patch_size, topology.strides, features, n_conv, n_conv_dec,
+                                       num_classes)
+        reference = budget.reference_value_3d if dims == 3 else budget.reference_value_2d
+        reference_batch = budget.reference_batch_size_3d if dims == 3 else budget.reference_batch_size_2d
+        scaled = reference * budget.gpu_memory_gb / budget.reference_gpu_memory_gb
+        return scaled / footprint * reference_batch
+    if isinstance(budget, StepTimeBudget):
+        flops = conv_flops(topology.patch_size, topology.strides, topology.kernel_sizes, features, n_conv,
+                           n_conv_dec, in_channels, num_classes)
+        seconds_per_sample = flops * budget.backward_factor / (budget.effective_gflops * 1e9)
+        return budget.step_seconds / seconds_per_sample
+    raise TypeError(f"unknown budget {budget!r}")
+
+
+def fit_patch_to_budget(
+    spacing: Sequence[float], median_shape: Sequence[float], preset: PlannerPreset, in_channels: int, num_classes: int
+) -> _Candidate:
+    """Start from the initial patch; shrink the axis largest relative to the median shape until
+    ``min_batch_size`` samples fit the budget. Shrinking steps by the axis' divisibility so
+    that no valid patch size is skipped."""
+    dims = len(spacing)
+    edge, max_pool = preset.feature_map_min_edge, preset.max_pool_per_axis
+    topology = pool_and_kernel_layout(spacing, initial_patch_size(spacing, median_shape, preset), edge, max_pool)
+    fit = samples_that_fit(topology, preset, dims, in_channels, num_classes)
+    while fit < preset.min_batch_size:
+        patch = list(topology.patch_size)
+        ratios = [p / m for p, m in zip(patch, median_shape)]
+        axis = int(np.argsort(ratios)[-1])
+        trial = list(patch)
+        trial[axis] -= topology.divisible_by[axis]
+        divisible_by = pool_and_kernel_layout(spacing, trial, edge, max_pool).divisible_by
+        patch[axis] -= divisible_by[axis]
+        if patch[axis] < 1:
+            raise ValueError(f"cannot fit even the smallest patch into the budget of preset {preset.name!r}")
+        topology = pool_and_kernel_layout(spacing, patch, edge, max_pool)
+        fit = samples_that_fit(topology, preset, dims, in_channels, num_classes)
+    features, _, _ = _network_for(topology, preset, dims)
+    return _Candidate(topology, features, fit)
+
+
+def batch_size_for(candidate: _Candidate, preset: PlannerPreset, dataset_voxels: float) -> int:
+    """As many samples as fit, at most the dataset fraction, at least ``min_batch_size``."""
+    fits = round(candidate.samples_that_fit)
+    coverage_cap = round(dataset_voxels * preset.max_batch_fraction_of_dataset
+                         / np.prod(candidate.topology.patch_size, dtype=np.float64))
+    return int(max(min(fits, coverage_cap), preset.min_batch_size))
+
+
+def plan_configuration(
+    name: str,
+    spacing: Sequence[float],
+    median_shape: Sequence[float],
+    dataset_voxels: float,
+    preset: PlannerPreset,
+    normalization: tuple[ChannelNormalization, ...],
+    num_classes: int,
+    *,
+    batch_dice: bool,
+) -> ConfigurationPlan:
+    """Patch, batch and network for one configuration at ``spacing`` (planning order)."""
+    dims = len(spacing)
+    candidate = fit_patch_to_budget(spacing, median_shape, preset, len(normalization), num_classes)
+    batch_size = batch_size_for(candidate, preset, dataset_voxels)
+    topology = candidate.topology
+    n = topology.n_stages
+    return ConfigurationPlan(
+        name=name,
+        dimensions=dims,  # type: ignore[arg-type]
+        data_identifier=f"{preset.name}_{name}",
+        spacing=tuple(float(s) for s in spacing),
+        median_shape=tuple(float(s) for s in median_shape),
+        patch_size=topology.patch_size,
+        batch_size=batch_size,
+        batch_dice=batch_dice,
+        network=NetworkPlan(
+            n_stages=n,
+            features_per_stage=candidate.features,
+            kernel_sizes=topology.kernel_sizes,
+            strides=topology.strides,
+            n_conv_per_stage=(preset.conv_per_stage_encoder,) * n,
+            n_conv_per_stage_decoder=(preset.conv_per_stage_decoder,) * (n - 1),
+        ),
+        normalization=normalization,
+        resampling=ResamplingPlan(separate_axis_threshold=preset.anisotropy_threshold),
+        budget_used=float(batch_size / candidate.samples_that_fit),
+    )
+
+
+def _lowres_configuration(
+    fullres: ConfigurationPlan, preset: PlannerPreset, num_cases: int, normalization, num_classes: int
+) -> ConfigurationPlan | None:
+    """Coarsen the spacing (the coarse axes first) until the patch covers ``lowres_threshold`` of the median image."""
+    median_shape = np.asarray(fullres.median_shape, dtype=np.float64)
+    fullres_spacing = np.asarray(fullres.spacing, dtype=np.float64)
+    median_voxels = float(np.prod(median_shape, dtype=np.float64))
+    patch_voxels = float(np.prod(fullres.patch_size, dtype=np.float64))
+    spacing = fullres_spacing.copy()
+    lowres = None
+    while patch_voxels / median_voxels < preset.lowres_threshold:
+        coarsest = spacing.max()
+        much_finer = (coarsest / spacing) > 2
+        if np.any(much_finer):
+            spacing[much_finer] *= preset.lowres_spacing_step
+        else:
+            spacing *= preset.lowres_spacing_step
+        scaled_shape = fullres_spacing / spacing * median_shape
+        median_voxels = float(np.prod(scaled_shape, dtype=np.float64))
+        lowres = plan_configuration(
+            "3d_lowres", spacing, tuple(round(float(s)) for s in scaled_shape), median_voxels * num_cases,
+            preset, normalization, num_classes, batch_dice=False,
+        )
+        patch_voxels = float(np.prod(lowres.patch_size, dtype=np.float64))
+    if lowres is None or np.prod(median_shape, dtype=np.float64) / median_voxels < preset.lowres_min_size_ratio:
+        return None
+    return lowres
+
+
+def make_plan(
+    fingerprint: Fingerprint, labels: dict[str, int | tuple[int, ...]], preset: PlannerPreset, *, nnseg_version: str
+) -> Plan:
+    """Plan every configuration the preset asks for.
+
+    Args:
+        fingerprint: the dataset fingerprint.
+        labels: label name -> value(s), from dataset.json (their count is the number of network outputs).
+        preset: the planner's constants.
+        nnseg_version: recorded in the plan.
+    """
+    spacings = fingerprint.spacings
+    shapes = fingerprint.shapes_after_crop
+    num_cases = len(fingerprint.cases)
+    fullres_spacing = target_spacing(spacings, shapes, preset.anisotropy_threshold)
+    forward, backward = transpose_for(fullres_spacing)
+    new_shapes = [resampled_shape(shape, spacing, fullres_spacing) for spacing, shape in zip(spacings, shapes)]
+    median_shape = np.median(new_shapes, axis=0)[list(forward)]
+    spacing_t = fullres_spacing[list(forward)]
+    dataset_voxels = float(np.prod(median_shape, dtype=np.float64) * num_cases)
+    normalization = channel_normalization(fingerprint, preset.nonzero_mask_threshold)
+    num_classes = len(labels)
+
+    configurations: dict[str, ConfigurationPlan] = {}
+    wants = set(preset.configurations)
+    if "2d" in wants:
+        configurations["2d"] = plan_configuration("2d", spacing_t[1:], median_shape[1:], dataset_voxels, preset,
+                                                  normalization, num_classes, batch_dice=True)
+    if "3d_fullres" in wants and median_shape[0] != 1:
+        fullres = plan_configuration("3d_fullres", spacing_t, median_shape, dataset_voxels, preset, normalization,
+                                     num_classes, batch_dice=False)
+        lowres = None
+        if "3d_lowres" in wants:
+            lowres = _lowres_configuration(fullres, preset, num_cases, normalization, num_classes)
+        if lowres is not None:
+            configurations["3d_lowres"] = replace(lowres, next_stage="3d_cascade_fullres")
+            fullres = replace(fullres, batch_dice=True)
+        configurations["3d_fullres"] = fullres
+    return Plan(
+        schema_version=PLAN_SCHEMA_VERSION,
+        nnseg_version=nnseg_version,
+        dataset_name=fingerprint.dataset_name,
+        preset=preset.name,
+        preset_values=preset,
+        channel_names=fingerprint.channel_names,
+        labels=dict(labels),
+        num_training_cases=num_cases,
+        transpose_forward=forward,
+        transpose_backward=backward,
+        original_median_spacing=tuple(float(s) for s in np.median(spacings, axis=0)[list(forward)]),
+        original_median_shape=tuple(float(s) for s in np.median(shapes, axis=0)[list(forward)]),
+        configurations=configurations,
+    )

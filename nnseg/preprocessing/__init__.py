@@ -1,0 +1,1 @@
+"""Preprocessing: crop, resample, normalize (pure array functions and their inverses)."""

@@ -1,0 +1,103 @@
+"""plans.json: round trip, and clear errors for broken or hand-edited files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nnseg.cli import main
+from nnseg.errors import NnsegError
+from nnseg.planning import Plan, PlanError, load_preset, make_plan
+from nnseg.planning.presets import available_presets, presets_dir
+from tests.planning.test_planner import _fingerprint
+
+
+@pytest.fixture()
+def plan_file(tmp_path: Path) -> Path:
+    fingerprint = _fingerprint([[2.0, 0.8, 0.8]] * 3, [[60, 160, 160]] * 3)
+    plan = make_plan(fingerprint, {"background": 0, "organ": 1}, load_preset("default"), nnseg_version="t")
+    return plan.save(tmp_path / "plans.json")
+
+
+def _edit(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_round_trip(plan_file: Path) -> None:
+    plan = Plan.load(plan_file)
+    again = plan.save(plan_file.with_name("again.json"))
+    assert json.loads(again.read_text()) == json.loads(plan_file.read_text())
+    assert plan.configuration("3d_fullres").network.architecture == "unet"
+    with pytest.raises(PlanError, match="available: 2d, 3d_fullres"):
+        plan.configuration("3d_lowres")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["configurations"]["3d_fullres"].update(patch_size=[48, 100, 160]),
+         r"configurations.3d_fullres.patch_size\[1\] = 100 must be divisible by"),
+        (lambda d: d["configurations"]["3d_fullres"].update(batch_size="two"),
+         "configurations.3d_fullres.batch_size: expected an integer"),
+        (lambda d: d["configurations"]["2d"].pop("network"), "configurations.2d.network: missing"),
+        (lambda d: d["configurations"]["2d"].update(patchsize=[1, 2]), "configurations.2d.patchsize: unknown key"),
+        (lambda d: d.update(transpose_forward=[0, 0, 1]), "transpose_forward must be a permutation"),
+        (lambda d: d["configurations"]["3d_fullres"]["network"].update(n_stages=3), "entries for n_stages=3"),
+        (lambda d: d["configurations"]["3d_fullres"]["normalization"][0].update(scheme="minmax"),
+         r"normalization\[0\].scheme: expected one of"),
+        (lambda d: d.update(schema_version=99), "schema_version 99 is not supported"),
+    ],
+)
+def test_hand_edits_are_refused_with_the_field_named(plan_file: Path, change, message: str) -> None:
+    _edit(plan_file, change)
+    with pytest.raises(PlanError, match=message) as info:
+        Plan.load(plan_file)
+    assert str(plan_file) in str(info.value)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(NnsegError, match="plans file not found"):
+        Plan.load(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(NnsegError, match="not valid JSON"):
+        Plan.load(tmp_path / "bad.json")
+
+
+def test_presets_ship_and_load() -> None:
+    assert {"default", "cpu"} <= set(available_presets())
+    default = load_preset("default")
+    assert default.budget.type == "gpu_memory" and default.budget.gpu_memory_gb == 8.0
+    assert (default.base_features, default.max_features_3d, default.feature_map_min_edge) == (32, 320, 4)
+    assert load_preset("default", gpu_memory_gb=24).budget.gpu_memory_gb == 24.0
+    assert load_preset("cpu").budget.type == "step_time"
+
+
+def test_bad_presets_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(NnsegError, match="unknown preset 'gpu9000'; available: .*default"):
+        load_preset("gpu9000")
+    with pytest.raises(NnsegError, match="applies to GPU presets"):
+        load_preset("cpu", gpu_memory_gb=8)
+    broken = tmp_path / "mine.json"
+    broken.write_text(json.dumps({"name": "mine", "description": "", "budget": {"type": "gpu_memory"},
+                                  "base_features": 0}))
+    with pytest.raises(NnsegError, match="base_features must be >= 1"):
+        load_preset(broken)
+    broken.write_text(json.dumps({"name": "mine", "description": "", "budget": {"type": "tpu"}}))
+    with pytest.raises(NnsegError, match="budget"):
+        load_preset(broken)
+
+
+def test_custom_preset_file_is_used(ct_dataset_template: Path, tmp_path: Path) -> None:
+    data = json.loads((presets_dir() / "default.json").read_text())
+    data.update(name="narrow", base_features=8, configurations=["3d_fullres"])
+    custom = tmp_path / "narrow.json"
+    custom.write_text(json.dumps(data))
+    work = tmp_path / "work"
+    assert main(["plan", str(ct_dataset_template), "--work", str(work), "--preset", str(custom), "--workers", "1"]) == 0
+    plan = Plan.load(work / "plans.json")
+    assert plan.preset == "narrow" and list(plan.configurations) == ["3d_fullres"]
+    assert plan.configurations["3d_fullres"].network.features_per_stage[0] == 8
