@@ -90,18 +90,48 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
                    help="planner preset: a name from plans/ (default, cpu, ...) or a path to a preset .json")
     p.add_argument("--gpu-memory-gb", type=float, default=None, help="plan for this much GPU memory")
     p.add_argument("--workers", type=int, default=None, help="reader processes (default: from cores and free memory)")
+    p.add_argument("--preprocess", action="store_true", help="also preprocess every configuration (nnU-Net's "
+                                                               "plan_and_preprocess in one step)")
     p.set_defaults(handler=_run_plan)
 
 
 def _run_plan(args: argparse.Namespace) -> int:
     from nnseg.api import plan
     from nnseg.planning.summary import plan_summary
+    from nnseg.preprocessing.preprocess import preprocess_dataset
 
     result = plan(args.dataset, args.work, preset=args.preset, gpu_memory_gb=args.gpu_memory_gb,
                   workers=args.workers)
     print(plan_summary(result.plan))
     print(f"wrote {result.fingerprint_path} and {result.plans_path}")
+    if args.preprocess:
+        _print_preprocess(preprocess_dataset(args.work, workers=args.workers))
     return EXIT_OK
+
+
+def _add_preprocess(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("preprocess", help="crop, resample and normalize the training cases (resumable)",
+                       description="Preprocess every training case for the planned configurations into "
+                                   "<work>/preprocessed/. Rerunning skips finished cases and redoes cases whose "
+                                   "plan changed; an interrupted run resumes without loss.")
+    p.add_argument("--work", type=Path, default=None, help="work folder holding plans.json (default ./nnseg_work)")
+    p.add_argument("--config", nargs="+", default=None, help="configurations (default: all planned)")
+    p.add_argument("--dataset", type=Path, default=None, help="raw dataset folder (default: the one in plans.json)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: from cores and free memory)")
+    p.set_defaults(handler=_run_preprocess)
+
+
+def _run_preprocess(args: argparse.Namespace) -> int:
+    from nnseg.preprocessing.preprocess import preprocess_dataset
+
+    _print_preprocess(preprocess_dataset(args.work, configurations=args.config, dataset_root=args.dataset,
+                                         workers=args.workers))
+    return EXIT_OK
+
+
+def _print_preprocess(summaries) -> None:
+    for s in summaries:
+        print(f"preprocessed {s.configuration}: {s.processed} case(s) written, {s.skipped} already done -> {s.folder}")
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -126,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnseg", description="Self-configuring 3D medical image segmentation.")
     parser.add_argument("--version", action="version", version=f"nnseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_synth, _add_check, _add_plan, _add_demo):
+    for add in (_add_synth, _add_check, _add_plan, _add_preprocess, _add_demo):
         add(sub)
     return parser
 

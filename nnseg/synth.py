@@ -107,8 +107,8 @@ def make_case(config: SynthConfig, rng: np.random.Generator) -> PhantomCase:
     organ_radii = extent * rng.uniform(0.14, 0.22, 3)
     organ_center = _random_point_inside(extent * 0.12, rng)
     organ = _irregular_ellipsoid(coords, organ_center, organ_radii, rng, roughness=0.05, rotate=True) & body
-    lesion_radius = max(float(organ_radii.min() * rng.uniform(0.35, 0.55)), 2.5 * float(min(spacing)))
-    lesion_center = organ_center + _random_point_inside(organ_radii * 0.35, rng)
+    lesion_radius = max(float(organ_radii.min() * rng.uniform(0.4, 0.6)), 3.0 * float(min(spacing)))
+    lesion_center = organ_center + _random_point_inside(organ_radii * 0.2, rng)
     lesion = (np.linalg.norm(coords - lesion_center[:, None, None, None], axis=0) <= lesion_radius) & organ
     spine_center = np.array([0.0, -extent[1] * 0.25, rng.uniform(-3, 3)])
     spine = (np.hypot(coords[1] - spine_center[1], coords[2] - spine_center[2]) <= extent[2] * 0.05) & body & ~organ

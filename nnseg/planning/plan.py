@@ -152,6 +152,7 @@ class Plan:
         schema_version: version of this schema.
         nnseg_version: nnseg version that planned.
         dataset_name: from dataset.json.
+        dataset_root: the raw dataset folder the plan was made from (``nnseg preprocess --dataset`` overrides it).
         preset: the preset's name.
         preset_values: every constant the planner used.
         channel_names: input channels, in order.
@@ -167,6 +168,7 @@ class Plan:
     schema_version: int
     nnseg_version: str
     dataset_name: str
+    dataset_root: str
     preset: str
     preset_values: PlannerPreset
     channel_names: tuple[str, ...]

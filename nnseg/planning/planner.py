@@ -239,7 +239,12 @@ def _lowres_configuration(
 
 
 def make_plan(
-    fingerprint: Fingerprint, labels: dict[str, int | tuple[int, ...]], preset: PlannerPreset, *, nnseg_version: str
+    fingerprint: Fingerprint,
+    labels: dict[str, int | tuple[int, ...]],
+    preset: PlannerPreset,
+    *,
+    nnseg_version: str,
+    dataset_root: str = "",
 ) -> Plan:
     """Plan every configuration the preset asks for.
 
@@ -248,6 +253,7 @@ def make_plan(
         labels: label name -> value(s), from dataset.json (their count is the number of network outputs).
         preset: the planner's constants.
         nnseg_version: recorded in the plan.
+        dataset_root: the raw dataset folder, recorded so that preprocessing finds it.
     """
     spacings = fingerprint.spacings
     shapes = fingerprint.shapes_after_crop
@@ -280,6 +286,7 @@ def make_plan(
         schema_version=PLAN_SCHEMA_VERSION,
         nnseg_version=nnseg_version,
         dataset_name=fingerprint.dataset_name,
+        dataset_root=dataset_root,
         preset=preset.name,
         preset_values=preset,
         channel_names=fingerprint.channel_names,

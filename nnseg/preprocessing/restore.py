@@ -1,0 +1,75 @@
+"""Map data from a configuration's voxel grid back to the original image grid (the inverse of preprocessing).
+
+Resample (probabilities linearly, per class; label maps via per-label masks), paste into
+the nonzero box of the transposed original shape, transpose back. Used to export
+predictions and to verify preprocessing (round trip).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from nnseg.planning.plan import Plan, ResamplingPlan
+from nnseg.preprocessing.crop import uncrop
+from nnseg.preprocessing.preprocess import CaseProperties
+from nnseg.preprocessing.resample import interpolate_linear, resample_labels, separate_axis
+
+
+def _original_planning_spacing(properties: CaseProperties, plan: Plan) -> tuple[float, ...]:
+    return tuple(properties.original_spacing[a] for a in plan.transpose_forward)
+
+
+def _to_original(cropped: np.ndarray, properties: CaseProperties, plan: Plan, fill: int = 0) -> np.ndarray:
+    full_shape = tuple(properties.original_geometry.shape[a] for a in plan.transpose_forward)
+    full = uncrop(cropped, properties.crop_box, full_shape, fill=fill)
+    leading = list(range(full.ndim - 3))
+    return np.ascontiguousarray(full.transpose([*leading, *[a + len(leading) for a in plan.transpose_backward]]))
+
+
+def restore_labels(seg: np.ndarray, properties: CaseProperties, plan: Plan, resampling: ResamplingPlan) -> np.ndarray:
+    """A label map on the preprocessed grid -> the original image grid (array order). -1 becomes 0."""
+    axis = separate_axis(properties.spacing, _original_planning_spacing(properties, plan), resampling)
+    labels = resample_labels(np.where(seg < 0, 0, seg), properties.shape_after_crop, axis=axis)
+    return _to_original(labels, properties, plan)
+
+
+def probabilities_to_labels(
+    probabilities: torch.Tensor | np.ndarray, properties: CaseProperties, plan: Plan, resampling: ResamplingPlan
+) -> np.ndarray:
+    """Class probabilities ``(classes, *spatial)`` on the preprocessed grid -> label map on the original grid.
+
+    Equivalent to resampling every class linearly and taking the argmax, but one class at a
+    time: memory stays at two volumes of the cropped original size whatever the class count.
+    """
+    probabilities = torch.as_tensor(probabilities)
+    axis = separate_axis(properties.spacing, _original_planning_spacing(properties, plan), resampling)
+    shape = properties.shape_after_crop
+    best = torch.full(shape, -torch.inf)
+    labels = torch.zeros(shape, dtype=torch.int16)
+    for index in range(probabilities.shape[0]):
+        channel = probabilities[index].float()
+        score = channel if tuple(channel.shape) == tuple(shape) else interpolate_linear(channel[None], shape, axis)[0]
+        better = score > best
+        best = torch.where(better, score, best)
+        labels[better] = index
+    return _to_original(labels.numpy(), properties, plan)
+
+
+def restore_probabilities(
+    probabilities: torch.Tensor | np.ndarray, properties: CaseProperties, plan: Plan, resampling: ResamplingPlan
+) -> np.ndarray:
+    """Class probabilities on the preprocessed grid -> float32 ``(classes, k, j, i)`` on the original grid.
+
+    Outside the nonzero box the background class gets probability 1.
+    """
+    probabilities = torch.as_tensor(probabilities).float()
+    axis = separate_axis(properties.spacing, _original_planning_spacing(properties, plan), resampling)
+    shape = properties.shape_after_crop
+    resampled = probabilities if tuple(probabilities.shape[1:]) == tuple(shape) else \
+        interpolate_linear(probabilities, shape, axis)
+    cropped = resampled.numpy().astype(np.float32)
+    full = _to_original(cropped, properties, plan)
+    inside = _to_original(np.ones(shape, dtype=bool), properties, plan)
+    full[0][~inside] = 1.0
+    return full
