@@ -134,6 +134,69 @@ def _print_preprocess(summaries) -> None:
         print(f"preprocessed {s.configuration}: {s.processed} case(s) written, {s.skipped} already done -> {s.folder}")
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one fold (resumes automatically)",
+                       description="Train a U-Net for one configuration and fold on the preprocessed cache. "
+                                   "Defaults are nnU-Net's recipe (1000 epochs x 250 iterations); a rerun resumes "
+                                   "from checkpoint_latest.pt in the same MLflow run. Multi-GPU/multi-node: "
+                                   "torchrun --nproc_per_node N -m nnseg train ...")
+    p.add_argument("--work", type=Path, default=None, help="work folder (default ./nnseg_work)")
+    p.add_argument("--config", default="3d_fullres", help="plan configuration (default 3d_fullres)")
+    p.add_argument("--fold", default="0", help="fold index (0-4) or 'all' (default 0)")
+    p.add_argument("--epochs", type=int, default=1000)
+    p.add_argument("--iters-per-epoch", type=int, default=250)
+    p.add_argument("--val-iters", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=None, help="override the plan's batch size")
+    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default 0.01)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-amp", action="store_true", help="disable fp16 autocast on CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--max-hours", type=float, default=None, help="stop after the epoch that crosses this budget")
+    p.add_argument("--loader-threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint_latest.pt and start over")
+    p.add_argument("--resume", action="store_true", help="resume (the default when a checkpoint exists)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow URI (default: MLFLOW_TRACKING_URI or sqlite:///<work>/mlflow.db)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: the dataset name)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument("--no-final-validation", action="store_true", help="skip the sliding-window validation")
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from nnseg.training.config import TrainConfig
+    from nnseg.training.loop import train
+
+    fold: int | str = args.fold if args.fold == "all" else _fold_index(args.fold)
+    config = TrainConfig(
+        configuration=args.config, fold=fold, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
+        val_iters=args.val_iters, batch_size=args.batch_size, initial_lr=args.lr, device=args.device,
+        mixed_precision=not args.no_amp, compile=args.compile,
+        max_wall_time_s=None if args.max_hours is None else args.max_hours * 3600,
+        loader_threads=args.loader_threads, seed=args.seed, tracking_uri=args.tracking_uri,
+        experiment=args.experiment, tracking=not args.no_tracking, final_validation=not args.no_final_validation,
+    )
+    result = train(args.work, config, resume=not args.fresh)
+    print(f"trained {args.config} {config.fold_name}: {result.epochs_done} epoch(s), EMA pseudo-Dice "
+          f"{result.ema_pseudo_dice:.4f} -> {result.fold_dir}")
+    if result.validation is not None:
+        print(f"validation mean Dice {result.validation['mean_dice']:.4f} "
+              f"({', '.join(f'{k} {v:.4f}' for k, v in result.validation['mean_dice_per_class'].items())})")
+    if result.run_id:
+        from nnseg.tracking import default_tracking_uri, ui_hint
+
+        print(f"MLflow run {result.run_id}: {ui_hint(args.tracking_uri or default_tracking_uri(args.work or Path('nnseg_work')))}")
+    return EXIT_OK
+
+
+def _fold_index(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise NnsegError(f"--fold must be a fold index or 'all', got {text!r}") from None
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the pipeline end to end on built-in phantom data",
                        description="synth -> check -> ... on a small phantom dataset, in minutes on a CPU.")
@@ -156,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnseg", description="Self-configuring 3D medical image segmentation.")
     parser.add_argument("--version", action="version", version=f"nnseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_synth, _add_check, _add_plan, _add_preprocess, _add_demo):
+    for add in (_add_synth, _add_check, _add_plan, _add_preprocess, _add_train, _add_demo):
         add(sub)
     return parser
 

@@ -31,5 +31,15 @@ class Workspace:
     def check_report(self) -> Path:
         return self.root / "check_report.json"
 
+    @property
+    def splits(self) -> Path:
+        return self.root / "splits.json"
+
     def preprocessed(self, data_identifier: str) -> Path:
         return self.root / "preprocessed" / data_identifier
+
+    def models(self, configuration: str) -> Path:
+        return self.root / "models" / configuration
+
+    def fold(self, configuration: str, fold: int | str) -> Path:
+        return self.models(configuration) / f"fold_{fold}"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nnseg.synth import SynthConfig, generate_dataset
+from tests.mlflow_server import mlflow_server as _start_mlflow_server
 
 TINY_SHAPE = (20, 24, 24)
 
@@ -55,3 +56,30 @@ def aniso_dataset_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("aniso") / "Dataset003_Aniso"
     config = SynthConfig(num_cases=5, shape=(40, 64, 64), modality="MR", anisotropic=True, seed=3)
     return generate_dataset(out, config, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """URI of a real `mlflow server` on 127.0.0.1 (sqlite backend, proxied artifacts), shared by the session."""
+    yield from _start_mlflow_server(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def preprocessed_work_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A work folder with a cpu-preset plan and the 3d_fullres cache of 6 tiny CT phantoms (read-only)."""
+    from nnseg.api import plan
+    from nnseg.preprocessing.preprocess import preprocess_dataset
+
+    root = tmp_path_factory.mktemp("train")
+    raw = generate_dataset(root / "raw", SynthConfig(num_cases=6, num_test=1, shape=TINY_SHAPE, seed=4),
+                           show_progress=False)
+    work = root / "work"
+    plan(raw, work, preset="cpu", workers=1, show_progress=False)
+    preprocess_dataset(work, configurations=["3d_fullres", "2d"], workers=1, show_progress=False)
+    return work
+
+
+@pytest.fixture()
+def preprocessed_work(preprocessed_work_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the preprocessed work folder (the raw dataset stays shared)."""
+    return Path(shutil.copytree(preprocessed_work_template, tmp_path / "work"))

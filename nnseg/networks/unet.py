@@ -28,6 +28,8 @@ def build_unet(plan: NetworkPlan, in_channels: int, num_classes: int, *, deep_su
         raise ValueError("the DynUNet builder supports 2 convolutions per stage; got "
                          f"{plan.n_conv_per_stage} / {plan.n_conv_per_stage_decoder}")
     use_ds = plan.deep_supervision if deep_supervision is None else deep_supervision
+    # nnU-Net supervises every decoder level but the lowest; with fewer than 4 stages that leaves only the top one
+    use_ds = use_ds and plan.n_stages >= 4
     dims = len(plan.kernel_sizes[0])
     return DynUNet(
         spatial_dims=dims,
@@ -40,7 +42,7 @@ def build_unet(plan: NetworkPlan, in_channels: int, num_classes: int, *, deep_su
         norm_name=("INSTANCE", {"affine": True, "eps": 1e-5}),
         act_name=("leakyrelu", {"inplace": True, "negative_slope": plan.negative_slope}),
         deep_supervision=use_ds,
-        deep_supr_num=max(1, plan.n_stages - 3) if use_ds else 1,
+        deep_supr_num=plan.n_stages - 3 if use_ds else 1,
         res_block=False,
         trans_bias=plan.conv_bias,
     )

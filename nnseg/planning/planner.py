@@ -7,7 +7,6 @@ the preset, so a CPU preset changes the budget, not the rules.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 

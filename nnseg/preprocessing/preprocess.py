@@ -80,12 +80,17 @@ class CaseProperties:
 
 @dataclass(frozen=True)
 class PreprocessedCase:
-    """One case after preprocessing (in memory)."""
+    """One case after preprocessing (in memory).
+
+    ``body`` is the nonzero mask on the preprocessed grid, computed for unlabeled (inference) cases so that
+    sliding-window prediction can skip windows outside the body.
+    """
 
     data: np.ndarray
     seg: np.ndarray | None
     properties: CaseProperties
     locations: np.ndarray
+    body: np.ndarray | None = None
 
 
 def preprocessing_hash(plan: Plan, config: ConfigurationPlan) -> str:
@@ -141,10 +146,12 @@ def preprocess_case(
     axis = separate_axis(spacing, target, config.resampling)
     data = resample_image(data, new_shape, order=config.resampling.image_order, axis=axis,
                           axis_order=config.resampling.separate_axis_order)
-    seg = None
+    seg = body = None
     classes: tuple[int, ...] = ()
     locations = np.zeros((0, 4), dtype=np.int32)
-    if cropped_labels is not None:
+    if cropped_labels is None:
+        body = resample_labels(inside.astype(np.int8), new_shape, axis=axis).astype(bool)
+    else:
         seg = resample_labels(cropped_labels, new_shape, axis=axis)
         seg = seg.astype(np.int8 if seg.max(initial=0) < 128 else np.int16)
         locations = sample_class_locations(seg, case_id)
@@ -160,7 +167,7 @@ def preprocess_case(
         shape=tuple(int(s) for s in new_shape),
         classes=classes,
     )
-    return PreprocessedCase(data, seg, properties, locations)
+    return PreprocessedCase(data, seg, properties, locations, body)
 
 
 def sample_class_locations(seg: np.ndarray, case_id: str) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Inference: sliding-window prediction and the Predictor that turns checkpoints into label maps."""

@@ -1,0 +1,204 @@
+"""Predictor: checkpoints -> label maps in the input's geometry.
+
+    import nnseg
+    predictor = nnseg.Predictor.from_checkpoints("work/models/3d_fullres")   # every fold found
+    labels = predictor.predict("case_0000.nii.gz", "case_pred.nii.gz")
+
+Per case: preprocess exactly as in training (transpose, crop, normalize, resample),
+sliding-window inference with Gaussian weighting and mirroring, softmax averaged over
+the checkpoints (folds), resample back per class while taking the argmax (never more
+than two volumes of the original size in memory), uncrop, transpose back, and write
+with the input's geometry.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnseg.checkpoint import load_checkpoint, plan_from_payload
+from nnseg.errors import NnsegError
+from nnseg.inference.sliding_window import predict_sliding_window
+from nnseg.io import Geometry, read_volume, write_volume
+from nnseg.networks import build_network
+from nnseg.planning.plan import ConfigurationPlan, Plan
+from nnseg.preprocessing.preprocess import preprocess_case
+from nnseg.preprocessing.restore import probabilities_to_labels, restore_probabilities
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else as torch understands it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NnsegError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def find_checkpoints(model_dir: str | os.PathLike, folds: Sequence[int | str] | None = None,
+                     name: str = "checkpoint_final.pt") -> list[Path]:
+    """``<model_dir>/fold_*/<name>`` (falling back to checkpoint_best/latest), for the given folds or all found."""
+    model_dir = Path(model_dir)
+    if model_dir.is_file():
+        return [model_dir]
+    fold_dirs = [model_dir / f"fold_{f}" for f in folds] if folds else sorted(model_dir.glob("fold_*"))
+    found = []
+    for fold_dir in fold_dirs:
+        for candidate in (name, "checkpoint_best.pt", "checkpoint_latest.pt"):
+            if (fold_dir / candidate).is_file():
+                found.append(fold_dir / candidate)
+                break
+        else:
+            raise NnsegError(f"{fold_dir}: no checkpoint found (expected {name})")
+    if not found:
+        raise NnsegError(f"{model_dir}: no fold_*/ folders with checkpoints")
+    return found
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage, accumulated over cases (printed by ``nnseg predict``)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+
+
+class Predictor:
+    """Segment images with one or more checkpoints of the same plan and configuration."""
+
+    def __init__(self, plan: Plan, configuration: str, states: list[dict], *, device: str = "auto",
+                 mirror: bool = True, step_size: float = 0.5, window_batch: int = 2,
+                 deep_supervision_heads: bool = True) -> None:
+        self.plan = plan
+        self.config: ConfigurationPlan = plan.configuration(configuration)
+        self.device = resolve_device(device)
+        self.mirror = mirror
+        self.step_size = step_size
+        self.window_batch = window_batch
+        self.networks = []
+        for state in states:
+            # the heads exist in the weights; in eval mode the network returns only the full-resolution output
+            network = build_network(self.config.network, len(plan.channel_names), plan.num_classes,
+                                    deep_supervision=deep_supervision_heads)
+            network.load_state_dict(state)
+            self.networks.append(network.to(self.device).eval())
+        self.times = StageTimes()
+
+    @classmethod
+    def from_checkpoints(cls, paths: str | os.PathLike | Sequence[str | os.PathLike], *,
+                         folds: Sequence[int | str] | None = None, **kwargs) -> Predictor:
+        """Load checkpoint files, or every ``fold_*`` of a model folder; they must share plan and configuration."""
+        if isinstance(paths, (str, os.PathLike)):
+            files = find_checkpoints(paths, folds)
+        else:
+            files = [Path(p) for p in paths]
+        payloads = [load_checkpoint(p) for p in files]
+        plan = plan_from_payload(payloads[0])
+        configuration = payloads[0]["configuration"]
+        for path, payload in zip(files[1:], payloads[1:]):
+            if payload["configuration"] != configuration or payload["plan"] != payloads[0]["plan"]:
+                raise NnsegError(f"{path}: checkpoint was trained with another plan/configuration than {files[0]}")
+        heads = bool(payloads[0].get("train_config", {}).get("deep_supervision", True))
+        return cls(plan, configuration, [p["network_state"] for p in payloads], deep_supervision_heads=heads, **kwargs)
+
+    @property
+    def mirror_axes(self) -> tuple[int, ...]:
+        return tuple(range(self.config.dimensions)) if self.mirror else ()
+
+    def _forward(self, network: torch.nn.Module):
+        def predict(batch: torch.Tensor) -> torch.Tensor:
+            if self.device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.float16):
+                    return network(batch)
+            return network(batch)
+        return predict
+
+    def _probabilities_3d(self, data: torch.Tensor, body: torch.Tensor | None) -> torch.Tensor:
+        total = None
+        for network in self.networks:
+            logits = predict_sliding_window(
+                self._forward(network), data, self.config.patch_size, self.plan.num_classes,
+                step_size=self.step_size, mirror_axes=self.mirror_axes, window_batch=self.window_batch,
+                body_mask=body, device=self.device)
+            probabilities = torch.softmax(logits, 0)
+            total = probabilities if total is None else total + probabilities
+        return total / len(self.networks)
+
+    def _probabilities_2d(self, data: torch.Tensor, body: torch.Tensor | None) -> torch.Tensor:
+        slices = []
+        for z in range(data.shape[1]):
+            mask = None if body is None else body[z]
+            slices.append(self._probabilities_3d(data[:, z], mask))
+        return torch.stack(slices, dim=1)
+
+    def predict_array(self, images: np.ndarray, geometry: Geometry, *, case_id: str = "case",
+                      return_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Label map (and optionally probabilities) for ``images`` ``(c, k, j, i)`` in the input grid."""
+        if images.shape[0] != len(self.plan.channel_names):
+            raise NnsegError(f"{case_id}: {images.shape[0]} channel(s) given, the model expects "
+                             f"{len(self.plan.channel_names)} ({', '.join(self.plan.channel_names)})")
+        started = time.perf_counter()
+        case = preprocess_case(images, geometry, None, self.plan, self.config, case_id=case_id)
+        data = torch.from_numpy(case.data)
+        body = None if case.body is None else torch.from_numpy(case.body)
+        self.times.add("preprocess", time.perf_counter() - started)
+        started = time.perf_counter()
+        if self.config.dimensions == 3:
+            probabilities = self._probabilities_3d(data, body)
+        else:
+            probabilities = self._probabilities_2d(data, body)
+        self.times.add("network", time.perf_counter() - started)
+        started = time.perf_counter()
+        labels = probabilities_to_labels(probabilities, case.properties, self.plan, self.config.resampling)
+        full = None
+        if return_probabilities:
+            full = restore_probabilities(probabilities, case.properties, self.plan, self.config.resampling)
+        self.times.add("export", time.perf_counter() - started)
+        return labels.astype(np.uint8 if self.plan.num_classes <= 256 else np.int32), full
+
+    def predict(self, inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike | None = None,
+                *, save_probabilities: bool = False) -> np.ndarray:
+        """Segment one case given as its channel files (or one 4D file); write ``output`` when given."""
+        files = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
+        started = time.perf_counter()
+        volumes = [read_volume(p) for p in files]
+        arrays = [v.array if v.array.ndim == 4 else v.array[None] for v in volumes]
+        for path, volume in zip(files[1:], volumes[1:]):
+            if not volume.geometry.matches(volumes[0].geometry):
+                raise NnsegError(f"{path}: geometry differs from {files[0]} "
+                                 f"({volume.geometry.describe()} vs {volumes[0].geometry.describe()})")
+        images = np.concatenate(arrays).astype(np.float32, copy=False)
+        self.times.add("read", time.perf_counter() - started)
+        labels, probabilities = self.predict_array(images, volumes[0].geometry, case_id=files[0].name,
+                                                   return_probabilities=save_probabilities)
+        if output is not None:
+            started = time.perf_counter()
+            write_volume(output, labels, volumes[0].geometry, is_label=True)
+            if probabilities is not None:
+                _save_probabilities(Path(output), probabilities, self.plan)
+            self.times.add("write", time.perf_counter() - started)
+        return labels
+
+
+def _save_probabilities(output: Path, probabilities: np.ndarray, plan: Plan) -> None:
+    name = output.name
+    for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    path = output.with_name(f"{name}.npz")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, probabilities=probabilities.astype(np.float16), labels=np.array(list(plan.labels)))
+    os.replace(tmp, path)
+

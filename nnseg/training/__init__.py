@@ -1,0 +1,1 @@
+"""Training: augmentation (and, as it lands, data loading, losses and the training loop)."""

@@ -1,0 +1,141 @@
+"""Patches from the preprocessed cache: memory-mapped cases, foreground oversampling, background prefetch.
+
+Each batch picks cases uniformly at random; the last ``round(batch * oversample)``
+samples are forced to contain foreground of a random class present in their case
+(nnU-Net's rule), centred on one of the case's sampled foreground voxels. The region
+cut is the augmentation's sampling size (larger than the patch, so rotated corners hold
+data); regions reaching beyond the volume are padded (image 0, label 0). Only the region
+is read from the memory-mapped arrays, never the whole volume.
+
+2D configurations cut one slice (axis 0) per sample from the 3D cache.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nnseg.preprocessing.preprocess import CachedCase, open_case
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Host arrays: ``image`` float32 ``(B, C, *region)``, ``seg`` int16 ``(B, 1, *region)``, case ids."""
+
+    image: np.ndarray
+    seg: np.ndarray
+    case_ids: tuple[str, ...]
+
+
+class PatchSampler:
+    """Cut training regions from cached cases.
+
+    Args:
+        folder: the configuration's preprocessed folder.
+        case_ids: cases to sample from.
+        region_size: spatial size to cut (the augmentation's sampling size), planning order.
+        batch_size: samples per batch.
+        oversample_foreground: fraction of each batch forced to contain foreground.
+        dimensions: 3, or 2 to cut single slices.
+        seed: random seed.
+    """
+
+    def __init__(self, folder: Path, case_ids: Sequence[str], region_size: Sequence[int], batch_size: int, *,
+                 oversample_foreground: float = 1 / 3, dimensions: int = 3, seed: int = 0) -> None:
+        if not case_ids:
+            raise ValueError("no cases to sample from")
+        self.cases: list[CachedCase] = [open_case(folder, c) for c in case_ids]
+        self.region_size = tuple(int(s) for s in region_size)
+        self.batch_size = batch_size
+        self.forced = round(batch_size * oversample_foreground)
+        self.dimensions = dimensions
+        self.rng = np.random.default_rng(seed)
+        self.num_channels = int(self.cases[0].data.shape[0])
+
+    def _center(self, case: CachedCase, force_foreground: bool) -> np.ndarray:
+        shape = np.array(case.seg.shape)
+        if force_foreground and len(case.locations):
+            classes = np.unique(case.locations[:, 0])
+            chosen = self.rng.choice(classes)
+            rows = case.locations[case.locations[:, 0] == chosen]
+            return rows[self.rng.integers(len(rows)), 1:].astype(np.int64)
+        return np.array([self.rng.integers(0, n) for n in shape], dtype=np.int64)
+
+    def _cut(self, case: CachedCase, center: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        shape = case.seg.shape
+        size = (1, *self.region_size) if self.dimensions == 2 else self.region_size
+        start = center - np.array(size) // 2
+        # keep the region inside the volume where it fits; centre (and pad) it where the volume is smaller
+        for axis, (s, n) in enumerate(zip(size, shape)):
+            start[axis] = int(np.clip(start[axis], 0, n - s)) if n >= s else -((s - n) // 2)
+        stop = start + np.array(size)
+        src = tuple(slice(max(0, a), min(n, b)) for a, b, n in zip(start, stop, shape))
+        dst = tuple(slice(max(0, a) - a, max(0, a) - a + (min(n, b) - max(0, a))) for a, b, n in zip(start, stop, shape))
+        image = np.zeros((self.num_channels, *size), dtype=np.float32)
+        seg = np.zeros((1, *size), dtype=np.int16)
+        image[(slice(None), *dst)] = case.data[(slice(None), *src)]
+        seg[(0, *dst)] = case.seg[src]
+        np.maximum(seg, 0, out=seg)  # -1 (outside the nonzero mask) trains as background
+        if self.dimensions == 2:
+            image, seg = image[:, 0], seg[:, 0]
+        return image, seg
+
+    def next_batch(self) -> Batch:
+        images, segs, ids = [], [], []
+        for index in range(self.batch_size):
+            case = self.cases[self.rng.integers(len(self.cases))]
+            force = index >= self.batch_size - self.forced
+            image, seg = self._cut(case, self._center(case, force))
+            images.append(image)
+            segs.append(seg)
+            ids.append(case.properties.case_id)
+        return Batch(np.stack(images), np.stack(segs), tuple(ids))
+
+
+class Prefetcher:
+    """Run a sampler in background threads, keeping ``depth`` batches ready (the GPU/CPU never waits on I/O)."""
+
+    def __init__(self, sampler: PatchSampler, *, threads: int = 2, depth: int = 4) -> None:
+        self.queue: queue.Queue[Batch | BaseException] = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.samplers = [sampler] + [
+            PatchSampler.__new__(PatchSampler) for _ in range(max(0, threads - 1))
+        ]
+        for index, clone in enumerate(self.samplers[1:], start=1):
+            clone.__dict__.update(sampler.__dict__)
+            clone.rng = np.random.default_rng([int(sampler.rng.integers(2**31)), index])
+        self.threads = [threading.Thread(target=self._work, args=(s,), daemon=True) for s in self.samplers]
+        for thread in self.threads:
+            thread.start()
+
+    def _work(self, sampler: PatchSampler) -> None:
+        while not self.stop.is_set():
+            try:
+                item: Batch | BaseException = sampler.next_batch()
+            except BaseException as exc:  # surfaced in the consumer with its traceback
+                item = exc
+            while not self.stop.is_set():
+                try:
+                    self.queue.put(item, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=2)

@@ -1,0 +1,385 @@
+"""``nnseg train``: one fold of one configuration, from the preprocessed cache to checkpoints and an MLflow run.
+
+The epoch loop: learning rate (poly) -> ``iters_per_epoch`` training steps on augmented
+patches -> ``val_iters`` validation patches (loss + pseudo-Dice, EMA) -> checkpoints
+(latest every epoch, best on the EMA pseudo-Dice) -> curves.png and metrics to MLflow.
+At the end: ``checkpoint_final.pt`` and a sliding-window prediction of the fold's
+validation cases in their original geometry, scored per case and class.
+
+Resume: ``checkpoint_latest.pt`` holds weights, optimizer, grad scaler, epoch, EMA, history,
+RNG states and the MLflow run id; a rerun (or ``--resume``) continues from the last
+completed epoch in the same MLflow run. Checkpoints are written atomically, so a kill at
+any moment loses at most the epoch in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nnseg.checkpoint import load_checkpoint, plan_payload, save_checkpoint
+from nnseg.errors import NnsegError
+from nnseg.inference.predictor import resolve_device
+from nnseg.networks import build_network
+from nnseg.planning.plan import ConfigurationPlan, Plan
+from nnseg.planning.splits import load_or_create_splits
+from nnseg.preprocessing.preprocess import is_done, preprocessing_hash
+from nnseg.progress import progress
+from nnseg.training.augment import TrainingAugmentation
+from nnseg.training.config import TrainConfig
+from nnseg.training.data import Batch, PatchSampler, Prefetcher
+from nnseg.training.distributed import DistributedContext
+from nnseg.training.losses import SegmentationLoss
+from nnseg.training.plots import plot_curves
+from nnseg.workspace import Workspace
+
+EMA_DECAY = 0.9
+GRAD_CLIP = 12.0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a training ended."""
+
+    fold_dir: Path
+    epochs_done: int
+    ema_pseudo_dice: float
+    run_id: str | None
+    validation: dict | None
+
+
+def poly_lr(initial: float, epoch: int, epochs: int, exponent: float) -> float:
+    return initial * (1 - epoch / epochs) ** exponent
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Holds the state of one training run; :meth:`run` is the epoch loop."""
+
+    def __init__(self, work: str | os.PathLike | None, config: TrainConfig, *, resume: bool = True,
+                 show_progress: bool = True) -> None:
+        self.cfg = config
+        self.workspace = Workspace.at(work)
+        self.plan = Plan.load(self.workspace.plans)
+        self.config: ConfigurationPlan = self.plan.configuration(config.configuration)
+        self.device = resolve_device(config.device)
+        self.dist = DistributedContext.from_launcher(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        self.show_progress = show_progress and self.dist.is_main
+        self.fold_dir = self.workspace.fold(config.configuration, config.fold)
+        self.data_dir = self.workspace.preprocessed(self.config.data_identifier)
+        self.train_ids, self.val_ids = self._split()
+        torch.manual_seed(config.seed + self.dist.rank)
+        np.random.seed(config.seed + self.dist.rank)
+        random.seed(config.seed + self.dist.rank)
+
+        self.num_channels = len(self.plan.channel_names)
+        network = build_network(self.config.network, self.num_channels, self.plan.num_classes,
+                                deep_supervision=config.deep_supervision)
+        self.network = network.to(self.device)
+        self.model = torch.compile(self.network) if config.compile else self.network
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.optimizer = torch.optim.SGD(self.network.parameters(), lr=config.initial_lr, momentum=config.momentum,
+                                         nesterov=True, weight_decay=config.weight_decay)
+        self.use_amp = config.mixed_precision and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.loss = SegmentationLoss(batch_dice=self.config.batch_dice)
+        self.augment = TrainingAugmentation.for_patch_size(self.config.patch_size)
+        self.generator = torch.Generator(device="cpu").manual_seed(config.seed + 7919 * self.dist.rank)
+
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.ema: float | None = None
+        self.best_ema = -math.inf
+        self.run_id: str | None = None
+        if resume and (self.fold_dir / "checkpoint_latest.pt").is_file():
+            self._restore(self.fold_dir / "checkpoint_latest.pt")
+        self.tracker = self._make_tracker()
+
+    # ------------------------------------------------------------------------------------------ setup
+
+    def _split(self) -> tuple[list[str], list[str]]:
+        plan_hash = preprocessing_hash(self.plan, self.config)
+        cases = sorted(p.stem for p in self.data_dir.glob("*.json") if is_done(self.data_dir, p.stem, plan_hash))
+        if not cases:
+            raise NnsegError(f"{self.data_dir}: no preprocessed cases for {self.cfg.configuration}; "
+                             f"run `nnseg preprocess --work {self.workspace.root}` first")
+        if self.dist.is_main:
+            splits = load_or_create_splits(self.workspace.splits, cases)
+        self.dist.barrier()
+        if not self.dist.is_main:
+            splits = load_or_create_splits(self.workspace.splits, cases)
+        if self.cfg.fold == "all":
+            return cases, cases
+        if self.cfg.fold >= len(splits):  # type: ignore[operator]
+            raise NnsegError(f"{self.workspace.splits}: has {len(splits)} folds, fold {self.cfg.fold} requested")
+        fold = splits[self.cfg.fold]  # type: ignore[index]
+        return list(fold["train"]), list(fold["val"])
+
+    def _make_tracker(self):
+        from nnseg.tracking import MLflowTracker, NullTracker, default_tracking_uri
+
+        if not (self.cfg.tracking and self.dist.is_main):
+            return NullTracker()
+        uri = self.cfg.tracking_uri or default_tracking_uri(self.workspace.root)
+        tracker = MLflowTracker(uri, self.cfg.experiment or self.plan.dataset_name, self.fold_dir)
+        tags = {"dataset": self.plan.dataset_name, "configuration": self.cfg.configuration,
+                "fold": str(self.cfg.fold), "nnseg.version": self.plan.nnseg_version}
+        resumed = self.run_id
+        self.run_id = tracker.start(f"{self.plan.dataset_name}/{self.cfg.configuration}/{self.cfg.fold_name}",
+                                    tags, resume_run_id=resumed)
+        if resumed is None:
+            self._log_params(tracker)
+        return tracker
+
+    def _log_params(self, tracker) -> None:
+        fingerprint = {}
+        if self.workspace.fingerprint.is_file():
+            data = json.loads(self.workspace.fingerprint.read_text())
+            spacings = np.array([c["spacing"] for c in data["cases"]])
+            shapes = np.array([c["shape_after_crop"] for c in data["cases"]])
+            fingerprint = {"cases": len(data["cases"]), "median_spacing": np.median(spacings, 0).round(4).tolist(),
+                           "median_shape_after_crop": np.median(shapes, 0).tolist(),
+                           "median_relative_size_after_crop": data["median_relative_size_after_crop"]}
+        config = asdict(self.config)
+        config.pop("normalization")
+        tracker.log_params({
+            "plan": {"preset": self.plan.preset, **config,
+                     "normalization": [n.scheme for n in self.config.normalization]},
+            "trainer": {**asdict(self.cfg), "train_cases": len(self.train_ids), "val_cases": len(self.val_ids),
+                        "world_size": self.dist.world_size},
+            "fingerprint": fingerprint,
+            "nnseg_version": self.plan.nnseg_version,
+        })
+
+    def _restore(self, path: Path) -> None:
+        payload = load_checkpoint(path, map_location=self.device)
+        if payload.get("configuration") != self.cfg.configuration or str(payload.get("fold")) != str(self.cfg.fold):
+            raise NnsegError(f"{path}: belongs to {payload.get('configuration')} fold {payload.get('fold')}")
+        self.network.load_state_dict(payload["network_state"])
+        self.optimizer.load_state_dict(payload["optimizer_state"])
+        if payload.get("scaler_state"):
+            self.scaler.load_state_dict(payload["scaler_state"])
+        self.epoch = int(payload["epoch"]) + 1
+        self.history = list(payload["history"])
+        self.ema = payload["ema"]
+        self.best_ema = payload["best_ema"]
+        self.run_id = payload.get("run_id")
+        if payload.get("rng_state") is not None:
+            _set_rng_state(payload["rng_state"])
+        if payload.get("generator_state") is not None:
+            self.generator.set_state(payload["generator_state"])
+
+    def _payload(self, epoch: int) -> dict[str, Any]:
+        return {
+            "plan": plan_payload(self.plan),
+            "configuration": self.cfg.configuration,
+            "fold": self.cfg.fold,
+            "train_config": asdict(self.cfg),
+            "network_state": self.network.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "scaler_state": self.scaler.state_dict() if self.use_amp else None,
+            "epoch": epoch,
+            "history": self.history,
+            "ema": self.ema,
+            "best_ema": self.best_ema,
+            "run_id": self.run_id,
+            "rng_state": _rng_state(),
+            "generator_state": self.generator.get_state(),
+        }
+
+    # ------------------------------------------------------------------------------------------ steps
+
+    def _to_device(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        image = torch.from_numpy(batch.image).to(self.device, non_blocking=True)
+        seg = torch.from_numpy(batch.seg).to(self.device, non_blocking=True)
+        return image, seg
+
+    def _forward_loss(self, image: torch.Tensor, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            output = self.model(image)
+        return output, self.loss(output, seg)
+
+    def train_step(self, batch: Batch) -> float:
+        image, seg = self._to_device(batch)
+        image, seg = self.augment(image, seg, self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        _, loss = self._forward_loss(image, seg)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), GRAD_CLIP)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def val_step(self, batch: Batch) -> tuple[float, torch.Tensor]:
+        image, seg = self._to_device(batch)
+        crop = (slice(None), slice(None), *[slice((s - p) // 2, (s - p) // 2 + p)
+                                            for s, p in zip(image.shape[2:], self.config.patch_size)])
+        image, seg = image[crop], seg[crop]
+        output, loss = self._forward_loss(image, seg)
+        main = output[:, 0] if output.ndim == image.ndim + 1 else output
+        predicted = main.argmax(1)
+        target = seg[:, 0].long()
+        counts = torch.zeros(3, self.plan.num_classes - 1, device=self.device)
+        for c in range(1, self.plan.num_classes):
+            p, t = predicted == c, target == c
+            counts[0, c - 1] = (p & t).sum()
+            counts[1, c - 1] = (p & ~t).sum()
+            counts[2, c - 1] = (~p & t).sum()
+        return float(loss), counts
+
+    # ------------------------------------------------------------------------------------------ loop
+
+    def _samplers(self) -> tuple[Prefetcher, Prefetcher | None]:
+        batch = self.cfg.batch_size or self.config.batch_size
+        per_rank = max(1, math.ceil(batch / self.dist.world_size))
+        region = self.augment.sampling_patch_size
+        seed = self.cfg.seed + 1000 * self.dist.rank + self.epoch
+        train = PatchSampler(self.data_dir, self.train_ids, region, per_rank, dimensions=self.config.dimensions,
+                             oversample_foreground=self.cfg.oversample_foreground, seed=seed)
+        val = None
+        if self.cfg.val_iters and self.val_ids:
+            val = PatchSampler(self.data_dir, self.val_ids, self.config.patch_size, per_rank,
+                               dimensions=self.config.dimensions, oversample_foreground=self.cfg.oversample_foreground,
+                               seed=seed + 1)
+        threads = max(1, self.cfg.loader_threads)
+        return Prefetcher(train, threads=threads), (Prefetcher(val, threads=1) if val else None)
+
+    def run(self) -> TrainResult:
+        """Train from the current epoch to the end (or the wall-time budget), then validate."""
+        started = time.perf_counter()
+        train_loader, val_loader = self._samplers()
+        status = "FAILED"
+        try:
+            while self.epoch < self.cfg.epochs:
+                self._epoch(train_loader, val_loader)
+                if self.cfg.max_wall_time_s and time.perf_counter() - started > self.cfg.max_wall_time_s:
+                    if self.dist.is_main:
+                        print(f"stopping after epoch {self.epoch - 1}: wall-time budget of "
+                              f"{self.cfg.max_wall_time_s:.0f} s reached")
+                    break
+            validation = self._finish()
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            train_loader.close()
+            if val_loader is not None:
+                val_loader.close()
+            self.tracker.end(status)  # type: ignore[arg-type]
+            self.dist.close()
+        return TrainResult(self.fold_dir, self.epoch, float(self.ema or 0.0), self.run_id, validation)
+
+    def _epoch(self, train_loader: Prefetcher, val_loader: Prefetcher | None) -> None:
+        epoch_start = time.perf_counter()
+        lr = poly_lr(self.cfg.initial_lr, self.epoch, self.cfg.epochs, self.cfg.poly_exponent)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        losses = []
+        bar = progress(range(self.cfg.iters_per_epoch), total=self.cfg.iters_per_epoch,
+                       desc=f"epoch {self.epoch}/{self.cfg.epochs}", unit="it", enabled=self.show_progress)
+        for _ in bar:
+            losses.append(self.train_step(next(train_loader)))
+            if self.show_progress and hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+        train_loss = float(self.dist.sum(torch.tensor(np.mean(losses))) / self.dist.world_size)
+        record: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss, "lr": lr}
+        if val_loader is not None:
+            self.model.eval()
+            val_losses, counts = [], torch.zeros(3, self.plan.num_classes - 1, device=self.device)
+            for _ in range(self.cfg.val_iters):
+                loss, batch_counts = self.val_step(next(val_loader))
+                val_losses.append(loss)
+                counts += batch_counts
+            counts = self.dist.sum(counts).cpu()
+            tp, fp, fn = counts
+            dice = (2 * tp / torch.clamp(2 * tp + fp + fn, min=1)).tolist()
+            mean_dice = float(np.mean(dice))
+            self.ema = mean_dice if self.ema is None else EMA_DECAY * self.ema + (1 - EMA_DECAY) * mean_dice
+            record.update(val_loss=float(self.dist.sum(torch.tensor(np.mean(val_losses))) / self.dist.world_size),
+                          pseudo_dice=dice, mean_pseudo_dice=mean_dice, ema_pseudo_dice=self.ema)
+        record["epoch_time_s"] = time.perf_counter() - epoch_start
+        self.history.append(record)
+        if self.dist.is_main:
+            self._after_epoch(record)
+        self.epoch += 1
+
+    def _after_epoch(self, record: dict[str, Any]) -> None:
+        improved = self.ema is not None and self.ema > self.best_ema
+        if improved:
+            self.best_ema = self.ema
+        payload = self._payload(self.epoch)
+        save_checkpoint(self.fold_dir / "checkpoint_latest.pt", payload)
+        if improved:
+            save_checkpoint(self.fold_dir / "checkpoint_best.pt", payload)
+        curves = plot_curves(self.history, self.fold_dir / "curves.png", self._class_names())
+        metrics = {"train_loss": record["train_loss"], "lr": record["lr"], "epoch_time_s": record["epoch_time_s"]}
+        if "val_loss" in record:
+            metrics.update(val_loss=record["val_loss"], mean_pseudo_dice=record["mean_pseudo_dice"],
+                           ema_pseudo_dice=record["ema_pseudo_dice"])
+            for name, value in zip(self._class_names(), record["pseudo_dice"]):
+                metrics[f"pseudo_dice_{name}"] = value
+        self.tracker.log_metrics(metrics, step=record["epoch"])
+        self.tracker.log_artifact(curves)
+        if self.show_progress:
+            summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+            print(f"epoch {record['epoch']}: {summary}")
+
+    def _class_names(self) -> list[str]:
+        return [name for name, value in self.plan.labels.items() if value != 0]
+
+    def _finish(self) -> dict | None:
+        validation = None
+        if self.dist.is_main:
+            save_checkpoint(self.fold_dir / "checkpoint_final.pt", self._payload(self.epoch - 1))
+            if self.cfg.final_validation and self.cfg.fold != "all" and self.val_ids:
+                from nnseg.training.validation import validate_fold
+
+                validation = validate_fold(self.plan, self.cfg.configuration, self.fold_dir, self.val_ids,
+                                           device=str(self.device), show_progress=self.show_progress)
+            for path in (self.workspace.plans, self.workspace.fingerprint, self.workspace.splits,
+                         self.fold_dir / "curves.png", self.fold_dir / "validation" / "summary.json"):
+                if path.is_file():
+                    self.tracker.log_artifact(path)
+            self.tracker.log_artifact(self.fold_dir / "checkpoint_final.pt", artifact_path="model")
+            if validation is not None:
+                self.tracker.log_metrics({"final_val_mean_dice": validation["mean_dice"]}, step=self.epoch - 1)
+        self.dist.barrier()
+        return validation
+
+
+def train(work: str | os.PathLike | None, config: TrainConfig, *, resume: bool = True,
+          show_progress: bool = True) -> TrainResult:
+    """Train one fold (see the module docstring). Resumes from ``checkpoint_latest.pt`` when ``resume``."""
+    return Trainer(work, config, resume=resume, show_progress=show_progress).run()

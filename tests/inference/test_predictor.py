@@ -1,0 +1,57 @@
+"""Predictor: label maps come back in the input's exact geometry (oblique, LPS, anisotropic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnseg.checkpoint import plan_payload, save_checkpoint
+from nnseg.errors import NnsegError
+from nnseg.inference.predictor import Predictor
+from nnseg.io import Geometry, read_volume, write_volume
+from nnseg.networks import build_network
+from nnseg.planning import Plan
+from tests.io.test_images import GEOMETRIES
+
+
+@pytest.fixture()
+def checkpoint(preprocessed_work_template: Path, tmp_path: Path) -> Path:
+    """A random-initialised model of the tiny plan (the geometry does not depend on the weights)."""
+    plan = Plan.load(preprocessed_work_template / "plans.json")
+    network = build_network(plan.configuration("3d_fullres").network, 1, plan.num_classes)
+    payload = {"plan": plan_payload(plan), "configuration": "3d_fullres", "network_state": network.state_dict(),
+               "train_config": {"deep_supervision": True}}
+    return save_checkpoint(tmp_path / "fold_0" / "checkpoint_final.pt", payload)
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+@pytest.mark.parametrize("suffix", [".nii.gz", ".mha"])
+def test_prediction_has_the_input_geometry(checkpoint: Path, tmp_path: Path, name: str, suffix: str) -> None:
+    direction, zooms = GEOMETRIES[name]
+    affine = np.eye(4)
+    affine[:3, :3] = direction @ np.diag(zooms)
+    affine[:3, 3] = [10.5, -20.25, 33.0]
+    shape = (14, 22, 19)
+    geometry = Geometry(affine=affine, shape=shape)
+    image = np.random.default_rng(0).normal(0, 100, shape).astype(np.float32)
+    source = write_volume(tmp_path / f"img_0000{suffix}", image, geometry)
+    predictor = Predictor.from_checkpoints(checkpoint.parent.parent, device="cpu", mirror=False)
+    out = tmp_path / f"pred{suffix}"
+    labels = predictor.predict(source, out)
+    written = read_volume(out)
+    original = read_volume(source)
+    assert labels.shape == shape and written.array.shape == shape
+    np.testing.assert_allclose(written.geometry.affine, original.geometry.affine, atol=1e-5)
+    assert np.issubdtype(written.array.dtype, np.integer)
+    assert set(np.unique(written.array)) <= {0, 1, 2}
+
+
+def test_wrong_channel_count_is_refused(checkpoint: Path, tmp_path: Path) -> None:
+    geometry = Geometry(affine=np.eye(4), shape=(8, 8, 8))
+    a = write_volume(tmp_path / "a_0000.nii.gz", np.zeros((8, 8, 8), np.float32), geometry)
+    b = write_volume(tmp_path / "a_0001.nii.gz", np.zeros((8, 8, 8), np.float32), geometry)
+    predictor = Predictor.from_checkpoints([checkpoint], device="cpu")
+    with pytest.raises(NnsegError, match="2 channel\\(s\\) given, the model expects 1"):
+        predictor.predict([a, b])

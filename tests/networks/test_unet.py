@@ -1,0 +1,81 @@
+"""The U-Net built from a plan: nnU-Net's PlainConvUNet topology (parameter count) and output shapes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nnseg.networks import available_architectures, build_network
+from nnseg.planning import load_preset
+from nnseg.planning.plan import NetworkPlan
+from nnseg.planning.planner import fit_patch_to_budget
+
+
+def plain_conv_unet_parameters(plan: NetworkPlan, in_channels: int, num_classes: int) -> int:
+    """Parameters of nnU-Net's PlainConvUNet for this plan, counted from its definition.
+
+    Checked against dynamic_network_architectures' PlainConvUNet (nnU-Net v2.8.1): 31,196,399 for the
+    6-stage 128^3 plan below and 20,620,079 for its 7-stage 2D plan, exactly.
+    """
+    total, channels = 0, in_channels
+    for stage, features in enumerate(plan.features_per_stage):
+        kernel = math.prod(plan.kernel_sizes[stage])
+        for _ in range(plan.n_conv_per_stage[stage]):
+            total += kernel * channels * features + features + 2 * features  # conv + bias + instance norm
+            channels = features
+    n = plan.n_stages
+    for step in range(n - 1):
+        stage = n - 2 - step
+        features = plan.features_per_stage[stage]
+        total += math.prod(plan.strides[stage + 1]) * plan.features_per_stage[stage + 1] * features + features
+        kernel, channels = math.prod(plan.kernel_sizes[stage]), 2 * features
+        for _ in range(plan.n_conv_per_stage_decoder[step]):
+            total += kernel * channels * features + features + 2 * features
+            channels = features
+        total += features * num_classes + num_classes  # a segmentation head per decoder stage
+    return total
+
+
+def _plan(spacing, median_shape) -> NetworkPlan:
+    preset = load_preset("default")
+    candidate = fit_patch_to_budget(spacing, median_shape, preset, 1, 3)
+    topology = candidate.topology
+    n = topology.n_stages
+    return NetworkPlan(n_stages=n, features_per_stage=candidate.features, kernel_sizes=topology.kernel_sizes,
+                       strides=topology.strides, n_conv_per_stage=(2,) * n, n_conv_per_stage_decoder=(2,) * (n - 1))
+
+
+@pytest.mark.parametrize(
+    ("spacing", "median_shape", "reference"),
+    [((1.0, 1.0, 1.0), (200, 200, 200), 31_196_399), ((1.0, 1.0), (512, 512), None), ((3.5, 0.8, 0.8), (40, 256, 256), None)],
+)
+def test_parameter_count_within_one_percent_of_plain_conv_unet(spacing, median_shape, reference) -> None:
+    plan = _plan(spacing, median_shape)
+    ours = sum(p.numel() for p in build_network(plan, 1, 3).parameters())
+    theirs = plain_conv_unet_parameters(plan, 1, 3)
+    if reference is not None:
+        assert theirs == reference
+    assert abs(ours - theirs) / theirs < 0.01
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_forward_shapes_and_deep_supervision(dims: int) -> None:
+    patch = (32, 32, 32)[-dims:]
+    plan = _plan((1.0,) * dims, patch)
+    plan = NetworkPlan(n_stages=plan.n_stages, features_per_stage=(4, 8, 16, 32)[: plan.n_stages],
+                       kernel_sizes=plan.kernel_sizes, strides=plan.strides, n_conv_per_stage=plan.n_conv_per_stage,
+                       n_conv_per_stage_decoder=plan.n_conv_per_stage_decoder)
+    net = build_network(plan, 2, 3)
+    x = torch.randn(2, 2, *patch)
+    net.train()
+    out = net(x)
+    assert plan.n_stages == 4
+    assert out.shape[:3] == (2, plan.n_stages - 2, 3) and out.shape[3:] == x.shape[2:]
+    net.eval()
+    assert net(x).shape == (2, 3, *patch)
+
+
+def test_registry_lists_architectures() -> None:
+    assert available_architectures() == ["unet"]

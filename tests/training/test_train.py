@@ -1,0 +1,154 @@
+"""Training end to end on tiny phantoms: checkpoints, curves, validation, MLflow (embedded and live server),
+kill -9 + resume in the same run, and torchrun with 2 CPU processes (gloo)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnseg.checkpoint import load_checkpoint
+from nnseg.training.config import TrainConfig
+from nnseg.training.loop import poly_lr, train
+
+ARTIFACTS = {"plans.json", "fingerprint.json", "splits.json", "curves.png", "summary.json", "model/checkpoint_final.pt"}
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _artifacts(client, run_id: str, path: str = "") -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def _check_run(uri: str, run_id: str, epochs: int) -> None:
+    client = _client(uri)
+    run = client.get_run(run_id)
+    assert run.data.tags["configuration"] == "3d_fullres" and run.data.tags["fold"] == "0"
+    assert run.data.params["plan.patch_size"].startswith("[")
+    assert "trainer.epochs" in run.data.params and "fingerprint.cases" in run.data.params
+    for metric in ("train_loss", "val_loss", "lr", "ema_pseudo_dice", "pseudo_dice_organ", "epoch_time_s"):
+        history = client.get_metric_history(run_id, metric)
+        assert sorted(m.step for m in history) == list(range(epochs)), metric
+    assert run.data.metrics["final_val_mean_dice"] >= 0
+    assert ARTIFACTS <= _artifacts(client, run_id)
+
+
+def _config(**overrides) -> TrainConfig:
+    settings = dict(fold=0, epochs=2, iters_per_epoch=3, val_iters=2, device="cpu", loader_threads=1)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_short_training_with_embedded_mlflow(preprocessed_work: Path) -> None:
+    result = train(preprocessed_work, _config(), show_progress=False)
+    fold = preprocessed_work / "models" / "3d_fullres" / "fold_0"
+    for name in ("checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt", "curves.png",
+                 "validation/summary.json"):
+        assert (fold / name).is_file(), name
+    assert (preprocessed_work / "splits.json").is_file()
+    payload = load_checkpoint(fold / "checkpoint_final.pt")
+    assert [h["epoch"] for h in payload["history"]] == [0, 1]
+    assert payload["plan"]["dataset_name"] == "PhantomsCT" and payload["configuration"] == "3d_fullres"
+    assert result.validation is not None and set(result.validation["mean_dice_per_class"]) == {"organ", "lesion"}
+    assert (preprocessed_work / "mlflow.db").is_file()
+    _check_run(f"sqlite:///{(preprocessed_work / 'mlflow.db').resolve()}", result.run_id, epochs=2)
+
+
+def test_training_against_a_live_mlflow_server(preprocessed_work: Path, mlflow_server: str) -> None:
+    result = train(preprocessed_work, _config(tracking_uri=mlflow_server, experiment="live"), show_progress=False)
+    assert result.run_id is not None
+    _check_run(mlflow_server, result.run_id, epochs=2)
+
+
+def test_unreachable_tracking_server_does_not_stop_training(preprocessed_work: Path) -> None:
+    with pytest.warns(UserWarning, match="127.0.0.1:9"):
+        result = train(preprocessed_work, _config(epochs=1, tracking_uri="http://127.0.0.1:9",
+                                                  final_validation=False), show_progress=False)
+    fold = preprocessed_work / "models" / "3d_fullres" / "fold_0"
+    assert result.epochs_done == 1 and (fold / "checkpoint_final.pt").is_file()
+    assert (fold / "tracking_fallback.jsonl").is_file()
+
+
+def test_2d_configuration_and_fold_all(preprocessed_work: Path) -> None:
+    result = train(preprocessed_work, _config(configuration="2d", fold="all", epochs=1, tracking=False),
+                   show_progress=False)
+    assert (preprocessed_work / "models" / "2d" / "fold_all" / "checkpoint_final.pt").is_file()
+    assert result.validation is None
+
+
+def _train_command(work: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "nnseg", "train", "--work", str(work), "--device", "cpu", "--loader-threads", "1",
+            "--no-final-validation", *extra]
+
+
+def test_kill_9_mid_epoch_then_resume_in_the_same_run(preprocessed_work: Path) -> None:
+    fold = preprocessed_work / "models" / "3d_fullres" / "fold_0"
+    command = _train_command(preprocessed_work, "--epochs", "4", "--iters-per-epoch", "6", "--val-iters", "1")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # wait until epoch 1 is saved, then kill during epoch 2
+        latest = fold / "checkpoint_latest.pt"
+        if latest.is_file() and load_checkpoint(latest)["epoch"] >= 1:
+            break
+        time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("training did not reach epoch 1")
+    time.sleep(1.0)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = load_checkpoint(fold / "checkpoint_latest.pt")
+    assert before["epoch"] in (1, 2) and before["run_id"]
+    assert subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode == 0
+    final = load_checkpoint(fold / "checkpoint_final.pt")
+    assert [h["epoch"] for h in final["history"]] == [0, 1, 2, 3]
+    assert final["run_id"] == before["run_id"]
+    history = _client(f"sqlite:///{(preprocessed_work / 'mlflow.db').resolve()}").get_metric_history(
+        before["run_id"], "train_loss")
+    assert sorted({m.step for m in history}) == [0, 1, 2, 3]
+
+
+def test_torchrun_two_cpu_processes(preprocessed_work: Path) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "nnseg",
+               "train", "--work", str(preprocessed_work), "--device", "cpu", "--epochs", "2",
+               "--iters-per-epoch", "2", "--val-iters", "1", "--loader-threads", "1", "--no-tracking"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fold = preprocessed_work / "models" / "3d_fullres" / "fold_0"
+    assert sorted(p.name for p in fold.glob("checkpoint_*.pt")) == ["checkpoint_best.pt", "checkpoint_final.pt",
+                                                                      "checkpoint_latest.pt"]
+    assert not list(fold.glob(".*.tmp"))
+    assert [h["epoch"] for h in load_checkpoint(fold / "checkpoint_final.pt")["history"]] == [0, 1]
+
+
+def test_poly_schedule() -> None:
+    assert poly_lr(0.01, 0, 1000, 0.9) == 0.01
+    assert poly_lr(0.01, 500, 1000, 0.9) == pytest.approx(0.01 * 0.5**0.9)
+
+
+def test_missing_preprocessing_is_a_clear_error(tmp_path: Path, preprocessed_work: Path) -> None:
+    from nnseg.cli import main
+
+    (preprocessed_work / "preprocessed").rename(tmp_path / "moved")
+    assert main(["train", "--work", str(preprocessed_work), "--device", "cpu", "--epochs", "1"]) == 2
+
+
+def test_bad_fold_argument(preprocessed_work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nnseg.cli import main
+
+    assert main(["train", "--work", str(preprocessed_work), "--fold", "x"]) == 2
+    assert "--fold must be" in capsys.readouterr().err
+    assert torch.get_num_threads() >= 1
