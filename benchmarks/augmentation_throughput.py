@@ -152,7 +152,8 @@ def main() -> None:
           + (", MONAI subset" if args.monai_subset else ""))
     if torch.cuda.is_available():
         print(f"CUDA device: {torch.cuda.get_device_name(0)}")
-    header = f"{'device':>6} {'patch':>12} {'input':>12} {'probabilities':>13} {'nnseg/s':>9} {'MONAI/s':>9} {'ratio':>6}"
+    header = (f"{'device':>6} {'patch':>12} {'input':>12} {'probabilities':>13} {'nnseg/s':>9} {'MONAI/s':>9} "
+              f"{'ratio':>6}")
     print(header)
     print("-" * len(header))
     for device in devices:

@@ -197,11 +197,177 @@ def _fold_index(text: str) -> int:
         raise NnsegError(f"--fold must be a fold index or 'all', got {text!r}") from None
 
 
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="segment images with trained models",
+                       description="Segment a folder (nnU-Net _0000 naming or single-channel files) or one image. "
+                                   "Label maps are written with the input's geometry; the softmax is averaged over "
+                                   "the folds. Cases already predicted are skipped unless --overwrite.")
+    p.add_argument("-i", "--input", type=Path, required=True, help="image folder or file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("-m", "--model", type=Path, required=True,
+                   help="work folder, models/<config> folder, or a checkpoint file")
+    p.add_argument("-c", "--config", default="3d_fullres", help="configuration (default 3d_fullres)")
+    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all found)")
+    p.add_argument("--step-size", type=float, default=0.5, help="window step as a fraction of the patch (0.5)")
+    p.add_argument("--no-tta", action="store_true", help="disable mirroring test-time augmentation")
+    p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz probabilities")
+    p.add_argument("--overwrite", action="store_true", help="replace existing predictions")
+    p.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png for quick QC")
+    p.add_argument("--no-postprocess", action="store_true", help="ignore inference.json's postprocessing")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--window-batch", type=int, default=2, help="windows per forward pass")
+    p.set_defaults(handler=_run_predict)
+
+
+def _model_location(model: Path, config: str) -> tuple[Path, Path | None]:
+    """(checkpoint file or folder with fold_*, work folder when known)."""
+    if (model / "plans.json").is_file() and (model / "models").is_dir():
+        return model / "models" / config, model
+    if model.name.startswith("fold_") or model.is_file():
+        return model, None
+    if (model.parent.parent / "plans.json").is_file():
+        return model, model.parent.parent
+    return model, None
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from nnseg.inference.batch import predict_folder
+    from nnseg.inference.predictor import Predictor
+
+    location, work = _model_location(args.model, args.config)
+    folds = None if args.folds is None else [f if f == "all" else _fold_index(f) for f in args.folds]
+    predictor = Predictor.from_checkpoints(location, folds=folds, device=args.device, mirror=not args.no_tta,
+                                           step_size=args.step_size, window_batch=args.window_batch)
+    postprocess = None
+    if work is not None and not args.no_postprocess:
+        postprocess = _load_postprocessing(work, args.config)
+    report = predict_folder(predictor, args.input, args.output, overwrite=args.overwrite,
+                            save_probabilities=args.save_probabilities, postprocess=postprocess,
+                            overlay=args.overlay)
+    print(f"predicted {len(report.written)} case(s) into {args.output}"
+          + (f", skipped {len(report.skipped)} already predicted (use --overwrite)" if report.skipped else ""))
+    print(f"time per stage: {predictor.times.summary()}")
+    for case_id, message in report.failed.items():
+        print(f"nnseg: error: {case_id}: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT if report.failed else EXIT_OK
+
+
+def _load_postprocessing(work: Path, config: str):
+    """The postprocessing rule chosen by find-best for this configuration, or None."""
+    import json
+
+    path = work / "inference.json"
+    if not path.is_file():
+        return None
+    from nnseg.postprocessing import PostprocessingRule
+
+    data = json.loads(path.read_text())
+    if config not in data.get("configurations", []):
+        return None
+    return PostprocessingRule.from_dict(data["postprocessing"]).apply
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score predictions against reference label maps",
+                       description="Per case and class: Dice, IoU, HD95 (mm), normalized surface Dice, volume "
+                                   "difference. Writes metrics.json and metrics.csv and prints a summary table.")
+    p.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps")
+    p.add_argument("--ref", type=Path, required=True, help="folder of reference label maps")
+    p.add_argument("--dataset-json", type=Path, default=None, help="take label names from this dataset.json")
+    p.add_argument("--nsd-tolerance-mm", type=float, default=1.0)
+    p.add_argument("--out", type=Path, default=None, help="where to write metrics.json/csv (default: --pred)")
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from nnseg.evaluation import evaluate_folders
+
+    labels = None
+    if args.dataset_json is not None:
+        from nnseg.dataset import load_dataset
+
+        labels = load_dataset(args.dataset_json.parent).labels
+    summary = evaluate_folders(args.pred, args.ref, labels, nsd_tolerance_mm=args.nsd_tolerance_mm,
+                               workers=args.workers)
+    json_path, csv_path = summary.write(args.out or args.pred)
+    print(summary.table())
+    print(f"wrote {json_path} and {csv_path}")
+    return EXIT_OK
+
+
+def _add_ensemble(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ensemble", help="average the saved probabilities of several prediction folders",
+                       description="Average <case>.npz probabilities (nnseg predict --save-probabilities) of two or "
+                                   "more folders and write the argmax label maps with the inputs' geometry.")
+    p.add_argument("-i", "--input", type=Path, nargs="+", required=True, help="prediction folders")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(handler=_run_ensemble)
+
+
+def _run_ensemble(args: argparse.Namespace) -> int:
+    from nnseg.ensembling import ensemble_folders
+
+    written = ensemble_folders(args.input, args.output, overwrite=args.overwrite)
+    print(f"wrote {len(written)} ensembled case(s) to {args.output}")
+    return EXIT_OK
+
+
+def _add_find_best(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("find-best", help="pick the best configuration/ensemble and postprocessing by CV Dice",
+                       description="Score every trained configuration and pair ensemble on the cross-validation "
+                                   "predictions, decide per class whether keeping the largest connected component "
+                                   "helps, and write <work>/inference.json (applied by nnseg predict).")
+    p.add_argument("--work", type=Path, default=None)
+    p.add_argument("--configs", nargs="+", default=None, help="configurations to consider (default: all trained)")
+    p.set_defaults(handler=_run_find_best)
+
+
+def _run_find_best(args: argparse.Namespace) -> int:
+    from nnseg.ensembling import find_best
+
+    result = find_best(args.work, configurations=args.configs)
+    for name, value in sorted(result["candidates"].items(), key=lambda item: -item[1]):
+        print(f"{name:<30} mean CV Dice {value:.4f}")
+    print(f"best: {' + '.join(result['configurations'])} ({result['mean_dice']:.4f} over {result['num_cases']} "
+          f"cases); postprocessing: {result['postprocessing']}")
+    return EXIT_OK
+
+
+def _add_postprocess(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("postprocess", help="apply inference.json's postprocessing to a folder of label maps")
+    p.add_argument("-i", "--input", type=Path, required=True)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--work", type=Path, default=None, help="work folder holding inference.json")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(handler=_run_postprocess)
+
+
+def _run_postprocess(args: argparse.Namespace) -> int:
+    import json
+
+    from nnseg.postprocessing import PostprocessingRule, postprocess_folder
+    from nnseg.workspace import Workspace
+
+    path = Workspace.at(args.work).root / "inference.json"
+    if not path.is_file():
+        raise NnsegError(f"{path}: not found; run nnseg find-best first")
+    rule = PostprocessingRule.from_dict(json.loads(path.read_text())["postprocessing"])
+    written = postprocess_folder(args.input, args.output, rule, overwrite=args.overwrite)
+    print(f"postprocessed {len(written)} case(s) into {args.output} ({rule.describe()})")
+    return EXIT_OK
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the pipeline end to end on built-in phantom data",
-                       description="synth -> check -> ... on a small phantom dataset, in minutes on a CPU.")
+                       description="synth -> check -> plan -> preprocess -> train -> predict -> evaluate on a small "
+                                   "phantom dataset, in minutes on a CPU.")
     p.add_argument("--out", type=Path, default=Path("demo"), help="working folder (default ./demo)")
-    p.add_argument("--cases", type=int, default=8)
+    p.add_argument("--cases", type=int, default=10, help="training cases (default 10)")
+    p.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
+    p.add_argument("--iters-per-epoch", type=int, default=25)
+    p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_run_demo)
 
@@ -209,7 +375,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from nnseg.demo import run_demo
 
-    return EXIT_OK if run_demo(args.out, num_cases=args.cases, seed=args.seed) else EXIT_FAILED
+    ok = run_demo(args.out, num_cases=args.cases, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
+                  seed=args.seed, device=args.device)
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnseg", description="Self-configuring 3D medical image segmentation.")
     parser.add_argument("--version", action="version", version=f"nnseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_synth, _add_check, _add_plan, _add_preprocess, _add_train, _add_demo):
+    for add in (_add_synth, _add_check, _add_plan, _add_preprocess, _add_train, _add_predict, _add_evaluate,
+                _add_ensemble, _add_find_best, _add_postprocess, _add_demo):
         add(sub)
     return parser
 

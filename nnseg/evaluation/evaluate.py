@@ -34,7 +34,7 @@ from nnseg.evaluation.metrics import (
     json_safe,
     normalize_labels,
 )
-from nnseg.io import IMAGE_SUFFIXES, Volume, read_volume, split_suffix
+from nnseg.io import IMAGE_SUFFIXES, Volume, read_label_map, split_suffix
 from nnseg.parallel import parallel_map
 from nnseg.progress import progress
 
@@ -289,19 +289,7 @@ def _pair_cases(
 
 
 def _read_label_map(path: Path) -> Volume:
-    volume = read_volume(path)
-    array = volume.array
-    if array.ndim == 4 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 3:
-        raise NnsegError(f"{path}: has {array.shape[0]} channels (shape {array.shape}); a label map must be 3D")
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
-    elif not np.issubdtype(array.dtype, np.integer):
-        if not np.issubdtype(array.dtype, np.floating) or not np.all(np.mod(array, 1) == 0):
-            raise NnsegError(f"{path}: is not a label map: it holds non-integer values ({array.dtype})")
-        array = array.astype(np.int64)
-    return Volume(array, volume.geometry)
+    return read_label_map(path)
 
 
 def _check_geometry(pred_path: Path, prediction: Volume, ref_path: Path, reference: Volume) -> None:

@@ -168,28 +168,48 @@ class Predictor:
         self.times.add("export", time.perf_counter() - started)
         return labels.astype(np.uint8 if self.plan.num_classes <= 256 else np.int32), full
 
-    def predict(self, inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike | None = None,
-                *, save_probabilities: bool = False) -> np.ndarray:
-        """Segment one case given as its channel files (or one 4D file); write ``output`` when given."""
-        files = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
+    def predict_files(self, files: Sequence[str | os.PathLike], *, return_probabilities: bool = False
+                      ) -> Prediction:
+        """Segment one case given as its channel files (or one 4D file), in the input's grid."""
+        paths = [Path(p) for p in files]
         started = time.perf_counter()
-        volumes = [read_volume(p) for p in files]
+        volumes = [read_volume(p) for p in paths]
         arrays = [v.array if v.array.ndim == 4 else v.array[None] for v in volumes]
-        for path, volume in zip(files[1:], volumes[1:]):
+        for path, volume in zip(paths[1:], volumes[1:]):
             if not volume.geometry.matches(volumes[0].geometry):
-                raise NnsegError(f"{path}: geometry differs from {files[0]} "
+                raise NnsegError(f"{path}: geometry differs from {paths[0]} "
                                  f"({volume.geometry.describe()} vs {volumes[0].geometry.describe()})")
         images = np.concatenate(arrays).astype(np.float32, copy=False)
         self.times.add("read", time.perf_counter() - started)
-        labels, probabilities = self.predict_array(images, volumes[0].geometry, case_id=files[0].name,
-                                                   return_probabilities=save_probabilities)
+        labels, probabilities = self.predict_array(images, volumes[0].geometry, case_id=paths[0].name,
+                                                   return_probabilities=return_probabilities)
+        return Prediction(labels, probabilities, volumes[0].geometry)
+
+    def predict(self, inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike | None = None,
+                *, save_probabilities: bool = False) -> np.ndarray:
+        """Segment one case (its channel files, or one file); write ``output`` (and ``.npz`` probabilities) when given."""
+        files = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+        prediction = self.predict_files(files, return_probabilities=save_probabilities)
         if output is not None:
-            started = time.perf_counter()
-            write_volume(output, labels, volumes[0].geometry, is_label=True)
-            if probabilities is not None:
-                _save_probabilities(Path(output), probabilities, self.plan)
-            self.times.add("write", time.perf_counter() - started)
-        return labels
+            self.write(prediction, output)
+        return prediction.labels
+
+    def write(self, prediction: Prediction, output: str | os.PathLike) -> None:
+        """Write the label map with the input's geometry (and the probabilities when computed), atomically."""
+        started = time.perf_counter()
+        write_volume(output, prediction.labels, prediction.geometry, is_label=True)
+        if prediction.probabilities is not None:
+            _save_probabilities(Path(output), prediction.probabilities, self.plan)
+        self.times.add("write", time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A predicted case: labels ``(k, j, i)``, optional probabilities ``(classes, k, j, i)``, input geometry."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    geometry: Geometry
 
 
 def _save_probabilities(output: Path, probabilities: np.ndarray, plan: Plan) -> None:

@@ -161,6 +161,27 @@ def read_geometry(path: str | os.PathLike) -> tuple[Geometry, int]:
     return volume.geometry, int(reader.GetNumberOfComponents())
 
 
+def read_label_map(path: str | os.PathLike) -> Volume:
+    """Read a label map: a 3D integer array (a singleton channel axis is dropped; whole-number floats accepted).
+
+    Raises:
+        ImageReadError: unreadable, several channels, or non-integer values; the message names the file.
+    """
+    volume = read_volume(path)
+    array = volume.array
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3:
+        raise ImageReadError(f"{path}: has {array.shape[0]} channels (shape {array.shape}); a label map must be 3D")
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    elif not np.issubdtype(array.dtype, np.integer):
+        if not np.issubdtype(array.dtype, np.floating) or not np.all(np.mod(array, 1) == 0):
+            raise ImageReadError(f"{path}: is not a label map: it holds non-integer values ({array.dtype})")
+        array = array.astype(np.int64)
+    return Volume(array, volume.geometry)
+
+
 def label_dtype_for(array: np.ndarray) -> np.dtype:
     """Smallest unsigned/signed integer dtype holding every value of a label map."""
     if array.size == 0:

@@ -22,6 +22,18 @@ Tensors: ``image`` is ``(B, C, *spatial)`` floating point, ``seg`` is ``(B, S, *
 integer (``S`` is 1 for a label map), 2D or 3D spatial, axes in array order as everywhere in
 nnseg. The input spatial size may exceed the patch size (the data loader samples a larger
 region, see :func:`sampling_patch_size`); the output is always ``patch_size``.
+
+Differences from nnU-Net (batchgeneratorsv2), all deliberate:
+
+- segmentations are resampled nearest by default; nnU-Net's linear one-hot scheme is
+  ``seg_interpolation="linear"``;
+- rotations are rigid in voxel space; nnU-Net rotates normalized grid coordinates, which also
+  shears when the sampled region is not a cube;
+- anisotropic ("dummy 2D") patches are rotated in-plane with a 3D matrix that leaves axis 0
+  alone, rather than by folding slices into channels: the same sampling;
+- elastic deformation (off in nnU-Net's default) is not implemented;
+- the -1 -> 0 relabelling, masking, region conversion and deep-supervision downsampling that
+  follow augmentation in nnU-Net's pipeline are the caller's business.
 """
 
 from __future__ import annotations

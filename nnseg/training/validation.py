@@ -16,7 +16,7 @@ from nnseg.schema import write_json_atomic
 
 def validate_fold(plan: Plan, configuration: str, fold_dir: Path, case_ids: list[str], *, device: str,
                   show_progress: bool = True) -> dict:
-    """Write ``<fold>/validation/<case>.nii.gz`` and ``summary.json``; return the summary."""
+    """Write ``<fold>/validation/<case>.nii.gz`` (+ ``<case>.npz`` probabilities) and ``summary.json``."""
     predictor = Predictor.from_checkpoints([fold_dir / "checkpoint_final.pt"], device=device)
     dataset = load_dataset(plan.dataset_root)
     out = fold_dir / "validation"
@@ -24,7 +24,9 @@ def validate_fold(plan: Plan, configuration: str, fold_dir: Path, case_ids: list
     cases = {}
     for case_id in progress(case_ids, total=len(case_ids), desc="validation", unit="case", enabled=show_progress):
         case = dataset.case(case_id)
-        prediction = predictor.predict(list(case.image_files), out / f"{case_id}{dataset.file_ending}")
+        # probabilities are kept for find-best (ensembles of configurations, postprocessing decisions)
+        prediction = predictor.predict(list(case.image_files), out / f"{case_id}{dataset.file_ending}",
+                                       save_probabilities=True)
         reference = read_case_labels(case)
         metrics = compute_metrics(prediction, reference.array, reference.geometry.spacing, labels)
         cases[case_id] = {name: m.to_dict() for name, m in metrics.items()}

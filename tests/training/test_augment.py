@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from nnseg.training.augment import (
     TrainingAugmentation,
     ValidationTransform,
+    _affine_grid,
     _blur_axis,
     _low_res_axis,
     sampling_patch_size,
@@ -101,7 +102,8 @@ def test_mirroring_flips_image_and_seg_together() -> None:
     out_image, out_seg = aug.apply(image, seg, params)
     for b in range(3):
         z, y, x = 1, 2, 3
-        flipped = [n - 1 - i if params.mirror[b, axis] else i for axis, (i, n) in enumerate(zip((z, y, x), (8, 10, 12)))]
+        flipped = [n - 1 - i if params.mirror[b, axis] else i
+                   for axis, (i, n) in enumerate(zip((z, y, x), (8, 10, 12)))]
         assert out_image[b, 1, z, y, x] == image[b, 1, flipped[0], flipped[1], flipped[2]]
         assert out_seg[b, 0, z, y, x] == seg[b, 0, flipped[0], flipped[1], flipped[2]]
     assert params.mirror.any()
@@ -185,6 +187,15 @@ def test_blur_uses_nnunet_kernel() -> None:
         padded = F.pad(x[i][None, None], (size // 2, size // 2, 0, 0), mode="reflect")
         expected = F.conv2d(padded, kernel.view(1, 1, 1, size))[0, 0]
         assert torch.allclose(y[i], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(("patch", "region"), [((16, 12, 20), (25, 21, 30)), ((20, 24), (31, 30))])
+def test_affine_grid_matches_torch(patch: tuple[int, ...], region: tuple[int, ...]) -> None:
+    aug = TrainingAugmentation(patch, p_rotation=1, p_scaling=1)
+    params = aug.sample_params(3, torch.Generator().manual_seed(0))
+    theta = aug._theta(params.angles, params.scales, region).float()
+    expected = F.affine_grid(theta, [3, 1, *patch], align_corners=False)
+    assert torch.allclose(_affine_grid(theta, patch), expected, atol=1e-6)
 
 
 def test_gamma_retains_stats_and_contrast_preserves_range() -> None:
