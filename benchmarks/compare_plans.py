@@ -9,7 +9,7 @@ strides (pooling per axis), kernel sizes, batch size, batch dice, and which
 configurations exist.
 
     .venv/bin/python benchmarks/compare_plans.py --nnunet-python /path/to/nnunet-venv/bin/python \\
-        [--out /tmp/nnseg_compare] [--sets ct_iso,mr_aniso,mr_2ch,ct_large]
+        [--out /tmp/nnseg_compare] [--sets ct_iso,mr_aniso,mr_2ch,mr_thick_x,ct_large]
 
 Without ``--nnunet-python`` it only plans with nnseg and prints nnseg's side.
 """
@@ -34,6 +34,8 @@ DATASETS: dict[str, SynthConfig] = {
                             anisotropic=True, seed=12),
     "mr_2ch": SynthConfig(num_cases=10, shape=(96, 128, 112), spacing=(1.1, 0.9, 0.9), modality="MR", channels=2,
                           seed=13),
+    # thick slices along the last array axis: the planner must transpose it to the front
+    "mr_thick_x": SynthConfig(num_cases=10, shape=(160, 160, 36), spacing=(0.8, 0.8, 4.0), modality="MR", seed=15),
     "ct_large": SynthConfig(num_cases=5, shape=(256, 384, 384), spacing=(1.0, 0.8, 0.8), modality="CT", seed=14),
 }
 NNUNET_SCHEMES = {"CTNormalization": "ct", "ZScoreNormalization": "zscore", "NoNormalization": "none",

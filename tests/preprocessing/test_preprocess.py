@@ -26,6 +26,8 @@ from tests.helpers import tree_digest
 ROUND_TRIP_SETS = {
     "isotropic": SynthConfig(num_cases=4, shape=(96, 112, 112), seed=21),
     "anisotropic": SynthConfig(num_cases=4, shape=(120, 128, 128), modality="MR", anisotropic=True, seed=22),
+    # thick slices along the last array axis: the plan transposes it to the front, restore transposes back
+    "transposed": SynthConfig(num_cases=4, shape=(128, 128, 30), spacing=(0.8, 0.8, 4.0), modality="MR", seed=23),
 }
 
 
@@ -38,6 +40,7 @@ def test_label_round_trip_dice(tmp_path: Path, name: str) -> None:
     """Preprocess a label map, then invert (resample back, uncrop, transpose back): Dice >= 0.98 per label."""
     root = generate_dataset(tmp_path / name, ROUND_TRIP_SETS[name], show_progress=False)
     plan = nnseg.plan(root, tmp_path / "work", workers=1, show_progress=False).plan
+    assert (plan.transpose_forward == (2, 0, 1)) == (name == "transposed")
     dataset = load_dataset(root)
     for case in dataset.cases:
         images = read_case_images(case, dataset.num_channels)
