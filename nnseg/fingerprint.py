@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from nnseg.dataset import Dataset
-from nnseg.dataset.reading import read_case_images, read_case_labels
+from nnseg.dataset.reading import largest_case_bytes, read_case_images, read_case_labels
 from nnseg.parallel import default_workers, parallel_map
 from nnseg.preprocessing.crop import crop_to_nonzero
 from nnseg.progress import progress
@@ -168,7 +168,7 @@ def extract_fingerprint(dataset: Dataset, *, workers: int | None = None, show_pr
     n_cases = len(dataset.cases)
     samples_per_case = max(1, FOREGROUND_SAMPLES_TOTAL // max(n_cases, 1))
     if workers is None:
-        workers = default_workers(_bytes_per_case_estimate(dataset))
+        workers = default_workers(largest_case_bytes(dataset) * 6 + 200 * 2**20)  # float32 copies + crop
     tasks = [(dataset, i, samples_per_case) for i in range(n_cases)]
     cases: list[CaseFingerprint] = []
     samples: list[list[np.ndarray]] = [[] for _ in dataset.channel_names]
@@ -187,10 +187,3 @@ def extract_fingerprint(dataset: Dataset, *, workers: int | None = None, show_pr
         intensity=tuple(_channel_stats(samples[c], sums[c]) for c in range(dataset.num_channels)),
         median_relative_size_after_crop=float(np.median([c.relative_size_after_crop for c in cases])),
     )
-
-
-def _bytes_per_case_estimate(dataset: Dataset) -> int:
-    """Rough peak memory of one worker: the largest case's files, decompressed, as float32, times 6."""
-    largest = max((sum(p.stat().st_size for p in c.image_files) for c in dataset.cases), default=0)
-    compression = 4 if dataset.file_ending.endswith(".gz") else 1
-    return int(largest * compression * 6) + 200 * 2**20

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnseg.dataset.spec import Case
+from nnseg.dataset.spec import Case, Dataset
 from nnseg.errors import ImageReadError
 from nnseg.io import Geometry, Volume, read_volume
+
+
+def largest_case_bytes(dataset: Dataset) -> int:
+    """Rough in-memory size of the largest case's images (files decompressed; x4 for .gz), for sizing worker pools."""
+    largest = max((sum(p.stat().st_size for p in c.image_files if p.is_file()) for c in dataset.cases), default=0)
+    return largest * (4 if dataset.file_ending.endswith(".gz") else 1)
 
 
 def read_case_images(case: Case, num_channels: int) -> Volume:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from nnseg.dataset import Dataset, load_dataset
-from nnseg.dataset.reading import read_case_images, read_case_labels
+from nnseg.dataset.reading import largest_case_bytes, read_case_images, read_case_labels
 from nnseg.errors import NnsegError
 from nnseg.io import Geometry
 from nnseg.parallel import default_workers, parallel_map
@@ -326,18 +326,12 @@ def preprocess_dataset(
         plan_hash = preprocessing_hash(plan, config)
         todo = [i for i, c in enumerate(dataset.cases) if not is_done(folder, c.case_id, plan_hash)]
         tasks = [(dataset, i, plan, name, folder) for i in todo]
-        n_workers = workers or default_workers(_bytes_per_case(dataset))
+        n_workers = workers or default_workers(largest_case_bytes(dataset) * 12 + 300 * 2**20)  # + resampling
         for _ in progress(parallel_map(_preprocess_task, tasks, workers=n_workers), total=len(tasks),
                           desc=f"preprocess {name}", unit="case", enabled=show_progress):
             pass
         summaries.append(PreprocessSummary(name, folder, len(todo), len(dataset.cases) - len(todo)))
     return summaries
-
-
-def _bytes_per_case(dataset: Dataset) -> int:
-    largest = max((sum(p.stat().st_size for p in c.image_files) for c in dataset.cases), default=0)
-    compression = 4 if dataset.file_ending.endswith(".gz") else 1
-    return int(largest * compression * 12) + 300 * 2**20
 
 
 __all__ = [

@@ -85,6 +85,13 @@ class PatchSampler:
             image, seg = image[:, 0], seg[:, 0]
         return image, seg
 
+    def spawn(self, seed: int | list[int]) -> PatchSampler:
+        """A sampler over the same (already opened) cases with its own random stream, for another thread."""
+        clone = PatchSampler.__new__(PatchSampler)
+        clone.__dict__.update(self.__dict__)
+        clone.rng = np.random.default_rng(seed)
+        return clone
+
     def next_batch(self) -> Batch:
         images, segs, ids = [], [], []
         for index in range(self.batch_size):
@@ -103,12 +110,8 @@ class Prefetcher:
     def __init__(self, sampler: PatchSampler, *, threads: int = 2, depth: int = 4) -> None:
         self.queue: queue.Queue[Batch | BaseException] = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
-        self.samplers = [sampler] + [
-            PatchSampler.__new__(PatchSampler) for _ in range(max(0, threads - 1))
-        ]
-        for index, clone in enumerate(self.samplers[1:], start=1):
-            clone.__dict__.update(sampler.__dict__)
-            clone.rng = np.random.default_rng([int(sampler.rng.integers(2**31)), index])
+        self.samplers = [sampler] + [sampler.spawn([int(sampler.rng.integers(2**31)), index])
+                                     for index in range(1, max(1, threads))]
         self.threads = [threading.Thread(target=self._work, args=(s,), daemon=True) for s in self.samplers]
         for thread in self.threads:
             thread.start()
