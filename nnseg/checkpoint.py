@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from nnseg.atomic import atomic_path
 from nnseg.errors import NnsegError
 from nnseg.planning.plan import Plan
 from nnseg.schema import load_dataclass, to_jsonable
@@ -22,10 +23,8 @@ CHECKPOINT_FORMAT = 1
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write ``payload`` to ``path`` via a temp file and rename: a crash leaves the previous file intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
     return path
 
 

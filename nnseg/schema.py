@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from nnseg.atomic import atomic_path
 from nnseg.errors import NnsegError
 
 T = TypeVar("T")
@@ -138,10 +139,8 @@ def _describe(hint: Any) -> str:
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """Write JSON to a temp file beside ``path`` and rename it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(to_jsonable(data), indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(to_jsonable(data), indent=2) + "\n")
     return path
 
 

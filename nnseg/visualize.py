@@ -19,6 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from nnseg.atomic import atomic_path
 from nnseg.errors import NnsegError
 from nnseg.io import Geometry, read_volume
 from nnseg.postprocessing import largest_component_mask
@@ -159,17 +160,12 @@ def _legend_handles(values: Sequence[int], label_names: Mapping[int, str] | None
 
 
 def _write_png(fig, path: Path, dpi: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     try:
-        fig.savefig(tmp, format="png", dpi=dpi, facecolor=fig.get_facecolor(), bbox_inches="tight",
-                    pad_inches=0.1)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, facecolor=fig.get_facecolor(), bbox_inches="tight",
+                        pad_inches=0.1)
     except OSError as exc:
         raise NnsegError(f"{path}: cannot write ({exc.strerror})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnseg.atomic import atomic_path
 from nnseg.errors import NnsegError
 from nnseg.evaluation.metrics import (
     METRIC_NAMES,
@@ -209,15 +210,11 @@ def _mean_cell(value: float, count: int, num_cases: int) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise NnsegError(f"{path}: cannot write ({exc.strerror})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

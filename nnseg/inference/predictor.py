@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnseg.atomic import atomic_path
 from nnseg.checkpoint import load_checkpoint, plan_from_payload
 from nnseg.errors import NnsegError
 from nnseg.inference.sliding_window import predict_sliding_window
@@ -217,8 +218,6 @@ def _save_probabilities(output: Path, probabilities: np.ndarray, plan: Plan) -> 
     for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
-    path = output.with_name(f"{name}.npz")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, probabilities=probabilities.astype(np.float16), labels=np.array(list(plan.labels)))
-    os.replace(tmp, path)
+    with atomic_path(output.with_name(f"{name}.npz"), suffix=".npz") as tmp:
+        np.savez_compressed(tmp, probabilities=probabilities.astype(np.float16), labels=np.array(list(plan.labels)))
 

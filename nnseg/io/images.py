@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from nnseg.atomic import atomic_path
 from nnseg.errors import ImageReadError, NnsegError
 from nnseg.io.geometry import Geometry
 
@@ -226,17 +227,11 @@ def write_volume(
         if np.issubdtype(array.dtype, np.floating) and not np.all(np.mod(array, 1) == 0):
             raise ValueError(f"{path}: label map has non-integer values")
         array = array.astype(label_dtype_for(array), copy=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
-    try:
+    with atomic_path(path, suffix=suffix) as tmp:
         if suffix in NIFTI_SUFFIXES:
             _write_nifti(tmp, array, geometry)
         else:
             _write_itk(tmp, array, geometry)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

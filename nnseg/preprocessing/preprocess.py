@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from nnseg.atomic import atomic_path
 from nnseg.dataset import Dataset, load_dataset
 from nnseg.dataset.reading import largest_case_bytes, read_case_images, read_case_labels
 from nnseg.errors import NnsegError
@@ -199,10 +200,8 @@ def _paths(folder: Path, case_id: str) -> dict[str, Path]:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, array, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 def write_case(folder: Path, case: PreprocessedCase) -> None:

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nnseg.atomic import atomic_path
+
 
 def plot_curves(history: list[dict[str, Any]], path: str | os.PathLike, class_names: list[str]) -> Path:
     """Draw ``history`` (one dict per epoch) to ``path`` atomically; returns the path."""
@@ -33,8 +35,7 @@ def plot_curves(history: list[dict[str, Any]], path: str | os.PathLike, class_na
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("epoch")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=80)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
