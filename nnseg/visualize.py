@@ -204,6 +204,11 @@ def overlay_png(
     spacing = _check_inputs(image, labels, spacing)
     point = crossing_point(labels)
     window = intensity_window(image)
+    if np.any(labels > 0):  # show the labelled tissue with contrast (CT air would otherwise set the window)
+        inside = np.asarray(image[labels > 0], dtype=np.float64)
+        low, high = (float(v) for v in np.percentile(inside[np.isfinite(inside)], (1.0, 99.0)))
+        margin = max(high - low, 1e-6) * 1.5
+        window = (max(window[0], low - margin), min(window[1], high + margin))
     values = _present_values(labels)
     extents = _extents(image.shape, spacing)
 
