@@ -3,7 +3,7 @@
 synth (CT phantoms) -> plan (preset cpu) -> preprocess -> train fold 0 -> sliding-window
 validation of the fold's held-out cases in their original geometry.
 
-    .venv/bin/python benchmarks/train_phantoms.py [--cases 20] [--epochs 40] [--iters 25] [--out /tmp/nnseg_train]
+    .venv/bin/python benchmarks/train_phantoms.py [--cases 20] [--epochs 20] [--iters 25] [--out /tmp/nnseg_train]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--shape", default="40,48,48")
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--iters", type=int, default=25)
     parser.add_argument("--val-iters", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.01)

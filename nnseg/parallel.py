@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -36,6 +38,17 @@ def default_workers(bytes_per_task: int | None = None, *, cap: int = 8) -> int:
     return workers
 
 
+def _safe_context() -> multiprocessing.context.BaseContext:
+    """Workers are started from a clean process, never forked from this one.
+
+    A forked child of a process that has already run torch/OpenMP (or started threads) can deadlock
+    on locks copied mid-use (seen here: a test process that trained, then preprocessed). "forkserver"
+    forks from a fresh server process (cheap after the first worker); "spawn" where there is none.
+    """
+    method = "forkserver" if sys.platform.startswith("linux") else "spawn"
+    return multiprocessing.get_context(method)
+
+
 def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int, what: str = "case") -> Iterator[R]:
     """Yield ``fn(item)`` in order; in ``workers`` processes when > 1 (each holds one item at a time).
 
@@ -46,7 +59,7 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int, what
         yield from map(fn, items)
         return
     try:
-        with ProcessPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=_safe_context()) as pool:
             yield from pool.map(fn, items)
     except BrokenProcessPool:
         raise NnsegError(
