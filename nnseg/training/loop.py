@@ -277,9 +277,10 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train from the current epoch to the end (or the wall-time budget), then validate."""
         started = time.perf_counter()
-        train_loader, val_loader = self._samplers()
+        train_loader = val_loader = None
         status = "FAILED"
         try:
+            train_loader, val_loader = self._samplers()
             while self.epoch < self.cfg.epochs:
                 self._epoch(train_loader, val_loader)
                 if self.cfg.max_wall_time_s and time.perf_counter() - started > self.cfg.max_wall_time_s:
@@ -293,9 +294,9 @@ class Trainer:
             status = "KILLED"
             raise
         finally:
-            train_loader.close()
-            if val_loader is not None:
-                val_loader.close()
+            for loader in (train_loader, val_loader):
+                if loader is not None:
+                    loader.close()
             self.tracker.end(status)  # type: ignore[arg-type]
             self.dist.close()
         return TrainResult(self.fold_dir, self.epoch, float(self.ema or 0.0), self.run_id, validation)
@@ -336,14 +337,8 @@ class Trainer:
         self.epoch += 1
 
     def _after_epoch(self, record: dict[str, Any]) -> None:
-        improved = self.ema is not None and self.ema > self.best_ema
-        if improved:
-            self.best_ema = self.ema
-        payload = self._payload(self.epoch)
-        save_checkpoint(self.fold_dir / "checkpoint_latest.pt", payload)
-        if improved:
-            save_checkpoint(self.fold_dir / "checkpoint_best.pt", payload)
-        curves = plot_curves(self.history, self.fold_dir / "curves.png", self._class_names())
+        # metrics first, checkpoint last: a kill in between redoes this epoch and logs its step again,
+        # whereas the other order could leave a checkpointed epoch whose metrics never reach MLflow
         metrics = {"train_loss": record["train_loss"], "lr": record["lr"], "epoch_time_s": record["epoch_time_s"]}
         if "val_loss" in record:
             metrics.update(val_loss=record["val_loss"], mean_pseudo_dice=record["mean_pseudo_dice"],
@@ -351,7 +346,14 @@ class Trainer:
             for name, value in zip(self._class_names(), record["pseudo_dice"]):
                 metrics[f"pseudo_dice_{name}"] = value
         self.tracker.log_metrics(metrics, step=record["epoch"])
-        self.tracker.log_artifact(curves)
+        self.tracker.log_artifact(plot_curves(self.history, self.fold_dir / "curves.png", self._class_names()))
+        improved = self.ema is not None and self.ema > self.best_ema
+        if improved:
+            self.best_ema = self.ema
+        payload = self._payload(self.epoch)
+        save_checkpoint(self.fold_dir / "checkpoint_latest.pt", payload)
+        if improved:
+            save_checkpoint(self.fold_dir / "checkpoint_best.pt", payload)
         if self.show_progress:
             summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
             print(f"epoch {record['epoch']}: {summary}")
