@@ -15,7 +15,7 @@ the target spacing, and needs a single coarsest axis.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -101,16 +101,29 @@ def resample_labels(labels: np.ndarray, new_shape: Sequence[int], *, axis: int |
     new_shape = tuple(int(s) for s in new_shape)
     if tuple(labels.shape) == new_shape:
         return labels.copy()
-    values = np.unique(labels)
-    best_score = torch.full(new_shape, -1.0)
-    best_label = torch.zeros(new_shape, dtype=torch.int16)
     source = torch.from_numpy(np.ascontiguousarray(labels))
-    for value in values:
-        score = interpolate_linear((source == int(value)).float()[None], new_shape, axis)[0]
+    masks = ((int(value), (source == int(value)).float()) for value in np.unique(labels))
+    return resampled_argmax(masks, new_shape, axis=axis).numpy().astype(labels.dtype, copy=False)
+
+
+def resampled_argmax(scores: Iterable[tuple[int, torch.Tensor]], new_shape: Sequence[int], *,
+                     axis: int | None) -> torch.Tensor:
+    """Argmax over ``(value, score map)`` pairs after resampling each map linearly to ``new_shape``.
+
+    One map at a time (a running maximum), so memory stays at two volumes whatever the number
+    of labels or classes; ties keep the earlier value. Returns int16 values.
+    """
+    new_shape = tuple(int(s) for s in new_shape)
+    best_score = torch.full(new_shape, -torch.inf)
+    best_value = torch.zeros(new_shape, dtype=torch.int16)
+    for value, score in scores:
+        score = score.float()
+        if tuple(score.shape) != new_shape:
+            score = interpolate_linear(score[None], new_shape, axis)[0]
         better = score > best_score
         best_score = torch.where(better, score, best_score)
-        best_label[better] = int(value)
-    return best_label.numpy().astype(labels.dtype, copy=False)
+        best_value[better] = value
+    return best_value
 
 
 def resample_probabilities(probabilities: np.ndarray | torch.Tensor, new_shape: Sequence[int], *,

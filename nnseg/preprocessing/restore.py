@@ -13,7 +13,7 @@ import torch
 from nnseg.planning.plan import Plan, ResamplingPlan
 from nnseg.preprocessing.crop import uncrop
 from nnseg.preprocessing.preprocess import CaseProperties
-from nnseg.preprocessing.resample import interpolate_linear, resample_labels, separate_axis
+from nnseg.preprocessing.resample import interpolate_linear, resample_labels, resampled_argmax, separate_axis
 
 
 def _original_planning_spacing(properties: CaseProperties, plan: Plan) -> tuple[float, ...]:
@@ -44,15 +44,8 @@ def probabilities_to_labels(
     """
     probabilities = torch.as_tensor(probabilities)
     axis = separate_axis(properties.spacing, _original_planning_spacing(properties, plan), resampling)
-    shape = properties.shape_after_crop
-    best = torch.full(shape, -torch.inf)
-    labels = torch.zeros(shape, dtype=torch.int16)
-    for index in range(probabilities.shape[0]):
-        channel = probabilities[index].float()
-        score = channel if tuple(channel.shape) == tuple(shape) else interpolate_linear(channel[None], shape, axis)[0]
-        better = score > best
-        best = torch.where(better, score, best)
-        labels[better] = index
+    classes = ((index, probabilities[index]) for index in range(probabilities.shape[0]))
+    labels = resampled_argmax(classes, properties.shape_after_crop, axis=axis)
     return _to_original(labels.numpy(), properties, plan)
 
 
