@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 
 from nnseg.dataset.spec import Case, Dataset
@@ -15,26 +19,40 @@ def largest_case_bytes(dataset: Dataset) -> int:
     return largest * (4 if dataset.file_ending.endswith(".gz") else 1)
 
 
+def read_channels(paths: Sequence[str | os.PathLike]) -> Volume:
+    """Channel files (one per channel, or one 4D file) as one float32 ``(c, k, j, i)`` array.
+
+    Raises:
+        ImageReadError: a file is unreadable, or its grid (shape, spacing, origin, direction) differs
+            from the first file's.
+    """
+    if not paths:
+        raise ImageReadError("no image file given")
+    arrays: list[np.ndarray] = []
+    first: tuple[Path, Geometry] | None = None
+    for path in map(Path, paths):
+        volume = read_volume(path)
+        if first is None:
+            first = (path, volume.geometry)
+        elif volume.geometry.shape != first[1].shape:
+            raise ImageReadError(f"{path}: shape {volume.geometry.shape} differs from {first[0]} {first[1].shape}")
+        elif not volume.geometry.matches(first[1]):
+            raise ImageReadError(f"{path}: geometry differs from {first[0]} "
+                                 f"({volume.geometry.describe()} vs {first[1].describe()})")
+        data = volume.array if volume.array.ndim == 4 else volume.array[None]
+        arrays.append(data.astype(np.float32, copy=False))
+    images = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+    return Volume(images, first[1])
+
+
 def read_case_images(case: Case, num_channels: int) -> Volume:
     """All channels of a case as one float32 ``(c, k, j, i)`` array with the first channel's geometry.
 
     Raises:
-        ImageReadError: a file is unreadable, or channels disagree in count or shape.
+        ImageReadError: a file is unreadable, or channels disagree in count or grid.
     """
-    arrays: list[np.ndarray] = []
-    geometry: Geometry | None = None
-    for path in case.image_files:  # one file per channel, or one 4D file (MSD)
-        volume = read_volume(path)
-        data = volume.array if volume.array.ndim == 4 else volume.array[None]
-        if geometry is None:
-            geometry = volume.geometry
-        elif volume.geometry.shape != geometry.shape:
-            raise ImageReadError(f"{path}: shape {volume.geometry.shape} differs from the case's first channel "
-                                 f"{geometry.shape}")
-        arrays.append(data.astype(np.float32, copy=False))
-    if geometry is None:
-        raise ImageReadError(f"case {case.case_id} lists no image file")
-    images = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+    volume = read_channels(case.image_files)  # one file per channel, or one 4D file (MSD)
+    images, geometry = volume.array, volume.geometry
     if images.shape[0] != num_channels:
         raise ImageReadError(f"{case.image_files[0]}: case {case.case_id} has {images.shape[0]} channel(s), "
                              f"expected {num_channels}")

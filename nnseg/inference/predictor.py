@@ -24,9 +24,10 @@ import torch
 
 from nnseg.atomic import atomic_path
 from nnseg.checkpoint import load_checkpoint, plan_from_payload
+from nnseg.dataset.reading import read_channels
 from nnseg.errors import NnsegError
 from nnseg.inference.sliding_window import predict_sliding_window
-from nnseg.io import Geometry, read_volume, write_volume
+from nnseg.io import Geometry, write_volume
 from nnseg.networks import build_network
 from nnseg.planning.plan import ConfigurationPlan, Plan
 from nnseg.preprocessing.preprocess import preprocess_case
@@ -174,17 +175,11 @@ class Predictor:
         """Segment one case given as its channel files (or one 4D file), in the input's grid."""
         paths = [Path(p) for p in files]
         started = time.perf_counter()
-        volumes = [read_volume(p) for p in paths]
-        arrays = [v.array if v.array.ndim == 4 else v.array[None] for v in volumes]
-        for path, volume in zip(paths[1:], volumes[1:]):
-            if not volume.geometry.matches(volumes[0].geometry):
-                raise NnsegError(f"{path}: geometry differs from {paths[0]} "
-                                 f"({volume.geometry.describe()} vs {volumes[0].geometry.describe()})")
-        images = np.concatenate(arrays).astype(np.float32, copy=False)
+        volume = read_channels(paths)
         self.times.add("read", time.perf_counter() - started)
-        labels, probabilities = self.predict_array(images, volumes[0].geometry, case_id=paths[0].name,
+        labels, probabilities = self.predict_array(volume.array, volume.geometry, case_id=paths[0].name,
                                                    return_probabilities=return_probabilities)
-        return Prediction(labels, probabilities, volumes[0].geometry)
+        return Prediction(labels, probabilities, volume.geometry)
 
     def predict(self, inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike | None = None,
                 *, save_probabilities: bool = False) -> np.ndarray:
