@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from nnseg.api import plan
-from nnseg.checkpoint import plan_payload, save_checkpoint
+from nnseg.checkpoint import Checkpoint
 from nnseg.io import read_volume
 from nnseg.networks import build_network
 from nnseg.synth import SynthConfig, generate_dataset
@@ -91,9 +91,8 @@ def main() -> int:
     if list(config.patch_size) != theirs["patch_size"]:
         raise RuntimeError(f"plans differ: nnseg patch {config.patch_size} vs nnU-Net {theirs['patch_size']}")
     network = build_network(config.network, len(ours.channel_names), ours.num_classes)
-    checkpoint = save_checkpoint(work / "models" / "3d_fullres" / "fold_0" / "checkpoint_final.pt",
-                                 {"plan": plan_payload(ours), "configuration": "3d_fullres",
-                                  "network_state": network.state_dict(), "train_config": {"deep_supervision": True}})
+    checkpoint = Checkpoint.for_network(ours, "3d_fullres", network).save(
+        work / "models" / "3d_fullres" / "fold_0" / "checkpoint_final.pt")
 
     test_images = raw / "imagesTs"
     n = len(list(test_images.glob("*_0000.nii.gz")))

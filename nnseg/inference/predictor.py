@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
+from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,8 @@ import numpy as np
 import torch
 
 from nnseg.atomic import atomic_path
-from nnseg.checkpoint import load_checkpoint, plan_from_payload
+from nnseg import options
+from nnseg.checkpoint import Checkpoint
 from nnseg.dataset.reading import read_channels
 from nnseg.errors import NnsegError
 from nnseg.inference.sliding_window import predict_sliding_window
@@ -34,34 +37,85 @@ from nnseg.preprocessing.preprocess import preprocess_case
 from nnseg.preprocessing.restore import probabilities_to_labels, restore_probabilities
 
 
+#: Warn when an input's voxel size differs from the model's by more than this factor along an axis.
+SPACING_WARNING_FACTOR = 2.0
+
+
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else as torch understands it."""
+    """"auto" -> cuda when available, else cpu; anything else as torch understands it, checked to exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise NnsegError(f"--device {name}: CUDA is not available on this machine")
+        raise NnsegError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise NnsegError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise NnsegError(f"--device {name}: MPS is not available on this machine; use --device cpu")
     return device
 
 
-def find_checkpoints(model_dir: str | os.PathLike, folds: Sequence[int | str] | None = None,
-                     name: str = "checkpoint_final.pt") -> list[Path]:
-    """``<model_dir>/fold_*/<name>`` (falling back to checkpoint_best/latest), for the given folds or all found."""
+def _warn(message: str) -> None:
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+CHECKPOINT_PREFERENCE = ("checkpoint_final.pt", "checkpoint_best.pt", "checkpoint_latest.pt")
+
+
+def find_checkpoints(model_dir: str | os.PathLike, folds: Sequence[int | str] | None = None) -> list[Path]:
+    """One checkpoint per fold of ``model_dir`` (final, else best, else latest), for ``folds`` or every fold found.
+
+    ``model_dir`` may be a ``models/<config>`` folder, one ``fold_*`` folder or a checkpoint file. Without
+    ``folds``, ``fold_all`` (trained on every case) is used only when no cross-validation fold exists: averaging
+    it with the folds would weigh the same cases twice.
+    """
     model_dir = Path(model_dir)
     if model_dir.is_file():
         return [model_dir]
-    fold_dirs = [model_dir / f"fold_{f}" for f in folds] if folds else sorted(model_dir.glob("fold_*"))
+    if not model_dir.is_dir():
+        raise NnsegError(f"{model_dir}: model not found; give a work folder (holding plans.json and models/), a "
+                         "models/<config> folder, a fold_<k> folder or a checkpoint file")
+    if model_dir.name.startswith("fold_"):
+        fold_dirs = [model_dir]
+    elif folds:
+        fold_dirs = [model_dir / f"fold_{f}" for f in folds]
+    else:
+        fold_dirs = sorted(d for d in model_dir.glob("fold_*") if d.is_dir())
+        cross_validation = [d for d in fold_dirs if d.name != "fold_all"]
+        fold_dirs = cross_validation or fold_dirs
+    if not fold_dirs:
+        raise NnsegError(f"{model_dir}: no fold_*/ folders; train a fold first (nnseg train) or point -m at "
+                         "a checkpoint file")
     found = []
     for fold_dir in fold_dirs:
-        for candidate in (name, "checkpoint_best.pt", "checkpoint_latest.pt"):
-            if (fold_dir / candidate).is_file():
-                found.append(fold_dir / candidate)
-                break
-        else:
-            raise NnsegError(f"{fold_dir}: no checkpoint found (expected {name})")
-    if not found:
-        raise NnsegError(f"{model_dir}: no fold_*/ folders with checkpoints")
+        candidates = [fold_dir / name for name in CHECKPOINT_PREFERENCE if (fold_dir / name).is_file()]
+        if not candidates:
+            what = "folder not found" if not fold_dir.is_dir() else "no checkpoint in it"
+            raise NnsegError(f"{fold_dir}: {what} (expected one of {', '.join(CHECKPOINT_PREFERENCE)})")
+        found.append(candidates[0])
     return found
+
+
+@dataclass(frozen=True)
+class CheckpointSource:
+    """Which checkpoint a predictor network came from, for the user to see."""
+
+    path: Path
+    checkpoint: Checkpoint
+
+    def describe(self) -> str:
+        c = self.checkpoint
+        state = "finished" if c.finished else "UNFINISHED"
+        return f"{c.configuration} fold {c.fold}: {self.path} ({state}, {c.epochs_trained} epoch(s))"
+
+    @property
+    def warning(self) -> str | None:
+        """Why this checkpoint may not be what the user wants, or None."""
+        if self.checkpoint.finished and self.path.name == "checkpoint_final.pt":
+            return None
+        return (f"{self.path}: not the final checkpoint of a finished training ({self.checkpoint.epochs_trained} "
+                "epoch(s) done); predictions may be worse than the finished model's. Finish training with "
+                "nnseg train (it resumes) or choose the folds with -f")
 
 
 @dataclass
@@ -85,10 +139,10 @@ class Predictor:
                  deep_supervision_heads: bool = True) -> None:
         self.plan = plan
         self.config: ConfigurationPlan = plan.configuration(configuration)
-        self.device = resolve_device(device)
+        self.device = resolve_device(options.device("device", device))
         self.mirror = mirror
-        self.step_size = step_size
-        self.window_batch = window_batch
+        self.step_size = options.fraction("step_size", step_size)
+        self.window_batch = options.positive_int("window_batch", window_batch)
         self.networks = []
         for state in states:
             # the heads exist in the weights; in eval mode the network returns only the full-resolution output
@@ -97,6 +151,9 @@ class Predictor:
             network.load_state_dict(state)
             self.networks.append(network.to(self.device).eval())
         self.times = StageTimes()
+        self.sources: list[CheckpointSource] = []
+        #: called with a message when an input is suspicious but usable (the CLI prints it)
+        self.on_warning: Callable[[str], None] = _warn
 
     @classmethod
     def from_checkpoints(cls, paths: str | os.PathLike | Sequence[str | os.PathLike], *,
@@ -106,14 +163,15 @@ class Predictor:
             files = find_checkpoints(paths, folds)
         else:
             files = [Path(p) for p in paths]
-        payloads = [load_checkpoint(p) for p in files]
-        plan = plan_from_payload(payloads[0])
-        configuration = payloads[0]["configuration"]
-        for path, payload in zip(files[1:], payloads[1:]):
-            if payload["configuration"] != configuration or payload["plan"] != payloads[0]["plan"]:
+        checkpoints = [Checkpoint.load(p) for p in files]
+        first = checkpoints[0]
+        for path, checkpoint in zip(files[1:], checkpoints[1:]):
+            if checkpoint.configuration != first.configuration or checkpoint.plan != first.plan:
                 raise NnsegError(f"{path}: checkpoint was trained with another plan/configuration than {files[0]}")
-        heads = bool(payloads[0].get("train_config", {}).get("deep_supervision", True))
-        return cls(plan, configuration, [p["network_state"] for p in payloads], deep_supervision_heads=heads, **kwargs)
+        predictor = cls(first.plan, first.configuration, [c.network_state for c in checkpoints],
+                        deep_supervision_heads=first.deep_supervision, **kwargs)
+        predictor.sources = [CheckpointSource(path, c) for path, c in zip(files, checkpoints)]
+        return predictor
 
     @property
     def mirror_axes(self) -> tuple[int, ...]:
@@ -151,6 +209,7 @@ class Predictor:
         if images.shape[0] != len(self.plan.channel_names):
             raise NnsegError(f"{case_id}: {images.shape[0]} channel(s) given, the model expects "
                              f"{len(self.plan.channel_names)} ({', '.join(self.plan.channel_names)})")
+        self.check_input(images, geometry, case_id)
         started = time.perf_counter()
         case = preprocess_case(images, geometry, None, self.plan, self.config, case_id=case_id)
         data = torch.from_numpy(case.data)
@@ -169,6 +228,25 @@ class Predictor:
             full = restore_probabilities(probabilities, case.properties, self.plan, self.config.resampling)
         self.times.add("export", time.perf_counter() - started)
         return labels.astype(np.uint8 if self.plan.num_classes <= 256 else np.int32), full
+
+    def check_input(self, images: np.ndarray, geometry: Geometry, case_id: str) -> None:
+        """Refuse non-finite voxels (they would silently turn the prediction into background); warn about a
+        voxel size far from the model's (a wrong header, or a long resampling ahead)."""
+        if np.issubdtype(images.dtype, np.floating):
+            bad = images.size - int(np.count_nonzero(np.isfinite(images)))
+            if bad:
+                raise NnsegError(f"{case_id}: {bad} of {images.size} voxels are NaN or infinite; nnseg does not "
+                                 "guess values for them. Fix the image (e.g. replace them with the background "
+                                 "intensity) and predict again")
+        spacing = [float(geometry.spacing[a]) for a in self.plan.transpose_forward][-self.config.dimensions:]
+        factors = [max(s / t, t / s) for s, t in zip(spacing, self.config.spacing)]
+        if max(factors) > SPACING_WARNING_FACTOR:
+            zoom = float(np.prod([s / t for s, t in zip(spacing, self.config.spacing)]))
+            cost = f", {zoom:.3g}x the voxels: this may take long" if zoom > 4 else ""
+            self.on_warning(
+                f"{case_id}: voxel size {_mm(spacing)} mm is up to {max(factors):.1f}x off the model's "
+                f"{_mm(self.config.spacing)} mm (its training data); the image is resampled to the model's grid"
+                f"{cost}. Results may be poor: check the header's spacing")
 
     def predict_files(self, files: Sequence[str | os.PathLike], *, return_probabilities: bool = False
                       ) -> Prediction:
@@ -206,6 +284,10 @@ class Prediction:
     labels: np.ndarray
     probabilities: np.ndarray | None
     geometry: Geometry
+
+
+def _mm(values: Sequence[float]) -> str:
+    return " x ".join(f"{v:.3g}" for v in values)
 
 
 def _save_probabilities(output: Path, probabilities: np.ndarray, plan: Plan) -> None:

@@ -56,17 +56,22 @@ class TrainConfig:
     final_validation: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "iters_per_epoch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.val_iters < 0:
-            raise ValueError(f"val_iters must be >= 0, got {self.val_iters}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not 0 <= self.oversample_foreground <= 1:
-            raise ValueError(f"oversample_foreground must be in [0, 1], got {self.oversample_foreground}")
-        if not (self.fold == "all" or (isinstance(self.fold, int) and self.fold >= 0)):
-            raise ValueError(f"fold must be a fold index or 'all', got {self.fold!r}")
+        from nnseg import options
+
+        options.positive_int("epochs", self.epochs)
+        options.positive_int("iters_per_epoch", self.iters_per_epoch)
+        options.non_negative_int("val_iters", self.val_iters)
+        if self.batch_size is not None:
+            options.positive_int("batch_size", self.batch_size)
+        options.positive_float("initial_lr", self.initial_lr)
+        options.unit_interval("momentum", self.momentum)
+        options.non_negative_float("weight_decay", self.weight_decay)
+        options.unit_interval("oversample_foreground", self.oversample_foreground)
+        options.fold("fold", self.fold)
+        options.device("device", self.device)
+        options.positive_int("loader_threads", self.loader_threads)
+        if self.max_wall_time_s is not None:
+            options.positive_float("max_wall_time_s", self.max_wall_time_s)
 
     @property
     def fold_name(self) -> str:

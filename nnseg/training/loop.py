@@ -26,12 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from nnseg.checkpoint import load_checkpoint, plan_payload, save_checkpoint
+from nnseg.atomic import remove_stale_temporaries
+from nnseg.checkpoint import Checkpoint, TrainingState, capture_rng_state, restore_rng_state
 from nnseg.errors import NnsegError
 from nnseg.inference.predictor import resolve_device
 from nnseg.networks import build_network
 from nnseg.planning.plan import ConfigurationPlan, Plan
 from nnseg.planning.splits import load_or_create_splits
+from nnseg.schema import to_jsonable
 from nnseg.preprocessing.preprocess import is_done, preprocessing_hash
 from nnseg.progress import progress
 from nnseg.training.augment import TrainingAugmentation
@@ -61,21 +63,6 @@ def poly_lr(initial: float, epoch: int, epochs: int, exponent: float) -> float:
     return initial * (1 - epoch / epochs) ** exponent
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 class Trainer:
     """Holds the state of one training run; :meth:`run` is the epoch loop."""
 
@@ -92,6 +79,8 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.show_progress = show_progress and self.dist.is_main
         self.fold_dir = self.workspace.fold(config.configuration, config.fold)
+        remove_stale_temporaries(self.fold_dir)
+        remove_stale_temporaries(self.fold_dir / "validation")
         self.data_dir = self.workspace.preprocessed(self.config.data_identifier)
         self.train_ids, self.val_ids = self._split()
         torch.manual_seed(config.seed + self.dist.rank)
@@ -127,10 +116,16 @@ class Trainer:
 
     def _split(self) -> tuple[list[str], list[str]]:
         plan_hash = preprocessing_hash(self.plan, self.config)
-        cases = sorted(p.stem for p in self.data_dir.glob("*.json") if is_done(self.data_dir, p.stem, plan_hash))
+        found = sorted(p.stem for p in self.data_dir.glob("*.json") if not p.name.startswith("."))
+        cases = [c for c in found if is_done(self.data_dir, c, plan_hash)]
+        fix = f"run `nnseg preprocess --work {self.workspace.root} --config {self.cfg.configuration}` (it redoes them)"
         if not cases:
-            raise NnsegError(f"{self.data_dir}: no preprocessed cases for {self.cfg.configuration}; "
-                             f"run `nnseg preprocess --work {self.workspace.root}` first")
+            raise NnsegError(f"{self.data_dir}: no preprocessed cases for {self.cfg.configuration}; {fix}")
+        broken = sorted(set(found) - set(cases))
+        if broken or len(cases) < self.plan.num_training_cases:
+            what = (f"{len(broken)} case(s) damaged or made with another plan ({', '.join(broken[:5])})" if broken
+                    else f"only {len(cases)} of the plan's {self.plan.num_training_cases} cases are preprocessed")
+            raise NnsegError(f"{self.data_dir}: {what}; {fix}")
         if self.dist.is_main:
             splits = load_or_create_splits(self.workspace.splits, cases)
         self.dist.barrier()
@@ -180,40 +175,43 @@ class Trainer:
         })
 
     def _restore(self, path: Path) -> None:
-        payload = load_checkpoint(path, map_location=self.device)
-        if payload.get("configuration") != self.cfg.configuration or str(payload.get("fold")) != str(self.cfg.fold):
-            raise NnsegError(f"{path}: belongs to {payload.get('configuration')} fold {payload.get('fold')}")
-        self.network.load_state_dict(payload["network_state"])
-        self.optimizer.load_state_dict(payload["optimizer_state"])
-        if payload.get("scaler_state"):
-            self.scaler.load_state_dict(payload["scaler_state"])
-        self.epoch = int(payload["epoch"]) + 1
-        self.history = list(payload["history"])
-        self.ema = payload["ema"]
-        self.best_ema = payload["best_ema"]
-        self.run_id = payload.get("run_id")
-        if payload.get("rng_state") is not None:
-            _set_rng_state(payload["rng_state"])
-        if payload.get("generator_state") is not None:
-            self.generator.set_state(payload["generator_state"])
+        checkpoint = Checkpoint.load(path, map_location=self.device)
+        if checkpoint.configuration != self.cfg.configuration or str(checkpoint.fold) != str(self.cfg.fold):
+            raise NnsegError(f"{path}: belongs to {checkpoint.configuration} fold {checkpoint.fold}")
+        changed = plan_differences(checkpoint.plan, self.plan, self.cfg.configuration)
+        if changed:
+            raise NnsegError(f"{path}: {self.workspace.plans} changed since this fold was trained "
+                             f"({'; '.join(changed[:3])}); resuming would continue old weights on another plan. "
+                             "Rerun with --fresh to start this fold over (its checkpoints are replaced)")
+        state = checkpoint.training
+        if state is None:
+            raise NnsegError(f"{path}: holds no training state to resume from; rerun with --fresh to start over")
+        self.network.load_state_dict(checkpoint.network_state)
+        self.optimizer.load_state_dict(state.optimizer)
+        if state.scaler:
+            self.scaler.load_state_dict(state.scaler)
+        self.epoch = state.epoch + 1
+        self.history = list(state.history)
+        self.ema = state.ema
+        self.best_ema = state.best_ema
+        self.run_id = state.run_id
+        restore_rng_state(state.rng)
+        self.generator.set_state(state.generator)
 
-    def _payload(self, epoch: int) -> dict[str, Any]:
-        return {
-            "plan": plan_payload(self.plan),
-            "configuration": self.cfg.configuration,
-            "fold": self.cfg.fold,
-            "train_config": asdict(self.cfg),
-            "network_state": self.network.state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "scaler_state": self.scaler.state_dict() if self.use_amp else None,
-            "epoch": epoch,
-            "history": self.history,
-            "ema": self.ema,
-            "best_ema": self.best_ema,
-            "run_id": self.run_id,
-            "rng_state": _rng_state(),
-            "generator_state": self.generator.get_state(),
-        }
+    def _checkpoint(self, epoch: int, *, finished: bool, with_training: bool) -> Checkpoint:
+        from nnseg import __version__
+
+        training = None
+        if with_training:
+            training = TrainingState(
+                epoch=epoch, history=self.history, ema=self.ema, best_ema=self.best_ema, run_id=self.run_id,
+                optimizer=self.optimizer.state_dict(),
+                scaler=self.scaler.state_dict() if self.use_amp else None,
+                rng=capture_rng_state(), generator=self.generator.get_state(), train_config=asdict(self.cfg))
+        return Checkpoint(plan=self.plan, configuration=self.cfg.configuration, fold=self.cfg.fold,
+                          network_state=self.network.state_dict(), deep_supervision=self.cfg.deep_supervision,
+                          finished=finished, epochs_trained=epoch + 1, nnseg_version=__version__,
+                          training=training)
 
     # ------------------------------------------------------------------------------------------ steps
 
@@ -310,8 +308,10 @@ class Trainer:
         losses = []
         bar = progress(range(self.cfg.iters_per_epoch), total=self.cfg.iters_per_epoch,
                        desc=f"epoch {self.epoch}/{self.cfg.epochs}", unit="it", enabled=self.show_progress)
-        for _ in bar:
+        for iteration in bar:
             losses.append(self.train_step(next(train_loader)))
+            if not math.isfinite(losses[-1]):
+                self._diverged(f"the training loss is {losses[-1]} at iteration {iteration}")
             if self.show_progress and hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
         train_loss = float(self.dist.sum(torch.tensor(np.mean(losses))) / self.dist.world_size)
@@ -350,13 +350,24 @@ class Trainer:
         improved = self.ema is not None and self.ema > self.best_ema
         if improved:
             self.best_ema = self.ema
-        payload = self._payload(self.epoch)
-        save_checkpoint(self.fold_dir / "checkpoint_latest.pt", payload)
+        self._require_finite_weights()
+        self._checkpoint(self.epoch, finished=False, with_training=True).save(self.fold_dir / "checkpoint_latest.pt")
         if improved:
-            save_checkpoint(self.fold_dir / "checkpoint_best.pt", payload)
+            self._checkpoint(self.epoch, finished=False, with_training=False).save(
+                self.fold_dir / "checkpoint_best.pt")
         if self.show_progress:
             summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
             print(f"epoch {record['epoch']}: {summary}")
+
+    def _require_finite_weights(self) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in self.network.parameters()):
+            self._diverged("the network weights are no longer finite")
+
+    def _diverged(self, what: str) -> None:
+        kept = (f"the last good checkpoint ({self.fold_dir / 'checkpoint_latest.pt'}, epoch {self.epoch - 1}) is kept"
+                if self.epoch > 0 else "no checkpoint was written")
+        raise NnsegError(f"training diverged in epoch {self.epoch}: {what}; {kept}. Lower --lr (now "
+                         f"{self.cfg.initial_lr}) and rerun with --fresh")
 
     def _class_names(self) -> list[str]:
         return [name for name, value in self.plan.labels.items() if value != 0]
@@ -364,7 +375,8 @@ class Trainer:
     def _finish(self) -> dict | None:
         validation = None
         if self.dist.is_main:
-            save_checkpoint(self.fold_dir / "checkpoint_final.pt", self._payload(self.epoch - 1))
+            self._checkpoint(self.epoch - 1, finished=True, with_training=False).save(
+                self.fold_dir / "checkpoint_final.pt")
             if self.cfg.final_validation and self.cfg.fold != "all" and self.val_ids:
                 from nnseg.training.validation import validate_fold
 
@@ -379,6 +391,28 @@ class Trainer:
                 self.tracker.log_metrics({"final_val_mean_dice": validation["mean_dice"]}, step=self.epoch - 1)
         self.dist.barrier()
         return validation
+
+
+def plan_differences(trained: Plan, current: Plan, configuration: str) -> list[str]:
+    """``field: old -> new`` for every plan field that determines the weights or their data and differs."""
+    def relevant(plan: Plan) -> dict[str, Any]:
+        config = plan.configurations.get(configuration)
+        return {"channel_names": plan.channel_names, "labels": plan.labels,
+                "transpose_forward": plan.transpose_forward,
+                f"configurations.{configuration}": None if config is None else config}
+
+    old, new = _flatten(to_jsonable(relevant(trained))), _flatten(to_jsonable(relevant(current)))
+    return [f"{key}: {old.get(key)} -> {new.get(key)}" for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key) and not key.endswith(".budget_used")]
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
 
 
 def train(work: str | os.PathLike | None, config: TrainConfig, *, resume: bool = True,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnseg.checkpoint import plan_payload, save_checkpoint
+from nnseg.checkpoint import Checkpoint
 from nnseg.errors import NnsegError
 from nnseg.inference.predictor import Predictor
 from nnseg.io import Geometry, read_volume, write_volume
@@ -21,9 +21,7 @@ def checkpoint(preprocessed_work_template: Path, tmp_path: Path) -> Path:
     """A random-initialised model of the tiny plan (the geometry does not depend on the weights)."""
     plan = Plan.load(preprocessed_work_template / "plans.json")
     network = build_network(plan.configuration("3d_fullres").network, 1, plan.num_classes)
-    payload = {"plan": plan_payload(plan), "configuration": "3d_fullres", "network_state": network.state_dict(),
-               "train_config": {"deep_supervision": True}}
-    return save_checkpoint(tmp_path / "fold_0" / "checkpoint_final.pt", payload)
+    return Checkpoint.for_network(plan, "3d_fullres", network).save(tmp_path / "fold_0" / "checkpoint_final.pt")
 
 
 @pytest.mark.parametrize("name", list(GEOMETRIES))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nnseg.checkpoint import load_checkpoint
+from nnseg.checkpoint import Checkpoint, TrainingState
 from nnseg.training.config import TrainConfig
 from nnseg.training.loop import poly_lr, train
 
@@ -59,9 +59,10 @@ def test_short_training_with_embedded_mlflow(preprocessed_work: Path) -> None:
                  "validation/summary.json"):
         assert (fold / name).is_file(), name
     assert (preprocessed_work / "splits.json").is_file()
-    payload = load_checkpoint(fold / "checkpoint_final.pt")
-    assert [h["epoch"] for h in payload["history"]] == [0, 1]
-    assert payload["plan"]["dataset_name"] == "PhantomsCT" and payload["configuration"] == "3d_fullres"
+    final, latest = Checkpoint.load(fold / "checkpoint_final.pt"), Checkpoint.load(fold / "checkpoint_latest.pt")
+    assert final.finished and final.epochs_trained == 2 and final.training is None  # a model, not a resume point
+    assert latest.training is not None and [h["epoch"] for h in latest.training.history] == [0, 1]
+    assert final.plan.dataset_name == "PhantomsCT" and final.configuration == "3d_fullres"
     assert result.validation is not None and set(result.validation["mean_dice_per_class"]) == {"organ", "lesion"}
     assert (preprocessed_work / "mlflow.db").is_file()
     _check_run(f"sqlite:///{(preprocessed_work / 'mlflow.db').resolve()}", result.run_id, epochs=2)
@@ -101,7 +102,7 @@ def test_kill_9_mid_epoch_then_resume_in_the_same_run(preprocessed_work: Path) -
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:  # wait until epoch 1 is saved, then kill during epoch 2
         latest = fold / "checkpoint_latest.pt"
-        if latest.is_file() and load_checkpoint(latest)["epoch"] >= 1:
+        if latest.is_file() and _training(latest).epoch >= 1:
             break
         time.sleep(0.2)
     else:
@@ -110,15 +111,16 @@ def test_kill_9_mid_epoch_then_resume_in_the_same_run(preprocessed_work: Path) -
     time.sleep(0.3)  # into epoch 2
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    before = load_checkpoint(fold / "checkpoint_latest.pt")
-    assert 1 <= before["epoch"] < 5 and before["run_id"]  # killed with epochs left to do
+    before = _training(fold / "checkpoint_latest.pt")
+    assert 1 <= before.epoch < 5 and before.run_id  # killed with epochs left to do
     assert not (fold / "checkpoint_final.pt").exists()
     assert subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode == 0
-    final = load_checkpoint(fold / "checkpoint_final.pt")
-    assert [h["epoch"] for h in final["history"]] == list(range(6))  # continued, nothing repeated or lost
-    assert final["run_id"] == before["run_id"]
+    assert Checkpoint.load(fold / "checkpoint_final.pt").finished
+    final = _training(fold / "checkpoint_latest.pt")
+    assert [h["epoch"] for h in final.history] == list(range(6))  # continued, nothing repeated or lost
+    assert final.run_id == before.run_id
     history = _client(f"sqlite:///{(preprocessed_work / 'mlflow.db').resolve()}").get_metric_history(
-        before["run_id"], "train_loss")
+        before.run_id, "train_loss")
     assert sorted({m.step for m in history}) == list(range(6))
 
 
@@ -132,7 +134,13 @@ def test_torchrun_two_cpu_processes(preprocessed_work: Path) -> None:
     assert sorted(p.name for p in fold.glob("checkpoint_*.pt")) == ["checkpoint_best.pt", "checkpoint_final.pt",
                                                                       "checkpoint_latest.pt"]
     assert not list(fold.glob(".*.tmp"))
-    assert [h["epoch"] for h in load_checkpoint(fold / "checkpoint_final.pt")["history"]] == [0, 1]
+    assert [h["epoch"] for h in _training(fold / "checkpoint_latest.pt").history] == [0, 1]
+
+
+def _training(path: Path) -> TrainingState:
+    state = Checkpoint.load(path).training
+    assert state is not None
+    return state
 
 
 def test_poly_schedule() -> None:
@@ -145,11 +153,3 @@ def test_missing_preprocessing_is_a_clear_error(tmp_path: Path, preprocessed_wor
 
     (preprocessed_work / "preprocessed").rename(tmp_path / "moved")
     assert main(["train", "--work", str(preprocessed_work), "--device", "cpu", "--epochs", "1"]) == 2
-
-
-def test_bad_fold_argument(preprocessed_work: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from nnseg.cli import main
-
-    assert main(["train", "--work", str(preprocessed_work), "--fold", "x"]) == 2
-    assert "--fold must be" in capsys.readouterr().err
-    assert torch.get_num_threads() >= 1

@@ -1,0 +1,137 @@
+"""Validation of user options, in one place for the CLI and the Python API.
+
+Each validator takes the option's name (as the user typed it: ``--step-size`` on the command
+line, ``step_size`` in Python) and a value, and returns the value converted or raises
+:class:`OptionError` saying what is allowed. The CLI uses them as argparse ``type=`` functions
+(:func:`cli_type`), so a bad value exits with code 2 and a one-line message naming the option;
+the API classes (``TrainConfig``, ``Predictor``) call the same functions.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nnseg.errors import NnsegError
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class OptionError(NnsegError, ValueError):
+    """An option value is out of range or malformed."""
+
+
+def _number(name: str, value: Any, kind: type) -> Any:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+    if kind is int and isinstance(value, float) and value != number:
+        raise OptionError(f"{name} must be an integer, got {value!r}")
+    if kind is float and not math.isfinite(number):
+        raise OptionError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def positive_int(name: str, value: Any) -> int:
+    number = _number(name, value, int)
+    if number < 1:
+        raise OptionError(f"{name} must be >= 1, got {number}")
+    return number
+
+
+def non_negative_int(name: str, value: Any) -> int:
+    number = _number(name, value, int)
+    if number < 0:
+        raise OptionError(f"{name} must be >= 0, got {number}")
+    return number
+
+
+def positive_float(name: str, value: Any) -> float:
+    number = _number(name, value, float)
+    if number <= 0:
+        raise OptionError(f"{name} must be a positive number, got {number:g}")
+    return number
+
+
+def non_negative_float(name: str, value: Any) -> float:
+    number = _number(name, value, float)
+    if number < 0:
+        raise OptionError(f"{name} must be >= 0, got {number:g}")
+    return number
+
+
+def fraction(name: str, value: Any) -> float:
+    """A number in (0, 1] (e.g. the sliding-window step as a fraction of the patch)."""
+    number = _number(name, value, float)
+    if not 0 < number <= 1:
+        raise OptionError(f"{name} must be in (0, 1] (a fraction of the patch), got {number:g}")
+    return number
+
+
+def unit_interval(name: str, value: Any) -> float:
+    number = _number(name, value, float)
+    if not 0 <= number <= 1:
+        raise OptionError(f"{name} must be in [0, 1], got {number:g}")
+    return number
+
+
+def fold(name: str, value: Any) -> int | str:
+    """A fold index (>= 0) or "all"."""
+    if value == "all":
+        return "all"
+    try:
+        number = _number(name, value, int)
+    except OptionError:
+        raise OptionError(f"{name} must be a fold index (0, 1, ...) or 'all', got {value!r}") from None
+    if number < 0:
+        raise OptionError(f"{name} must be a fold index (0, 1, ...) or 'all', got {number}")
+    return number
+
+
+def device(name: str, value: Any) -> str:
+    """"auto", "cpu", "cuda", "cuda:N" or "mps" (availability is checked when the device is used)."""
+    text = str(value)
+    if not _DEVICE.match(text):
+        raise OptionError(f"{name} must be auto, cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
+
+
+def writable_folder(name: str, path: str | os.PathLike) -> Path:
+    """Check that ``path`` is (or can be created as) a writable folder, without creating it.
+
+    A test file is written and removed in the folder, or in its nearest existing parent.
+    """
+    folder = Path(path)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OptionError(f"{name} {folder}: {existing} is a file, not a folder; choose a folder")
+    probe = existing / f".nnseg-write-test-{uuid.uuid4().hex}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OptionError(f"{name} {folder}: cannot write in {existing} ({exc.strerror or exc}); choose a "
+                          "writable folder") from None
+    return folder
+
+
+def cli_type(validator: Callable[[str, Any], Any], option: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` that applies ``validator`` (argparse prints the message and exits with 2)."""
+    import argparse
+
+    def parse(text: str) -> Any:
+        try:
+            return validator(option, text)
+        except OptionError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{option} ")) from None
+
+    parse.__name__ = validator.__name__
+    return parse
