@@ -1,16 +1,22 @@
 """Atomic file writes: write to a hidden temporary name beside the target, then rename over it.
 
 A crash (even ``kill -9``) at any moment leaves either the old file or the new one, never
-half a file; a failed write leaves no temporary behind. Temporary names start with ``.``
-and contain ``.tmp`` (``remove_stale_temporaries`` in preprocessing relies on that).
+half a file; a failed write leaves no temporary behind. Temporary names are
+``.<name>.<pid>.tmp<suffix>``; a ``kill -9`` can leave one behind, and the next run of the
+stage that writes into the folder removes it (:func:`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+_TMP_MARK = ".tmp"
+_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp(\.[A-Za-z0-9.]+)?$")
 
 
 @contextmanager
@@ -23,10 +29,41 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{_TMP_MARK}{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete temporaries of :func:`atomic_path` in ``folder`` whose writing process is gone; returns how many.
+
+    Only names of this module's pattern are touched, and never one whose process is still running
+    (another nnseg process may be writing into the same folder).
+    """
+    removed = 0
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for path in folder.iterdir():
+        match = _TEMPORARY.match(path.name)
+        if match is None or not path.is_file() or _alive(int(match["pid"])):
+            continue
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

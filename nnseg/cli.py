@@ -13,10 +13,28 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nnseg.errors import NnsegError
+from nnseg.options import (
+    cli_type,
+    device,
+    fold,
+    fraction,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    writable_folder,
+)
+from nnseg.workspace import Workspace
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (exit 2) instead of the whole usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _triple(kind: type) -> Callable[[str], tuple]:
@@ -35,13 +53,14 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="generate a phantom dataset (nnU-Net layout)",
                        description="Write a realistic synthetic dataset: sample data for demos and tests.")
     p.add_argument("out", type=Path, help="destination folder (new or empty)")
-    p.add_argument("--cases", type=int, default=8, help="training cases (default 8)")
-    p.add_argument("--test-cases", type=int, default=0, help="extra cases in imagesTs/labelsTs (default 0)")
+    p.add_argument("--cases", type=cli_type(positive_int, "--cases"), default=8, help="training cases (default 8)")
+    p.add_argument("--test-cases", type=cli_type(non_negative_int, "--test-cases"), default=0,
+                   help="extra cases in imagesTs/labelsTs (default 0)")
     p.add_argument("--shape", type=_triple(int), default=(40, 48, 48), help="nominal shape k,j,i (default 40,48,48)")
     p.add_argument("--spacing", type=_triple(float), default=(1.5, 1.2, 1.2),
                    help="nominal voxel size in mm k,j,i (default 1.5,1.2,1.2)")
     p.add_argument("--modality", choices=["CT", "MR"], default="CT")
-    p.add_argument("--channels", type=int, default=1, help="channels (MR only for >1)")
+    p.add_argument("--channels", type=cli_type(positive_int, "--channels"), default=1, help="channels (MR only for >1)")
     p.add_argument("--anisotropic", action="store_true", help="thick slices along k (3.5-5 mm)")
     p.add_argument("--no-oblique", dest="oblique", action="store_false", help="identity directions")
     p.add_argument("--file-ending", default=".nii.gz", choices=[".nii.gz", ".nii", ".mha", ".nrrd"])
@@ -68,7 +87,8 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
                                    "allowed), 2 on any error. Never writes into the dataset.")
     p.add_argument("dataset", type=Path, help="dataset folder holding dataset.json")
     p.add_argument("--json", action="store_true", help="print a machine-readable JSON report")
-    p.add_argument("--workers", type=int, default=1, help="parallel reader processes (default 1)")
+    p.add_argument("--workers", type=cli_type(positive_int, "--workers"), default=1,
+                   help="parallel reader processes (default 1)")
     p.set_defaults(handler=_run_check)
 
 
@@ -88,8 +108,10 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work", type=Path, default=None, help="work folder (default ./nnseg_work)")
     p.add_argument("--preset", default="default",
                    help="planner preset: a name from plans/ (default, cpu, ...) or a path to a preset .json")
-    p.add_argument("--gpu-memory-gb", type=float, default=None, help="plan for this much GPU memory")
-    p.add_argument("--workers", type=int, default=None, help="reader processes (default: from cores and free memory)")
+    p.add_argument("--gpu-memory-gb", type=cli_type(positive_float, "--gpu-memory-gb"), default=None,
+                   help="plan for this much GPU memory")
+    p.add_argument("--workers", type=cli_type(positive_int, "--workers"), default=None,
+                   help="reader processes (default: from cores and free memory)")
     p.add_argument("--preprocess", action="store_true", help="also preprocess every configuration (nnU-Net's "
                                                                "plan_and_preprocess in one step)")
     p.set_defaults(handler=_run_plan)
@@ -117,7 +139,8 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work", type=Path, default=None, help="work folder holding plans.json (default ./nnseg_work)")
     p.add_argument("--config", nargs="+", default=None, help="configurations (default: all planned)")
     p.add_argument("--dataset", type=Path, default=None, help="raw dataset folder (default: the one in plans.json)")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: from cores and free memory)")
+    p.add_argument("--workers", type=cli_type(positive_int, "--workers"), default=None,
+                   help="processes (default: from cores and free memory)")
     p.set_defaults(handler=_run_preprocess)
 
 
@@ -142,20 +165,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                    "torchrun --nproc_per_node N -m nnseg train ...")
     p.add_argument("--work", type=Path, default=None, help="work folder (default ./nnseg_work)")
     p.add_argument("--config", default="3d_fullres", help="plan configuration (default 3d_fullres)")
-    p.add_argument("--fold", default="0", help="fold index (0-4) or 'all' (default 0)")
-    p.add_argument("--epochs", type=int, default=1000)
-    p.add_argument("--iters-per-epoch", type=int, default=250)
-    p.add_argument("--val-iters", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=None, help="override the plan's batch size")
-    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default 0.01)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--fold", type=cli_type(fold, "--fold"), default=0, help="fold index (0-4) or 'all' (default 0)")
+    p.add_argument("--epochs", type=cli_type(positive_int, "--epochs"), default=1000)
+    p.add_argument("--iters-per-epoch", type=cli_type(positive_int, "--iters-per-epoch"), default=250)
+    p.add_argument("--val-iters", type=cli_type(non_negative_int, "--val-iters"), default=50)
+    p.add_argument("--batch-size", type=cli_type(positive_int, "--batch-size"), default=None,
+                   help="override the plan's batch size")
+    p.add_argument("--lr", type=cli_type(positive_float, "--lr"), default=0.01,
+                   help="initial learning rate (default 0.01)")
+    p.add_argument("--device", type=cli_type(device, "--device"), default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-amp", action="store_true", help="disable fp16 autocast on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
-    p.add_argument("--max-hours", type=float, default=None, help="stop after the epoch that crosses this budget")
-    p.add_argument("--loader-threads", type=int, default=2)
+    p.add_argument("--max-hours", type=cli_type(positive_float, "--max-hours"), default=None,
+                   help="stop after the epoch that crosses this budget (default: no limit)")
+    p.add_argument("--loader-threads", type=cli_type(positive_int, "--loader-threads"), default=2)
     p.add_argument("--seed", type=int, default=12345)
-    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint_latest.pt and start over")
-    p.add_argument("--resume", action="store_true", help="resume (the default when a checkpoint exists)")
+    restart = p.add_mutually_exclusive_group()
+    restart.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint_latest.pt and start over")
+    restart.add_argument("--resume", action="store_true", help="resume (the default when a checkpoint exists)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow URI (default: MLFLOW_TRACKING_URI or sqlite:///<work>/mlflow.db)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: the dataset name)")
@@ -168,9 +195,9 @@ def _run_train(args: argparse.Namespace) -> int:
     from nnseg.training.config import TrainConfig
     from nnseg.training.loop import train
 
-    fold: int | str = args.fold if args.fold == "all" else _fold_index(args.fold)
+    writable_folder("--work", Workspace.at(args.work).root)
     config = TrainConfig(
-        configuration=args.config, fold=fold, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
+        configuration=args.config, fold=args.fold, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
         val_iters=args.val_iters, batch_size=args.batch_size, initial_lr=args.lr, device=args.device,
         mixed_precision=not args.no_amp, compile=args.compile,
         max_wall_time_s=None if args.max_hours is None else args.max_hours * 3600,
@@ -190,13 +217,6 @@ def _run_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _fold_index(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise NnsegError(f"--fold must be a fold index or 'all', got {text!r}") from None
-
-
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment images with trained models",
                        description="Segment a folder (nnU-Net _0000 naming or single-channel files) or one image. "
@@ -207,21 +227,31 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model", type=Path, required=True,
                    help="work folder, models/<config> folder, or a checkpoint file")
     p.add_argument("-c", "--config", default="3d_fullres", help="configuration (default 3d_fullres)")
-    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all found)")
-    p.add_argument("--step-size", type=float, default=0.5, help="window step as a fraction of the patch (0.5)")
+    p.add_argument("-f", "--folds", nargs="+", type=cli_type(fold, "--folds"), default=None,
+                   help="folds to ensemble (default: every cross-validation fold found; fold_all only when named "
+                        "or alone)")
+    p.add_argument("--step-size", type=cli_type(fraction, "--step-size"), default=0.5,
+                   help="window step as a fraction of the patch, in (0, 1] (0.5)")
     p.add_argument("--no-tta", action="store_true", help="disable mirroring test-time augmentation")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz probabilities")
     p.add_argument("--overwrite", action="store_true", help="replace existing predictions")
     p.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png for quick QC")
     p.add_argument("--no-postprocess", action="store_true", help="ignore inference.json's postprocessing")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--window-batch", type=int, default=2, help="windows per forward pass")
+    p.add_argument("--device", type=cli_type(device, "--device"), default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--window-batch", type=cli_type(positive_int, "--window-batch"), default=2,
+                   help="windows per forward pass (default 2)")
     p.set_defaults(handler=_run_predict)
 
 
 def _model_location(model: Path, config: str) -> tuple[Path, Path | None]:
     """(checkpoint file or folder with fold_*, work folder when known)."""
-    if (model / "plans.json").is_file() and (model / "models").is_dir():
+    if not model.exists():
+        raise NnsegError(f"-m {model}: not found; give a work folder (holding plans.json and models/), a "
+                         "models/<config> folder, a fold_<k> folder or a checkpoint file")
+    if (model / "plans.json").is_file():
+        if not (model / "models" / config).is_dir():
+            raise NnsegError(f"-m {model}: no trained {config} model in it (no models/{config}/); train it first "
+                             f"(nnseg train --work {model} --config {config}) or choose another -c")
         return model / "models" / config, model
     if model.name.startswith("fold_") or model.is_file():
         return model, None
@@ -230,17 +260,28 @@ def _model_location(model: Path, config: str) -> tuple[Path, Path | None]:
     return model, None
 
 
+def _warn(message: str) -> None:
+    from nnseg.progress import write_line
+
+    write_line(f"nnseg: warning: {message}", error=True)
+
+
 def _run_predict(args: argparse.Namespace) -> int:
     from nnseg.inference.batch import predict_folder
     from nnseg.inference.predictor import Predictor
 
+    writable_folder("-o", args.output)
     location, work = _model_location(args.model, args.config)
-    folds = None if args.folds is None else [f if f == "all" else _fold_index(f) for f in args.folds]
-    predictor = Predictor.from_checkpoints(location, folds=folds, device=args.device, mirror=not args.no_tta,
-                                           step_size=args.step_size, window_batch=args.window_batch)
     postprocess = None
     if work is not None and not args.no_postprocess:
         postprocess = _load_postprocessing(work, args.config)
+    predictor = Predictor.from_checkpoints(location, folds=args.folds, device=args.device, mirror=not args.no_tta,
+                                           step_size=args.step_size, window_batch=args.window_batch)
+    predictor.on_warning = _warn
+    for source in predictor.sources:
+        print(f"using {source.describe()}")
+        if source.warning:
+            _warn(source.warning)
     report = predict_folder(predictor, args.input, args.output, overwrite=args.overwrite,
                             save_probabilities=args.save_probabilities, postprocess=postprocess,
                             overlay=args.overlay)
@@ -254,17 +295,13 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 def _load_postprocessing(work: Path, config: str):
     """The postprocessing rule chosen by find-best for this configuration, or None."""
-    import json
+    from nnseg.ensembling import InferenceChoice
 
-    path = work / "inference.json"
+    path = Workspace.at(work).inference_choice
     if not path.is_file():
         return None
-    from nnseg.postprocessing import PostprocessingRule
-
-    data = json.loads(path.read_text())
-    if config not in data.get("configurations", []):
-        return None
-    return PostprocessingRule.from_dict(data["postprocessing"]).apply
+    choice = InferenceChoice.load(path)
+    return choice.postprocessing.apply if config in choice.configurations else None
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -274,9 +311,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps")
     p.add_argument("--ref", type=Path, required=True, help="folder of reference label maps")
     p.add_argument("--dataset-json", type=Path, default=None, help="take label names from this dataset.json")
-    p.add_argument("--nsd-tolerance-mm", type=float, default=1.0)
+    p.add_argument("--nsd-tolerance-mm", type=cli_type(positive_float, "--nsd-tolerance-mm"), default=1.0)
     p.add_argument("--out", type=Path, default=None, help="where to write metrics.json/csv (default: --pred)")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=cli_type(positive_int, "--workers"), default=1)
     p.set_defaults(handler=_run_evaluate)
 
 
@@ -285,13 +322,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     labels = None
     if args.dataset_json is not None:
-        from nnseg.dataset import load_dataset
+        from nnseg.dataset.spec import read_labels
 
-        labels = load_dataset(args.dataset_json.parent).labels
+        labels = read_labels(args.dataset_json)
+    writable_folder("--out", args.out or args.pred)
     summary = evaluate_folders(args.pred, args.ref, labels, nsd_tolerance_mm=args.nsd_tolerance_mm,
                                workers=args.workers)
     json_path, csv_path = summary.write(args.out or args.pred)
     print(summary.table())
+    for warning in summary.warnings:
+        _warn(warning)
     print(f"wrote {json_path} and {csv_path}")
     return EXIT_OK
 
@@ -309,6 +349,7 @@ def _add_ensemble(sub: argparse._SubParsersAction) -> None:
 def _run_ensemble(args: argparse.Namespace) -> int:
     from nnseg.ensembling import ensemble_folders
 
+    writable_folder("-o", args.output)
     written = ensemble_folders(args.input, args.output, overwrite=args.overwrite)
     print(f"wrote {len(written)} ensembled case(s) to {args.output}")
     return EXIT_OK
@@ -345,15 +386,11 @@ def _add_postprocess(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_postprocess(args: argparse.Namespace) -> int:
-    import json
+    from nnseg.ensembling import InferenceChoice
+    from nnseg.postprocessing import postprocess_folder
 
-    from nnseg.postprocessing import PostprocessingRule, postprocess_folder
-    from nnseg.workspace import Workspace
-
-    path = Workspace.at(args.work).root / "inference.json"
-    if not path.is_file():
-        raise NnsegError(f"{path}: not found; run nnseg find-best first")
-    rule = PostprocessingRule.from_dict(json.loads(path.read_text())["postprocessing"])
+    rule = InferenceChoice.load(Workspace.at(args.work).inference_choice).postprocessing
+    writable_folder("-o", args.output)
     written = postprocess_folder(args.input, args.output, rule, overwrite=args.overwrite)
     print(f"postprocessed {len(written)} case(s) into {args.output} ({rule.describe()})")
     return EXIT_OK
@@ -364,10 +401,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                        description="synth -> check -> plan -> preprocess -> train -> predict -> evaluate on a small "
                                    "phantom dataset, in minutes on a CPU.")
     p.add_argument("--out", type=Path, default=Path("demo"), help="working folder (default ./demo)")
-    p.add_argument("--cases", type=int, default=10, help="training cases (default 10)")
-    p.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
-    p.add_argument("--iters-per-epoch", type=int, default=25)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--cases", type=cli_type(positive_int, "--cases"), default=10, help="training cases (default 10)")
+    p.add_argument("--epochs", type=cli_type(positive_int, "--epochs"), default=12, help="training epochs (default 12)")
+    p.add_argument("--iters-per-epoch", type=cli_type(positive_int, "--iters-per-epoch"), default=25)
+    p.add_argument("--device", type=cli_type(device, "--device"), default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_run_demo)
 
@@ -384,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``nnseg`` argument parser with every subcommand."""
     from nnseg import __version__
 
-    parser = argparse.ArgumentParser(prog="nnseg", description="Self-configuring 3D medical image segmentation.")
+    parser = _Parser(prog="nnseg", description="Self-configuring 3D medical image segmentation.")
     parser.add_argument("--version", action="version", version=f"nnseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_synth, _add_check, _add_plan, _add_preprocess, _add_train, _add_predict, _add_evaluate,
@@ -404,6 +441,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except NnsegError as exc:
         print(f"nnseg: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # a folder that cannot be written, a full disk: the user's environment, not a bug
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"nnseg: error: {where}{exc.strerror or exc}; check the path, its permissions and free space",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("nnseg: interrupted", file=sys.stderr)

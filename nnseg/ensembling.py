@@ -15,20 +15,50 @@ from __future__ import annotations
 
 import itertools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from nnseg.atomic import remove_stale_temporaries
 from nnseg.dataset import load_dataset
 from nnseg.dataset.reading import read_case_labels
 from nnseg.errors import NnsegError
 from nnseg.evaluation.metrics import compute_metrics, json_safe
 from nnseg.io import read_volume, split_suffix, write_volume
 from nnseg.planning.plan import Plan
-from nnseg.postprocessing import decide_postprocessing
+from nnseg.postprocessing import PostprocessingRule, decide_postprocessing
 from nnseg.progress import progress
-from nnseg.schema import write_json_atomic
+from nnseg.schema import read_json, write_json_atomic
 from nnseg.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class InferenceChoice:
+    """``<work>/inference.json``, written by find-best: the configurations to use and their postprocessing."""
+
+    configurations: tuple[str, ...]
+    postprocessing: PostprocessingRule
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> InferenceChoice:
+        """Read and check inference.json; errors name the file, the field and the fix."""
+        path = Path(path)
+        data = read_json(path, "inference.json (written by nnseg find-best)")
+        fix = "rerun nnseg find-best to rewrite it, or delete it to predict without postprocessing"
+        if not isinstance(data, dict):
+            raise NnsegError(f"{path}: must hold a JSON object, got {type(data).__name__}; {fix}")
+        for key in ("configurations", "postprocessing"):
+            if key not in data:
+                raise NnsegError(f"{path}: missing {key!r}; {fix}")
+        names = data["configurations"]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise NnsegError(f"{path}: 'configurations' must be a list of configuration names; {fix}")
+        try:
+            rule = PostprocessingRule.from_dict(data["postprocessing"])
+        except NnsegError as exc:
+            raise NnsegError(f"{path}: {exc}; {fix}") from None
+        return cls(tuple(names), rule)
 
 
 def _probability_files(folder: Path) -> dict[str, Path]:
@@ -68,6 +98,12 @@ def ensemble_folders(folders: list[str | os.PathLike], output: str | os.PathLike
     if missing:
         raise NnsegError(f"cases without probabilities in every folder: {', '.join(missing[:10])}")
     output = Path(output)
+    for folder in dirs:
+        if output.resolve() == folder.resolve():
+            raise NnsegError(f"{output}: the output folder is one of the input folders; its label maps and "
+                             "probabilities would be overwritten by the ensemble. Choose another output folder")
+    output.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output)
     written = []
     for case_id in progress(common, total=len(common), desc="ensemble", unit="case", enabled=show_progress):
         reference_label = _label_file(dirs[0], case_id)
@@ -131,5 +167,5 @@ def find_best(work: str | os.PathLike | None, *, configurations: list[str] | Non
         "postprocessing": rule.to_dict(),
         "postprocessing_report": report,
     }
-    write_json_atomic(workspace.root / "inference.json", json_safe(result))
+    write_json_atomic(workspace.inference_choice, json_safe(result))
     return result

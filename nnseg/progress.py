@@ -17,3 +17,10 @@ def progress(items: Iterable[T], *, total: int | None = None, desc: str = "", un
         yield from items
         return
     yield from tqdm(items, total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
+
+
+def write_line(text: str, *, error: bool = False) -> None:
+    """Print a line without breaking a progress bar that is being drawn."""
+    import sys
+
+    tqdm.write(text, file=sys.stderr if error else sys.stdout)

@@ -32,6 +32,11 @@ class Workspace:
         return self.root / "check_report.json"
 
     @property
+    def inference_choice(self) -> Path:
+        """``inference.json``: the configurations and postprocessing chosen by find-best."""
+        return self.root / "inference.json"
+
+    @property
     def splits(self) -> Path:
         return self.root / "splits.json"
 

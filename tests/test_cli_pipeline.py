@@ -11,18 +11,6 @@ import pytest
 
 from nnseg.cli import main
 from nnseg.io import Geometry, read_volume, write_volume
-from nnseg.training.config import TrainConfig
-from nnseg.training.loop import train
-
-
-@pytest.fixture(scope="session")
-def trained_work(preprocessed_work_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3d_fullres and 2d, fold 0, one tiny epoch each, with final validation (probabilities saved)."""
-    work = Path(shutil.copytree(preprocessed_work_template, tmp_path_factory.mktemp("trained") / "work"))
-    for configuration in ("3d_fullres", "2d"):
-        train(work, TrainConfig(configuration=configuration, fold=0, epochs=1, iters_per_epoch=2, val_iters=1,
-                                device="cpu", loader_threads=1, tracking=False), show_progress=False)
-    return work
 
 
 def _raw(work: Path) -> Path:

@@ -187,7 +187,8 @@ def _read_channels(dataset: Dataset, case: Case, add) -> Iterable[tuple[Path, Vo
             continue
         arrays = _split_channels(volume, dataset, case, path, add)
         for array in arrays:
-            _check_finite(array, path, add)
+            if _check_finite(array, path, add):
+                _check_not_constant(array, path, add)
             yield path, Volume(array, volume.geometry)
 
 
@@ -210,14 +211,23 @@ def _split_channels(volume: Volume, dataset: Dataset, case: Case, path: Path, ad
     return [array[c] for c in range(array.shape[0])]
 
 
-def _check_finite(array: np.ndarray, path: Path, add) -> None:
+def _check_finite(array: np.ndarray, path: Path, add) -> bool:
+    """Report NaN/Inf voxels; True when every voxel is finite."""
     if not np.issubdtype(array.dtype, np.floating):
-        return
+        return True
     n_nan = int(np.isnan(array).sum())
     n_inf = int(np.isinf(array).sum())
     if n_nan or n_inf:
         add("error", "non_finite", path,
             f"image contains {n_nan} NaN and {n_inf} infinite voxel(s); replace them (e.g. with the background value)")
+    return not (n_nan or n_inf)
+
+
+def _check_not_constant(array: np.ndarray, path: Path, add) -> None:
+    if array.size and array.min() == array.max():
+        add("warning", "constant_image", path,
+            f"constant image (every voxel is {array.flat[0]:g}) carries no information; check the file (an export "
+            "that failed?) or remove the case")
 
 
 def _check_label(dataset: Dataset, case: Case, reference: tuple[Path, Volume] | None) -> list[Problem]:

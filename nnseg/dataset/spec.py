@@ -150,6 +150,24 @@ def load_dataset(root: str | os.PathLike) -> Dataset:
     return _load_nnunet(root, raw)
 
 
+def read_labels(json_path: str | os.PathLike) -> dict[str, int | tuple[int, ...]]:
+    """The ``labels`` of a dataset.json given by path (any file name), checked as ``nnseg check`` does."""
+    json_path = Path(json_path)
+    if not json_path.is_file():
+        raise DatasetError(f"{json_path}: not found")
+    try:
+        raw = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{json_path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{json_path}: must hold a JSON object")
+    labels, problems = _labels(raw, json_path, msd=isinstance(raw.get("training"), list))
+    errors = [p.message for p in problems if p.severity == "error"]
+    if errors:
+        raise DatasetError(f"{json_path}: {errors[0]}")
+    return labels
+
+
 def _channel_names(raw: dict, json_path: Path) -> tuple[str, ...]:
     mapping = raw.get("channel_names", raw.get("modality"))
     if not isinstance(mapping, dict) or not mapping:

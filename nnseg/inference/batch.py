@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from nnseg.atomic import remove_stale_temporaries
 from nnseg.errors import NnsegError
 from nnseg.inference.predictor import Predictor
 from nnseg.io import split_suffix
@@ -65,6 +66,16 @@ class PredictReport:
     failed: dict[str, str] = field(default_factory=dict)
 
 
+def case_outputs(output: Path, case: InputCase, *, save_probabilities: bool, overlay: bool) -> list[Path]:
+    """Every file a case must have in ``output`` to count as done: the label map, and what else was asked for."""
+    paths = [output / f"{case.case_id}{case.ending}"]
+    if save_probabilities:
+        paths.append(output / f"{case.case_id}.npz")
+    if overlay:
+        paths.append(output / f"{case.case_id}_overlay.png")
+    return paths
+
+
 def predict_folder(
     predictor: Predictor,
     inputs: str | os.PathLike,
@@ -89,19 +100,23 @@ def predict_folder(
         show_progress: progress bar over cases.
     """
     output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise NnsegError(f"{output}: the output is a file, not a folder; choose a folder for the label maps")
     if Path(inputs).is_dir() and output.resolve() == Path(inputs).resolve():
         raise NnsegError(f"{output}: the output folder is the input folder; predictions would mix with (and could "
                          "overwrite) the images: choose another output folder")
     cases = find_input_cases(inputs)
     input_files = {f.resolve() for case in cases for f in case.files}
     output.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output)
     report = PredictReport()
     for case in progress(cases, total=len(cases), desc="predict", unit="case", enabled=show_progress):
-        target = output / f"{case.case_id}{case.ending}"
-        if target.resolve() in input_files:
+        outputs = case_outputs(output, case, save_probabilities=save_probabilities, overlay=overlay)
+        target = outputs[0]
+        if any(path.resolve() in input_files for path in outputs):
             report.failed[case.case_id] = f"{target}: would overwrite an input image; choose another output folder"
             continue
-        if target.exists() and not overwrite:
+        if all(path.exists() for path in outputs) and not overwrite:
             report.skipped.append(case.case_id)
             continue
         try:
@@ -113,7 +128,7 @@ def predict_folder(
                 from nnseg.visualize import overlay_case
 
                 names = {int(v): k for k, v in predictor.plan.labels.items() if isinstance(v, int)}
-                overlay_case(case.files[0], target, output / f"{case.case_id}_overlay.png", label_names=names)
+                overlay_case(case.files[0], target, outputs[-1], label_names=names)
         except NnsegError as exc:
             report.failed[case.case_id] = str(exc)
             continue

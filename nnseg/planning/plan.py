@@ -23,6 +23,9 @@ from nnseg.planning.presets import PlannerPreset
 from nnseg.schema import SchemaError, load_dataclass, read_json, write_json_atomic
 
 PLAN_SCHEMA_VERSION = 1
+#: Largest training patch accepted, in voxels (512^3 in 3D, 4096^2 in 2D): far above any plan nnseg or nnU-Net
+#: makes, but it stops a hand-edited plans.json from allocating terabytes.
+MAX_PATCH_VOXELS = {2: 4096**2, 3: 512**3}
 NormalizationScheme = Literal["ct", "zscore", "none", "rescale_to_0_1", "rgb_to_0_1"]
 
 
@@ -232,20 +235,35 @@ def _validate_configuration(plan: Plan, name: str, config: ConfigurationPlan) ->
         value = getattr(config, field_name)
         if len(value) != dims:
             raise PlanError(f"{where}.{field_name} needs {dims} values, got {list(value)}")
-        if any(v <= 0 for v in value):
-            raise PlanError(f"{where}.{field_name} must be positive, got {list(value)}")
+        if not all(math.isfinite(v) and v > 0 for v in value):
+            raise PlanError(f"{where}.{field_name} must hold positive finite numbers, got {list(value)}")
+    if math.prod(config.patch_size) > MAX_PATCH_VOXELS[dims]:
+        raise PlanError(f"{where}.patch_size {list(config.patch_size)} has {math.prod(config.patch_size):,} voxels, "
+                        f"more than any accelerator can train ({MAX_PATCH_VOXELS[dims]:,}); re-run nnseg plan or "
+                        "choose a smaller patch")
     if config.batch_size < 1:
         raise PlanError(f"{where}.batch_size must be >= 1, got {config.batch_size}")
     if len(config.normalization) != len(plan.channel_names):
         raise PlanError(f"{where}.normalization has {len(config.normalization)} entries for "
                         f"{len(plan.channel_names)} channels")
     for index, norm in enumerate(config.normalization):
+        for bound in ("clip_low", "clip_high", "mean", "std"):
+            number = getattr(norm, bound)
+            if number is not None and not math.isfinite(number):
+                raise PlanError(f"{where}.normalization[{index}].{bound} must be a finite number, got {number}")
         if norm.scheme == "ct" and None in (norm.clip_low, norm.clip_high, norm.mean, norm.std):
             raise PlanError(f"{where}.normalization[{index}]: scheme ct needs clip_low, clip_high, mean and std")
         if norm.scheme == "ct" and norm.std is not None and norm.std <= 0:
             raise PlanError(f"{where}.normalization[{index}].std must be positive, got {norm.std}")
     stage_lists = {"features_per_stage": net.features_per_stage, "kernel_sizes": net.kernel_sizes,
                    "strides": net.strides, "n_conv_per_stage": net.n_conv_per_stage}
+    if net.n_stages < 1:
+        raise PlanError(f"{where}.network.n_stages must be >= 1, got {net.n_stages}")
+    for field_name in ("features_per_stage", "n_conv_per_stage", "n_conv_per_stage_decoder"):
+        if any(v < 1 for v in getattr(net, field_name)):
+            raise PlanError(f"{where}.network.{field_name} must hold values >= 1, got {list(getattr(net, field_name))}")
+    if not (math.isfinite(net.negative_slope) and net.negative_slope >= 0):
+        raise PlanError(f"{where}.network.negative_slope must be a finite number >= 0, got {net.negative_slope}")
     for field_name, value in stage_lists.items():
         if len(value) != net.n_stages:
             raise PlanError(f"{where}.network.{field_name} has {len(value)} entries for n_stages={net.n_stages}")

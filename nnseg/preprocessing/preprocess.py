@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from nnseg.atomic import atomic_path
+from nnseg.atomic import atomic_path, remove_stale_temporaries
 from nnseg.dataset import Dataset, load_dataset
 from nnseg.dataset.reading import largest_case_bytes, read_case_images, read_case_labels
 from nnseg.errors import NnsegError
@@ -227,11 +227,34 @@ def read_properties(folder: Path, case_id: str) -> CaseProperties | None:
 
 
 def is_done(folder: Path, case_id: str, plan_hash: str) -> bool:
-    """True when the case is complete and was made with ``plan_hash``."""
+    """True when the case was made with ``plan_hash`` and every file of it is intact.
+
+    Cheap checks only (no data is read): each ``.npy`` header parses, its shape fits the case, and the
+    file is exactly as long as the header says, so a truncated, deleted or swapped file is redone.
+    """
     properties = read_properties(folder, case_id)
+    if properties is None or properties.plan_hash != plan_hash:
+        return False
     paths = _paths(folder, case_id)
-    return (properties is not None and properties.plan_hash == plan_hash
-            and paths["data"].is_file() and paths["locations"].is_file())
+    spatial = tuple(properties.shape)
+    data_shape = _npy_shape(paths["data"])
+    return (data_shape is not None and data_shape[1:] == spatial
+            and _npy_shape(paths["seg"]) == spatial
+            and (_npy_shape(paths["locations"]) or (0, 0))[1:] == (1 + len(spatial),))
+
+
+def _npy_shape(path: Path) -> tuple[int, ...] | None:
+    """The array shape of an intact ``.npy`` file (header parses, length matches), else None."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(handle)
+            expected = handle.tell() + int(np.prod(shape)) * dtype.itemsize
+        return tuple(shape) if path.stat().st_size == expected else None
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -256,15 +279,6 @@ def open_case(folder: Path, case_id: str) -> CachedCase:
         locations=np.load(paths["locations"]),
         properties=properties,
     )
-
-
-def remove_stale_temporaries(folder: Path) -> int:
-    """Delete temp files left by an interrupted run; returns how many."""
-    removed = 0
-    for path in folder.glob(".*.tmp*"):
-        path.unlink(missing_ok=True)
-        removed += 1
-    return removed
 
 
 # ---------------------------------------------------------------------------------------------- the stage
