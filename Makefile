@@ -8,11 +8,13 @@ STAMP := $(VENV)/.nnseg-installed
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+WHEEL_CHECK := build/wheel-check
+
+.PHONY: install demo test wheel-check clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
@@ -26,5 +28,17 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# Build the wheel, install it (not editable) into a fresh venv, and plan a synthetic dataset with the shipped presets.
+wheel-check: $(STAMP)
+	rm -rf $(WHEEL_CHECK) && mkdir -p $(WHEEL_CHECK)
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation . -w $(WHEEL_CHECK)/dist
+	$(PYTHON) -m venv $(WHEEL_CHECK)/venv
+	$(WHEEL_CHECK)/venv/bin/python -m pip install --quiet "$(TORCH)"
+	$(WHEEL_CHECK)/venv/bin/python -m pip install --quiet $(WHEEL_CHECK)/dist/nnseg-*.whl
+	cd $(WHEEL_CHECK) && venv/bin/nnseg synth data --cases 3 --shape 20,24,24 \
+	  && venv/bin/nnseg plan data --work work_default --workers 1 \
+	  && venv/bin/nnseg plan data --work work_cpu --preset cpu --workers 1
+	@echo "wheel-check: the installed wheel planned with its shipped presets"
+
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache build
