@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,7 +25,13 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from nnseg.errors import NnsegError
-from nnseg.evaluation.metrics import class_mask, dice_from_counts, normalize_labels, overlap_counts
+from nnseg.evaluation.metrics import (
+    ClassMetrics,
+    class_mask,
+    compute_metrics,
+    normalize_labels,
+)
+from nnseg.evaluation.summary import summarize_class
 from nnseg.io import IMAGE_SUFFIXES, Geometry, read_label_map, write_volume
 from nnseg.parallel import parallel_map
 from nnseg.schema import SchemaError
@@ -215,11 +221,12 @@ class _Case:
     """
 
     prediction: np.ndarray
-    reference_masks: dict[str, np.ndarray]
+    reference: np.ndarray
+    spacing: tuple[float, ...]
 
 
-def _prepare_case(index: int, prediction: np.ndarray, reference: np.ndarray,
-                  classes: dict[str, tuple[int, ...]]) -> _Case:
+def _prepare_case(index: int, prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]) -> _Case:
+    """Crop a case (copies, so the full arrays can be freed)."""
     prediction, reference = np.asarray(prediction), np.asarray(reference)
     if prediction.shape != reference.shape:
         raise NnsegError(f"case {index}: prediction shape {prediction.shape} differs from reference "
@@ -227,24 +234,18 @@ def _prepare_case(index: int, prediction: np.ndarray, reference: np.ndarray,
     box = _bounding_box((prediction != 0) | (reference != 0))
     if box is None:
         box = tuple(slice(0, 0) for _ in prediction.shape)
-    cropped_reference = reference[box]
-    return _Case(
-        prediction=prediction[box].copy(),
-        reference_masks={name: class_mask(cropped_reference, values) for name, values in classes.items()},
-    )
+    return _Case(prediction[box].copy(), reference[box].copy(), tuple(float(s) for s in spacing))
 
 
-def _case_dice(prediction: np.ndarray, case: _Case, classes: dict[str, tuple[int, ...]]) -> dict[str, float]:
-    """Dice per class of one case (1 when the class is absent from both)."""
-    return {
-        name: dice_from_counts(*overlap_counts(class_mask(prediction, values), case.reference_masks[name]))
-        for name, values in classes.items()
-    }
+def _case_dice(prediction: np.ndarray, case: _Case, classes: dict[str, tuple[int, ...]]) -> dict[str, ClassMetrics]:
+    """Dice per class of one case (1 when the class is absent from both), by the evaluation core."""
+    return compute_metrics(prediction, case.reference, case.spacing, classes, metrics=("dice",))
 
 
-def _class_means(per_case: Sequence[dict[str, float]], classes: dict[str, tuple[int, ...]]) -> dict[str, float]:
+def _class_means(per_case: Sequence[dict[str, ClassMetrics]], classes: dict[str, tuple[int, ...]]) -> dict[str, float]:
     """Class name -> Dice averaged over the cases."""
-    return {name: float(np.mean([dice[name] for dice in per_case])) for name in classes}
+    return {name: summarize_class(values, [dice[name] for dice in per_case], ("dice",)).mean["dice"]
+            for name, values in classes.items()}
 
 
 def _candidate(predictions: Sequence[np.ndarray], mask_of: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
@@ -263,7 +264,7 @@ def _candidate(predictions: Sequence[np.ndarray], mask_of: Callable[[np.ndarray]
 
 
 def _rescore(candidate: Sequence[np.ndarray], current: Sequence[np.ndarray], current_scores: Sequence[dict],
-             cases: Sequence[_Case], classes: dict[str, tuple[int, ...]]) -> list[dict[str, float]]:
+             cases: Sequence[_Case], classes: dict[str, tuple[int, ...]]) -> list[dict[str, ClassMetrics]]:
     """Per-case Dice of ``candidate``, recomputed only where it differs from ``current``."""
     return [scores if new is old else _case_dice(new, case, classes)
             for new, old, scores, case in zip(candidate, current, current_scores, cases)]
@@ -284,16 +285,17 @@ def _spec_of(values: tuple[int, ...]) -> LabelSpec:
 
 
 def decide_postprocessing(
-    cases: Sequence[tuple[np.ndarray, np.ndarray, tuple[float, ...]]],
+    cases: Iterable[tuple[np.ndarray, np.ndarray, Sequence[float]]],
     labels: Mapping[str, int | Sequence[int]],
     *,
     min_improvement: float = 0.0,
 ) -> tuple[PostprocessingRule, dict]:
     """Choose the postprocessing from cross-validation predictions, as nnU-Net v2 does.
 
-    Dice is computed per case and class (1 when the class is absent from both prediction and
-    reference, as in :mod:`nnseg.evaluation.metrics`) and averaged over the cases; "foreground
-    Dice" is the mean of those class means (nnU-Net's ``foreground_mean``).
+    Dice is computed per case and class by :func:`~nnseg.evaluation.metrics.compute_metrics` (1 when
+    the class is absent from both prediction and reference) and averaged over the cases as in
+    :class:`~nnseg.evaluation.summary.EvaluationSummary`; "foreground Dice" is the mean of those
+    class means (nnU-Net's ``foreground_mean``).
 
     1. Largest component of all foreground: accepted when the foreground Dice rises above the
        baseline by more than ``min_improvement`` and no class's mean Dice falls.
@@ -302,8 +304,9 @@ def decide_postprocessing(
        mean Dice rises by more than ``min_improvement``.
 
     Args:
-        cases: (prediction, reference, spacing) per cross-validation case; integer label maps of
-            equal shape. Dice needs no spacing; it is accepted so callers can pass evaluation tuples.
+        cases: (prediction, reference, spacing in mm) per cross-validation case; integer label maps
+            of equal shape. May be a generator: each case is cropped to the box of its nonzero
+            voxels as it comes, so only the crops are kept.
         labels: class name -> label value, or tuple of values for a region (dataset.json's labels;
             the background class 0 is skipped).
         min_improvement: Dice margin a step must beat (0: any strict improvement).
@@ -314,13 +317,14 @@ def decide_postprocessing(
 
     Raises:
         NnsegError: no cases, no foreground class, or a prediction and reference of different shapes.
+        ValueError: a negative ``min_improvement``, or a spacing that is not one positive value per axis.
     """
-    if not cases:
-        raise NnsegError("decide_postprocessing: no cases given")
     if not (math.isfinite(min_improvement) and min_improvement >= 0):
         raise ValueError(f"min_improvement must be a finite number >= 0, got {min_improvement}")
     classes = _foreground_classes(labels)
-    prepared = [_prepare_case(i, pred, ref, classes) for i, (pred, ref, _) in enumerate(cases)]
+    prepared = [_prepare_case(i, pred, ref, spacing) for i, (pred, ref, spacing) in enumerate(cases)]
+    if not prepared:
+        raise NnsegError("decide_postprocessing: no cases given")
     current = [c.prediction for c in prepared]
     scores = [_case_dice(p, c, classes) for p, c in zip(current, prepared)]
     current_dice = baseline = _class_means(scores, classes)

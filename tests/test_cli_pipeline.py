@@ -1,4 +1,5 @@
-"""predict / evaluate / ensemble / find-best / postprocess through the CLI, on a tiny trained work folder."""
+"""predict / evaluate / ensemble / find-best / postprocess through the CLI, on a tiny trained work folder;
+final validation's summary.json and evaluate's metrics.json share one schema."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from nnseg.cli import main
+from nnseg.evaluation import EvaluationSummary
 from nnseg.io import Geometry, read_volume, write_volume
 
 
@@ -93,3 +95,41 @@ def test_ensemble_needs_probabilities(tmp_path: Path, capsys: pytest.CaptureFixt
                  Geometry(affine=np.eye(4), shape=(4, 4, 4)), is_label=True)
     assert main(["ensemble", "-i", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "c")]) == 2
     assert "--save-probabilities" in capsys.readouterr().err
+
+
+def _key_tree(value: object) -> object:
+    """The keys of every object, at every level (lists: the key trees of their items, once each)."""
+    if isinstance(value, dict):
+        return {key: _key_tree(item) for key, item in value.items()}
+    if isinstance(value, list):
+        trees = []
+        for item in value:
+            tree = _key_tree(item)
+            if tree not in trees:
+                trees.append(tree)
+        return trees
+    return None
+
+
+def test_validation_summary_and_metrics_json_share_one_schema(trained_work: Path, tmp_path: Path) -> None:
+    raw = _raw(trained_work)
+    validation = trained_work / "models" / "3d_fullres" / "fold_0" / "validation"
+    references = tmp_path / "ref"
+    references.mkdir()
+    for prediction in validation.glob("*.nii.gz"):
+        shutil.copy(raw / "labelsTr" / prediction.name, references / prediction.name)
+    assert main(["evaluate", "--pred", str(validation), "--ref", str(references), "--dataset-json",
+                 str(raw / "dataset.json"), "--out", str(tmp_path / "eval")]) == 0
+    paths = (validation / "summary.json", tmp_path / "eval" / "metrics.json")
+    trained, evaluated = (json.loads(path.read_text()) for path in paths)
+    assert _key_tree(trained) == _key_tree(evaluated)
+    assert list(trained) == list(evaluated)  # same key order too
+    first, second = (EvaluationSummary.load(path) for path in paths)  # one loader reads both
+    assert len(first.cases) == len(second.cases) >= 1
+    for case_a, case_b in zip(first.cases, second.cases):  # same predictions, same references: same values
+        assert case_a.case == case_b.case
+        np.testing.assert_equal({n: m.to_dict() for n, m in case_a.metrics.items()},
+                                {n: m.to_dict() for n, m in case_b.metrics.items()})
+    assert first.mean_dice == pytest.approx(second.mean_dice)
+    assert first.mean_dice_per_class == pytest.approx(second.mean_dice_per_class)
+    assert set(first.mean_dice_per_class) == {"organ", "lesion"}

@@ -1,9 +1,11 @@
-"""Evaluation: segmentation metrics (Dice, IoU, HD95, NSD, volumes) and folder evaluation."""
+"""Evaluation: segmentation metrics (Dice, IoU, HD95, NSD, volumes), one summary type, folder evaluation."""
 
-from nnseg.evaluation.evaluate import CaseResult, ClassSummary, EvaluationSummary, evaluate_folders
+from nnseg.evaluation.evaluate import evaluate_folders
 from nnseg.evaluation.metrics import (
     METRIC_NAMES,
+    SURFACE_METRICS,
     ClassMetrics,
+    check_metrics,
     class_mask,
     compute_metrics,
     dice_from_counts,
@@ -15,13 +17,23 @@ from nnseg.evaluation.metrics import (
     overlap_counts,
     surface_distances,
 )
+from nnseg.evaluation.summary import (
+    CaseResult,
+    ClassSummary,
+    EvaluationSummary,
+    MetricAccumulator,
+    summarize_class,
+)
 
 __all__ = [
     "METRIC_NAMES",
+    "SURFACE_METRICS",
     "CaseResult",
     "ClassMetrics",
     "ClassSummary",
     "EvaluationSummary",
+    "MetricAccumulator",
+    "check_metrics",
     "class_mask",
     "compute_metrics",
     "dice_from_counts",
@@ -32,5 +44,6 @@ __all__ = [
     "normalize_labels",
     "normalized_surface_dice",
     "overlap_counts",
+    "summarize_class",
     "surface_distances",
 ]

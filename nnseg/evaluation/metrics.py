@@ -6,6 +6,9 @@ a plain class is one value (``{"liver": 1}``), a region several (``{"whole": (1,
 and its mask is every voxel holding one of them.
 
 Per class: Dice, IoU, HD95, normalized surface Dice (NSD), volumes and TP/FP/FN voxel counts.
+:func:`compute_metrics` is the one core every evaluation goes through (``nnseg evaluate``, final
+validation, find-best, postprocessing decisions); it computes only the metrics it is asked for, and
+the surface distances behind HD95 and NSD only when one of those two is asked for.
 
 Surface distances follow MONAI exactly (``compute_hausdorff_distance`` and
 ``compute_surface_dice`` with their defaults): a mask's surface is its voxels that a binary
@@ -43,8 +46,9 @@ class is absent from the reference can be told apart (or left out) when aggregat
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -62,10 +66,13 @@ METRIC_NAMES = (
     "tp", "fp", "fn",
 )
 
+#: Metrics that need the surface distances (the expensive part).
+SURFACE_METRICS = ("hd95_mm", "nsd")
+
 
 @dataclass(frozen=True)
 class ClassMetrics:
-    """Metrics of one class in one case.
+    """Metrics of one class in one case; a metric that was not asked for is None.
 
     Attributes:
         dice: 2 TP / (2 TP + FP + FN).
@@ -79,27 +86,45 @@ class ClassMetrics:
         tp: voxels in both masks.
         fp: voxels in the prediction only.
         fn: voxels in the reference only.
-        reference_empty: the class is absent from the reference.
-        prediction_empty: the class is absent from the prediction.
+        reference_empty: the class is absent from the reference (always set).
+        prediction_empty: the class is absent from the prediction (always set).
     """
 
-    dice: float
-    iou: float
-    hd95_mm: float
-    nsd: float
-    volume_pred_ml: float
-    volume_ref_ml: float
-    volume_diff_ml: float
-    volume_diff_rel: float
-    tp: int
-    fp: int
-    fn: int
+    dice: float | None
+    iou: float | None
+    hd95_mm: float | None
+    nsd: float | None
+    volume_pred_ml: float | None
+    volume_ref_ml: float | None
+    volume_diff_ml: float | None
+    volume_diff_rel: float | None
+    tp: int | None
+    fp: int | None
+    fn: int | None
     reference_empty: bool
     prediction_empty: bool
 
     def to_dict(self) -> dict:
-        """Plain dict (NaN stays NaN; see :func:`json_safe` for JSON)."""
-        return asdict(self)
+        """Plain dict of the computed metrics and the two flags; metrics not asked for are left out.
+
+        NaN stays NaN; see :func:`json_safe` for JSON.
+        """
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+def check_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
+    """Check metric names (see :data:`METRIC_NAMES`) and return them in that order, each once.
+
+    Raises:
+        ValueError: no name, or a name that is not a metric.
+    """
+    names = {metrics} if isinstance(metrics, str) else set(metrics)
+    unknown = sorted(str(name) for name in names - set(METRIC_NAMES))
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; the metrics are {list(METRIC_NAMES)}")
+    if not names:
+        raise ValueError(f"no metric asked for; choose from {list(METRIC_NAMES)}")
+    return tuple(name for name in METRIC_NAMES if name in names)
 
 
 def normalize_labels(labels: Mapping[str, int | Sequence[int]]) -> dict[str, tuple[int, ...]]:
@@ -223,7 +248,8 @@ def _nsd(pred_to_ref: np.ndarray, ref_to_pred: np.ndarray, tolerance_mm: float) 
     return float(within / (pred_to_ref.size + ref_to_pred.size))
 
 
-def _check_tolerance(tolerance_mm: float) -> None:
+def check_nsd_tolerance(tolerance_mm: float) -> None:
+    """Raise ValueError unless ``tolerance_mm`` is a finite number >= 0."""
     if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         raise ValueError(f"NSD tolerance must be a finite number >= 0 mm, got {tolerance_mm}")
 
@@ -251,7 +277,7 @@ def normalized_surface_dice(
 
     Follows the module's empty-mask conventions: 1 when both are empty, 0 when one is.
     """
-    _check_tolerance(tolerance_mm)
+    check_nsd_tolerance(tolerance_mm)
     empty_pred, empty_ref = not prediction.any(), not reference.any()
     if empty_pred or empty_ref:
         _check_pair(prediction, reference, spacing)
@@ -260,41 +286,51 @@ def normalized_surface_dice(
 
 
 def mask_metrics(
-    prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float], *, nsd_tolerance_mm: float = 1.0
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    metrics: str | Iterable[str] = METRIC_NAMES,
+    nsd_tolerance_mm: float = 1.0,
 ) -> ClassMetrics:
-    """Every metric of one class given as two boolean masks of the same shape."""
+    """The ``metrics`` of one class given as two boolean masks of the same shape (the others are None).
+
+    Surface distances are computed only when ``hd95_mm`` or ``nsd`` is asked for.
+    """
     spacing = _check_pair(prediction, reference, spacing)
-    _check_tolerance(nsd_tolerance_mm)
+    wanted = check_metrics(metrics)
+    check_nsd_tolerance(nsd_tolerance_mm)
     prediction, reference = prediction.astype(bool, copy=False), reference.astype(bool, copy=False)
     tp, fp, fn = overlap_counts(prediction, reference)
     empty_pred, empty_ref = tp + fp == 0, tp + fn == 0
-    if empty_pred and empty_ref:
-        hd95, nsd = 0.0, 1.0
-    elif empty_pred or empty_ref:
-        hd95, nsd = math.nan, 0.0
-    else:
-        pred_to_ref, ref_to_pred = surface_distances(prediction, reference, spacing)
-        hd95 = _hd_percentile(pred_to_ref, ref_to_pred, 95.0)
-        nsd = _nsd(pred_to_ref, ref_to_pred, nsd_tolerance_mm)
     voxel_ml = math.prod(spacing) / 1000.0
     volume_pred, volume_ref = (tp + fp) * voxel_ml, (tp + fn) * voxel_ml
     if empty_ref:
         relative = 0.0 if empty_pred else math.nan
     else:
         relative = (volume_pred - volume_ref) / volume_ref
-    return ClassMetrics(
-        dice=dice_from_counts(tp, fp, fn), iou=iou_from_counts(tp, fp, fn), hd95_mm=hd95, nsd=nsd,
-        volume_pred_ml=volume_pred, volume_ref_ml=volume_ref, volume_diff_ml=volume_pred - volume_ref,
-        volume_diff_rel=relative, tp=tp, fp=fp, fn=fn, reference_empty=empty_ref, prediction_empty=empty_pred,
-    )
+    values: dict[str, Any] = {  # float, or int for the voxel counts
+        "dice": dice_from_counts(tp, fp, fn), "iou": iou_from_counts(tp, fp, fn),
+        "volume_pred_ml": volume_pred, "volume_ref_ml": volume_ref, "volume_diff_ml": volume_pred - volume_ref,
+        "volume_diff_rel": relative, "tp": tp, "fp": fp, "fn": fn,
+    }
+    if any(name in wanted for name in SURFACE_METRICS):
+        if empty_pred and empty_ref:
+            values.update(hd95_mm=0.0, nsd=1.0)
+        elif empty_pred or empty_ref:
+            values.update(hd95_mm=math.nan, nsd=0.0)
+        else:
+            pred_to_ref, ref_to_pred = surface_distances(prediction, reference, spacing)
+            values.update(hd95_mm=_hd_percentile(pred_to_ref, ref_to_pred, 95.0),
+                          nsd=_nsd(pred_to_ref, ref_to_pred, nsd_tolerance_mm))
+    return ClassMetrics(**{name: values[name] if name in wanted else None for name in METRIC_NAMES},
+                        reference_empty=empty_ref, prediction_empty=empty_pred)
 
 
-def empty_class_metrics() -> ClassMetrics:
+def empty_class_metrics(metrics: str | Iterable[str] = METRIC_NAMES) -> ClassMetrics:
     """The result for a class absent from both prediction and reference."""
-    return ClassMetrics(
-        dice=1.0, iou=1.0, hd95_mm=0.0, nsd=1.0, volume_pred_ml=0.0, volume_ref_ml=0.0, volume_diff_ml=0.0,
-        volume_diff_rel=0.0, tp=0, fp=0, fn=0, reference_empty=True, prediction_empty=True,
-    )
+    empty = np.zeros((1, 1, 1), dtype=bool)
+    return mask_metrics(empty, empty, (1.0, 1.0, 1.0), metrics=metrics)
 
 
 def compute_metrics(
@@ -303,24 +339,28 @@ def compute_metrics(
     spacing: Sequence[float],
     labels: Mapping[str, int | Sequence[int]],
     *,
+    metrics: str | Iterable[str] = METRIC_NAMES,
     nsd_tolerance_mm: float = 1.0,
 ) -> dict[str, ClassMetrics]:
-    """Metrics of every class of two label maps.
+    """The requested metrics of every class of two label maps.
 
     Args:
         prediction: integer label map, array order.
         reference: integer label map of the same shape.
         spacing: voxel size in mm, array order.
         labels: class name -> label value, or tuple of values for a region (e.g. ``{"whole": (1, 2)}``).
+        metrics: names from :data:`METRIC_NAMES` to compute; the others are None. Surface distances
+            are computed only for ``hd95_mm`` or ``nsd`` (``metrics=("dice",)`` counts voxels only).
         nsd_tolerance_mm: tolerance of the normalized surface Dice.
 
     Returns:
         Class name -> :class:`ClassMetrics`, in the order of ``labels``.
     """
     spacing = _check_pair(prediction, reference, spacing)
+    wanted = check_metrics(metrics)
     return {
         name: mask_metrics(class_mask(prediction, values), class_mask(reference, values), spacing,
-                           nsd_tolerance_mm=nsd_tolerance_mm)
+                           metrics=wanted, nsd_tolerance_mm=nsd_tolerance_mm)
         for name, values in normalize_labels(labels).items()
     }
 

@@ -128,7 +128,7 @@ def test_table_lists_classes_and_counts(folders):
 
 def test_default_labels_are_reference_values(folders):
     pred_dir, ref_dir, arrays = folders
-    pred, ref = arrays["case_a"]
+    pred, _ = arrays["case_a"]
     pred = pred.copy()
     pred[0, 0, 0] = 5  # a value no reference holds
     write_volume(pred_dir / "case_a.nii.gz", pred, _geometry(), is_label=True)

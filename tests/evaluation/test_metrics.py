@@ -232,3 +232,49 @@ def test_input_checks():
         compute_metrics(pred, ref, (1.0, 0.0, 1.0), {"a": 1})
     with pytest.raises(ValueError, match="tolerance"):
         compute_metrics(pred, ref, SPACING, {"a": 1}, nsd_tolerance_mm=-1.0)
+
+
+# --- asking for some metrics only ------------------------------------------------------------------------------
+
+
+def _no_surface_distances(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("surface distances were computed")
+
+    monkeypatch.setattr("nnseg.evaluation.metrics.surface_distances", refuse)
+
+
+def test_dice_only_computes_no_surface_distance(monkeypatch):
+    pred, ref = _label_maps()
+    labels = {"edema": 1, "core": 2, "whole": (1, 2), "absent": 7}
+    full = compute_metrics(pred, ref, SPACING, labels)
+    _no_surface_distances(monkeypatch)
+    dice_only = compute_metrics(pred, ref, SPACING, labels, metrics=("dice",))
+    for name, metrics in dice_only.items():
+        assert metrics.dice == full[name].dice
+        assert metrics.hd95_mm is None and metrics.nsd is None and metrics.tp is None and metrics.iou is None
+        assert (metrics.reference_empty, metrics.prediction_empty) == (full[name].reference_empty,
+                                                                       full[name].prediction_empty)
+        assert set(metrics.to_dict()) == {"dice", "reference_empty", "prediction_empty"}
+    overlap = mask_metrics(pred == 2, ref == 2, SPACING, metrics=("iou", "tp", "volume_diff_rel"))
+    assert (overlap.iou, overlap.tp, overlap.volume_diff_rel) == (full["core"].iou, 32, full["core"].volume_diff_rel)
+    with pytest.raises(AssertionError, match="surface distances"):
+        compute_metrics(pred, ref, SPACING, labels, metrics=("dice", "nsd"))
+
+
+def test_surface_metrics_only_when_asked():
+    pred, ref = _label_maps()
+    full = compute_metrics(pred, ref, SPACING, {"core": 2})["core"]
+    hd_only = compute_metrics(pred, ref, SPACING, {"core": 2}, metrics="hd95_mm")["core"]
+    assert hd_only.hd95_mm == full.hd95_mm and hd_only.nsd is None and hd_only.dice is None
+    empty = np.zeros_like(ref)
+    nsd_only = mask_metrics(empty > 0, ref == 2, SPACING, metrics=["nsd"])
+    assert nsd_only.nsd == 0.0 and nsd_only.hd95_mm is None  # empty-mask conventions hold for a subset too
+
+
+def test_metric_names_are_checked():
+    pred, ref = _label_maps()
+    with pytest.raises(ValueError, match=r"unknown metric\(s\) \['hd95'\]"):
+        compute_metrics(pred, ref, SPACING, {"a": 1}, metrics=("dice", "hd95"))
+    with pytest.raises(ValueError, match="no metric"):
+        compute_metrics(pred, ref, SPACING, {"a": 1}, metrics=())
