@@ -14,7 +14,9 @@ from pathlib import Path
 
 from nnseg.errors import NnsegError
 from nnseg.options import (
+    add_config_options,
     cli_type,
+    config_from_args,
     device,
     fold,
     fraction,
@@ -163,31 +165,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                    "Defaults are nnU-Net's recipe (1000 epochs x 250 iterations); a rerun resumes "
                                    "from checkpoint_latest.pt in the same MLflow run. Multi-GPU/multi-node: "
                                    "torchrun --nproc_per_node N -m nnseg train ...")
+    from nnseg.training.config import TrainConfig
+
     p.add_argument("--work", type=Path, default=None, help="work folder (default ./nnseg_work)")
-    p.add_argument("--config", default="3d_fullres", help="plan configuration (default 3d_fullres)")
-    p.add_argument("--fold", type=cli_type(fold, "--fold"), default=0, help="fold index (0-4) or 'all' (default 0)")
-    p.add_argument("--epochs", type=cli_type(positive_int, "--epochs"), default=1000)
-    p.add_argument("--iters-per-epoch", type=cli_type(positive_int, "--iters-per-epoch"), default=250)
-    p.add_argument("--val-iters", type=cli_type(non_negative_int, "--val-iters"), default=50)
-    p.add_argument("--batch-size", type=cli_type(positive_int, "--batch-size"), default=None,
-                   help="override the plan's batch size")
-    p.add_argument("--lr", type=cli_type(positive_float, "--lr"), default=0.01,
-                   help="initial learning rate (default 0.01)")
-    p.add_argument("--device", type=cli_type(device, "--device"), default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--no-amp", action="store_true", help="disable fp16 autocast on CUDA")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network")
-    p.add_argument("--max-hours", type=cli_type(positive_float, "--max-hours"), default=None,
-                   help="stop after the epoch that crosses this budget (default: no limit)")
-    p.add_argument("--loader-threads", type=cli_type(positive_int, "--loader-threads"), default=2)
-    p.add_argument("--seed", type=int, default=12345)
+    add_config_options(p, TrainConfig)
     restart = p.add_mutually_exclusive_group()
     restart.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint_latest.pt and start over")
     restart.add_argument("--resume", action="store_true", help="resume (the default when a checkpoint exists)")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow URI (default: MLFLOW_TRACKING_URI or sqlite:///<work>/mlflow.db)")
-    p.add_argument("--experiment", default=None, help="MLflow experiment (default: the dataset name)")
-    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    p.add_argument("--no-final-validation", action="store_true", help="skip the sliding-window validation")
     p.set_defaults(handler=_run_train)
 
 
@@ -196,16 +180,9 @@ def _run_train(args: argparse.Namespace) -> int:
     from nnseg.training.loop import train
 
     writable_folder("--work", Workspace.at(args.work).root)
-    config = TrainConfig(
-        configuration=args.config, fold=args.fold, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
-        val_iters=args.val_iters, batch_size=args.batch_size, initial_lr=args.lr, device=args.device,
-        mixed_precision=not args.no_amp, compile=args.compile,
-        max_wall_time_s=None if args.max_hours is None else args.max_hours * 3600,
-        loader_threads=args.loader_threads, seed=args.seed, tracking_uri=args.tracking_uri,
-        experiment=args.experiment, tracking=not args.no_tracking, final_validation=not args.no_final_validation,
-    )
+    config = config_from_args(TrainConfig, args)
     result = train(args.work, config, resume=not args.fresh)
-    print(f"trained {args.config} {config.fold_name}: {result.epochs_done} epoch(s), EMA pseudo-Dice "
+    print(f"trained {config.configuration} {config.fold_name}: {result.epochs_done} epoch(s), EMA pseudo-Dice "
           f"{result.ema_pseudo_dice:.4f} -> {result.fold_dir}")
     if result.validation is not None:
         print(f"validation mean Dice {result.validation['mean_dice']:.4f} "
@@ -213,7 +190,8 @@ def _run_train(args: argparse.Namespace) -> int:
     if result.run_id:
         from nnseg.tracking import default_tracking_uri, ui_hint
 
-        print(f"MLflow run {result.run_id}: {ui_hint(args.tracking_uri or default_tracking_uri(args.work or Path('nnseg_work')))}")
+        uri = config.tracking_uri or default_tracking_uri(Workspace.at(args.work).root)
+        print(f"MLflow run {result.run_id}: {ui_hint(uri)}")
     return EXIT_OK
 
 
@@ -226,20 +204,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("-m", "--model", type=Path, required=True,
                    help="work folder, models/<config> folder, or a checkpoint file")
-    p.add_argument("-c", "--config", default="3d_fullres", help="configuration (default 3d_fullres)")
-    p.add_argument("-f", "--folds", nargs="+", type=cli_type(fold, "--folds"), default=None,
-                   help="folds to ensemble (default: every cross-validation fold found; fold_all only when named "
-                        "or alone)")
-    p.add_argument("--step-size", type=cli_type(fraction, "--step-size"), default=0.5,
-                   help="window step as a fraction of the patch, in (0, 1] (0.5)")
-    p.add_argument("--no-tta", action="store_true", help="disable mirroring test-time augmentation")
-    p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz probabilities")
-    p.add_argument("--overwrite", action="store_true", help="replace existing predictions")
-    p.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png for quick QC")
-    p.add_argument("--no-postprocess", action="store_true", help="ignore inference.json's postprocessing")
-    p.add_argument("--device", type=cli_type(device, "--device"), default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--window-batch", type=cli_type(positive_int, "--window-batch"), default=2,
-                   help="windows per forward pass (default 2)")
+    from nnseg.inference.config import PredictConfig
+
+    add_config_options(p, PredictConfig)
     p.set_defaults(handler=_run_predict)
 
 
@@ -248,15 +215,14 @@ def _model_location(model: Path, config: str) -> tuple[Path, Path | None]:
     if not model.exists():
         raise NnsegError(f"-m {model}: not found; give a work folder (holding plans.json and models/), a "
                          "models/<config> folder, a fold_<k> folder or a checkpoint file")
-    if (model / "plans.json").is_file():
-        if not (model / "models" / config).is_dir():
-            raise NnsegError(f"-m {model}: no trained {config} model in it (no models/{config}/); train it first "
-                             f"(nnseg train --work {model} --config {config}) or choose another -c")
-        return model / "models" / config, model
-    if model.name.startswith("fold_") or model.is_file():
-        return model, None
-    if (model.parent.parent / "plans.json").is_file():
-        return model, model.parent.parent
+    work = Workspace.containing(model)
+    if work is not None and work.root == model:
+        if not work.models(config).is_dir():
+            raise NnsegError(f"-m {model}: no trained {config} model in it (no {work.models(config)}); train it "
+                             f"first (nnseg train --work {model} --config {config}) or choose another -c")
+        return work.models(config), model
+    if work is not None and work.models(model.name) == model:
+        return model, work.root
     return model, None
 
 
@@ -268,23 +234,25 @@ def _warn(message: str) -> None:
 
 def _run_predict(args: argparse.Namespace) -> int:
     from nnseg.inference.batch import predict_folder
+    from nnseg.inference.config import PredictConfig
     from nnseg.inference.predictor import Predictor
 
+    config = config_from_args(PredictConfig, args)
     writable_folder("-o", args.output)
-    location, work = _model_location(args.model, args.config)
+    location, work = _model_location(args.model, config.configuration)
     postprocess = None
-    if work is not None and not args.no_postprocess:
-        postprocess = _load_postprocessing(work, args.config)
-    predictor = Predictor.from_checkpoints(location, folds=args.folds, device=args.device, mirror=not args.no_tta,
-                                           step_size=args.step_size, window_batch=args.window_batch)
+    if work is not None and config.postprocess:
+        postprocess = _load_postprocessing(work, config.configuration)
+    predictor = Predictor.from_checkpoints(location, folds=config.folds, device=config.device, mirror=config.mirror,
+                                           step_size=config.step_size, window_batch=config.window_batch)
     predictor.on_warning = _warn
     for source in predictor.sources:
         print(f"using {source.describe()}")
         if source.warning:
             _warn(source.warning)
-    report = predict_folder(predictor, args.input, args.output, overwrite=args.overwrite,
-                            save_probabilities=args.save_probabilities, postprocess=postprocess,
-                            overlay=args.overlay)
+    report = predict_folder(predictor, args.input, args.output, overwrite=config.overwrite,
+                            save_probabilities=config.save_probabilities, postprocess=postprocess,
+                            overlay=config.overlay)
     print(f"predicted {len(report.written)} case(s) into {args.output}"
           + (f", skipped {len(report.skipped)} already predicted (use --overwrite)" if report.skipped else ""))
     print(f"time per stage: {predictor.times.summary()}")

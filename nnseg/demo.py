@@ -21,6 +21,7 @@ from nnseg.synth import SynthConfig, generate_dataset
 from nnseg.tracking import default_tracking_uri, ui_hint
 from nnseg.training.config import TrainConfig
 from nnseg.training.loop import train
+from nnseg.workspace import Workspace
 
 
 def run_demo(out: str | Path, *, num_cases: int = 10, num_test: int = 3, epochs: int = 12,
@@ -42,15 +43,15 @@ def run_demo(out: str | Path, *, num_cases: int = 10, num_test: int = 3, epochs:
     planned = plan(raw, work, preset="cpu", show_progress=False)
     print(f"[plan] wrote {planned.fingerprint_path} and {planned.plans_path} (preset 'cpu'):")
     print(plan_summary(planned.plan))
-    for summary in preprocess_dataset(work, configurations=["3d_fullres"], show_progress=False):
-        print(f"[preprocess] {summary.configuration}: {summary.processed} written, {summary.skipped} already done")
+    for done in preprocess_dataset(work, configurations=["3d_fullres"], show_progress=False):
+        print(f"[preprocess] {done.configuration}: {done.processed} written, {done.skipped} already done")
     print(f"[train] 3d_fullres fold 0: {epochs} epochs x {iters_per_epoch} iterations (a demo budget; "
           "nnU-Net's default is 1000 x 250)")
     result = train(work, TrainConfig(fold=0, epochs=epochs, iters_per_epoch=iters_per_epoch, val_iters=5,
                                      device=device), show_progress=True)
     if result.validation is not None:
         print(f"[train] fold 0 validation mean Dice {result.validation['mean_dice']:.4f}")
-    predictor = Predictor.from_checkpoints(work / "models" / "3d_fullres", device=device)
+    predictor = Predictor.from_checkpoints(Workspace.at(work).models("3d_fullres"), device=device)
     predicted = predict_folder(predictor, raw / "imagesTs", predictions, overwrite=True, overlay=True,
                                show_progress=False)
     print(f"[predict] {len(predicted.written)} test case(s) -> {predictions} ({predictor.times.summary()})")

@@ -4,9 +4,10 @@
 ``nnseg predict --save-probabilities``) of several prediction folders and writes the
 argmax with the geometry of the first folder's label map.
 
-``find_best`` reads the cross-validation predictions of every trained configuration
-(``models/<config>/fold_*/validation/``), scores each configuration and each pair
-ensemble by mean foreground Dice against the reference labels, picks the best, decides
+``find_best`` streams the cross-validation predictions of every trained configuration
+(``models/<config>/fold_*/validation/``) case by case, scores each configuration and each
+pair ensemble by mean foreground Dice against the reference labels (no surface distances),
+picks the best, decides
 per class whether "keep the largest connected component" helps, and writes
 ``<work>/inference.json``, which ``nnseg predict`` then applies by default.
 """
@@ -15,22 +16,24 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nnseg.atomic import remove_stale_temporaries
-from nnseg.dataset import load_dataset
+from nnseg.dataset import Dataset, load_dataset
 from nnseg.dataset.reading import read_case_labels
 from nnseg.errors import NnsegError
-from nnseg.evaluation.metrics import compute_metrics, json_safe
-from nnseg.io import read_volume, split_suffix, write_volume
+from nnseg.evaluation.metrics import json_safe
+from nnseg.evaluation.summary import MetricAccumulator
+from nnseg.io import Volume, read_volume, split_suffix, write_volume
 from nnseg.planning.plan import Plan
 from nnseg.postprocessing import PostprocessingRule, decide_postprocessing
 from nnseg.progress import progress
 from nnseg.schema import read_json, write_json_atomic
-from nnseg.workspace import Workspace
+from nnseg.workspace import Workspace, fold_folders
 
 
 @dataclass(frozen=True)
@@ -121,44 +124,70 @@ def ensemble_folders(folders: list[str | os.PathLike], output: str | os.PathLike
 
 def _validation_probabilities(workspace: Workspace, configuration: str) -> dict[str, Path]:
     files: dict[str, Path] = {}
-    for fold in sorted(workspace.models(configuration).glob("fold_[0-9]*")):
-        files.update(_probability_files(fold / "validation"))
+    for fold in fold_folders(workspace.models(configuration), cross_validation_only=True):
+        files.update(_probability_files(fold.validation))
     return files
+
+
+def _candidates(names: list[str]) -> list[tuple[str, ...]]:
+    """Every configuration alone, then every pair ensemble."""
+    return [(n,) for n in names] + list(itertools.combinations(names, 2))
+
+
+def _ensemble(probabilities: dict[str, np.ndarray], combo: tuple[str, ...]) -> np.ndarray:
+    """Label map of the mean probabilities of the configurations in ``combo``."""
+    total = probabilities[combo[0]].copy()
+    for name in combo[1:]:
+        total += probabilities[name]
+    total /= len(combo)
+    return total.argmax(0).astype(np.uint8)
+
+
+def _score_case(case_id: str, files: dict[str, dict[str, Path]], reference: Volume,
+                scores: dict[tuple[str, ...], MetricAccumulator]) -> None:
+    """Load each configuration's probabilities of one case once and score every candidate on them."""
+    loaded = {name: load_probabilities(files[name][case_id]) for name in files}
+    for combo, accumulator in scores.items():
+        accumulator.add(case_id, _ensemble(loaded, combo), reference.array, reference.geometry.spacing)
+
+
+def _best_predictions(cases: list[str], files: dict[str, dict[str, Path]], best: tuple[str, ...],
+                      dataset: Dataset) -> Iterator[tuple[np.ndarray, np.ndarray, tuple[float, ...]]]:
+    """(prediction of ``best``, reference, spacing) per case, one case in memory at a time."""
+    for case_id in cases:
+        reference = read_case_labels(dataset.case(case_id))
+        # the probabilities are freed before the yield; only label maps outlive a case
+        prediction = _ensemble({name: load_probabilities(files[name][case_id]) for name in best}, best)
+        yield prediction, reference.array, reference.geometry.spacing
 
 
 def find_best(work: str | os.PathLike | None, *, configurations: list[str] | None = None,
               show_progress: bool = True) -> dict:
-    """Choose the best configuration or pair ensemble by cross-validation Dice; decide postprocessing."""
+    """Choose the best configuration or pair ensemble by cross-validation Dice; decide postprocessing.
+
+    Streams the cases: each case's probabilities are loaded once per configuration and every
+    candidate is scored on them (Dice only, no surface distances); only per case Dice values are
+    kept. A second pass over the cases feeds the best candidate's predictions to
+    :func:`~nnseg.postprocessing.decide_postprocessing`.
+    """
     workspace = Workspace.at(work)
     plan = Plan.load(workspace.plans)
     names = configurations or [c for c in plan.configurations if _validation_probabilities(workspace, c)]
     if not names:
         raise NnsegError(f"{workspace.root}: no trained configuration with validation predictions "
                          "(train folds with final validation first)")
-    probabilities = {name: _validation_probabilities(workspace, name) for name in names}
-    cases = sorted(set.intersection(*(set(p) for p in probabilities.values())))
+    files = {name: _validation_probabilities(workspace, name) for name in names}
+    cases = sorted(set.intersection(*(set(p) for p in files.values())))
     if not cases:
         raise NnsegError("the configurations share no validated case")
     dataset = load_dataset(plan.dataset_root)
     labels = {name: value for name, value in plan.labels.items() if value != 0}
-    references = {c: read_case_labels(dataset.case(c)) for c in cases}
-    candidates: dict[tuple[str, ...], float] = {}
-    combos = [(n,) for n in names] + list(itertools.combinations(names, 2))
-    predictions: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
-    for combo in progress(combos, total=len(combos), desc="find-best", unit="candidate", enabled=show_progress):
-        dice, predicted = [], {}
-        for case_id in cases:
-            mean = sum(load_probabilities(probabilities[n][case_id]) for n in combo) / len(combo)
-            predicted[case_id] = mean.argmax(0).astype(np.uint8)
-            reference = references[case_id]
-            metrics = compute_metrics(predicted[case_id], reference.array, reference.geometry.spacing, labels)
-            dice.append(np.nanmean([m.dice for m in metrics.values()]))
-        candidates[combo] = float(np.mean(dice))
-        predictions[combo] = predicted
+    scores = {combo: MetricAccumulator(labels, metrics=("dice",)) for combo in _candidates(names)}
+    for case_id in progress(cases, total=len(cases), desc="find-best", unit="case", enabled=show_progress):
+        _score_case(case_id, files, read_case_labels(dataset.case(case_id)), scores)
+    candidates = {combo: accumulator.summary().mean_dice for combo, accumulator in scores.items()}
     best = max(candidates, key=lambda combo: candidates[combo])
-    rule, report = decide_postprocessing(
-        [(predictions[best][c], references[c].array, references[c].geometry.spacing) for c in cases],
-        labels)
+    rule, report = decide_postprocessing(_best_predictions(cases, files, best, dataset), labels)
     result = {
         "configurations": list(best),
         "mean_dice": candidates[best],

@@ -14,11 +14,13 @@ import os
 import re
 import uuid
 from collections.abc import Callable
+from dataclasses import Field, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nnseg.errors import NnsegError
 
+T = TypeVar("T")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -123,6 +125,15 @@ def writable_folder(name: str, path: str | os.PathLike) -> Path:
     return folder
 
 
+def text(name: str, value: Any) -> str:
+    """Any string (for options that are names or URIs)."""
+    return str(value)
+
+
+def integer(name: str, value: Any) -> int:
+    return _number(name, value, int)
+
+
 def cli_type(validator: Callable[[str, Any], Any], option: str) -> Callable[[str], Any]:
     """An argparse ``type=`` that applies ``validator`` (argparse prints the message and exits with 2)."""
     import argparse
@@ -135,3 +146,72 @@ def cli_type(validator: Callable[[str, Any], Any], option: str) -> Callable[[str
 
     parse.__name__ = validator.__name__
     return parse
+
+
+# ---------------------------------------------------------------------------------------------- options as data
+
+def option(default: Any, help: str, *, flag: str | tuple[str, ...] | None = None,
+           validate: Callable[[str, Any], Any] | None = None, metavar: str | None = None,
+           many: bool = False) -> Any:
+    """A config dataclass field that is also a command-line option (one source of name, default, help, check).
+
+    Args:
+        default: the default value (shown in ``--help``).
+        help: one line for ``--help``.
+        flag: the option's spelling(s) (default ``--field-name``); for a bool defaulting to True, the flag that
+            turns it off (e.g. ``--no-amp``).
+        validate: a validator of this module, applied on the command line and in ``__post_init__`` (to each
+            item when ``many``).
+        metavar: the value's name in ``--help``.
+        many: the option takes one or more values (a tuple).
+    """
+    metadata = {"help": help, "flag": flag, "validate": validate, "metavar": metavar, "many": many}
+    return field(default=default, metadata=metadata)
+
+
+def flags_of(item: Field) -> tuple[str, ...]:
+    """The command-line spellings of a config field."""
+    flag = item.metadata.get("flag")
+    if flag:
+        return (flag,) if isinstance(flag, str) else tuple(flag)
+    prefix = "--no-" if item.default is True else "--"
+    return (prefix + item.name.replace("_", "-"),)
+
+
+def validate_fields(config: Any) -> None:
+    """Apply each field's validator (``option(validate=...)``) to its value; None means "not set"."""
+    for item in fields(config):
+        check = item.metadata.get("validate")
+        value = getattr(config, item.name)
+        if check is None or value is None:
+            continue
+        for one in (value if item.metadata.get("many") else (value,)):
+            check(item.name, one)
+
+
+def add_config_options(parser: Any, config_type: type, *, exclude: tuple[str, ...] = ()) -> None:
+    """Add one argparse option per ``option()`` field of ``config_type``: names, defaults and help come from it."""
+    for item in fields(config_type):
+        if item.name in exclude or "help" not in item.metadata:
+            continue
+        flags, check, default = flags_of(item), item.metadata.get("validate"), item.default
+        if isinstance(default, bool):
+            action = "store_false" if default else "store_true"
+            parser.add_argument(*flags, dest=item.name, action=action, help=item.metadata["help"])
+            continue
+        shown = "" if default is None else f" (default {default:.4g})" if isinstance(default, float) else \
+            f" (default {default})"
+        parser.add_argument(*flags, dest=item.name, default=default, metavar=item.metadata.get("metavar"),
+                            type=cli_type(check, flags[-1]) if check else None,
+                            nargs="+" if item.metadata.get("many") else None,
+                            help=item.metadata["help"] + shown)
+
+
+def config_from_args(config_type: type[T], args: Any, **values: Any) -> T:
+    """Build ``config_type`` from parsed options (fields added by :func:`add_config_options`) and ``values``."""
+    given = {}
+    for item in fields(config_type):
+        if hasattr(args, item.name):
+            value = getattr(args, item.name)
+            given[item.name] = tuple(value) if item.metadata.get("many") and value is not None else value
+    return config_type(**{**given, **values})

@@ -35,6 +35,7 @@ from nnseg.networks import build_network
 from nnseg.planning.plan import ConfigurationPlan, Plan
 from nnseg.preprocessing.preprocess import preprocess_case
 from nnseg.preprocessing.restore import probabilities_to_labels, restore_probabilities
+from nnseg.workspace import FoldPaths, fold_folder_name, fold_folders
 
 
 #: Warn when an input's voxel size differs from the model's by more than this factor along an axis.
@@ -59,9 +60,6 @@ def _warn(message: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=3)
 
 
-CHECKPOINT_PREFERENCE = ("checkpoint_final.pt", "checkpoint_best.pt", "checkpoint_latest.pt")
-
-
 def find_checkpoints(model_dir: str | os.PathLike, folds: Sequence[int | str] | None = None) -> list[Path]:
     """One checkpoint per fold of ``model_dir`` (final, else best, else latest), for ``folds`` or every fold found.
 
@@ -75,23 +73,22 @@ def find_checkpoints(model_dir: str | os.PathLike, folds: Sequence[int | str] | 
     if not model_dir.is_dir():
         raise NnsegError(f"{model_dir}: model not found; give a work folder (holding plans.json and models/), a "
                          "models/<config> folder, a fold_<k> folder or a checkpoint file")
-    if model_dir.name.startswith("fold_"):
-        fold_dirs = [model_dir]
+    if FoldPaths(model_dir).is_fold:
+        fold_dirs = [FoldPaths(model_dir)]
     elif folds:
-        fold_dirs = [model_dir / f"fold_{f}" for f in folds]
+        fold_dirs = [FoldPaths(model_dir / fold_folder_name(f)) for f in folds]
     else:
-        fold_dirs = sorted(d for d in model_dir.glob("fold_*") if d.is_dir())
-        cross_validation = [d for d in fold_dirs if d.name != "fold_all"]
-        fold_dirs = cross_validation or fold_dirs
+        fold_dirs = fold_folders(model_dir, cross_validation_only=True) or fold_folders(model_dir)
     if not fold_dirs:
         raise NnsegError(f"{model_dir}: no fold_*/ folders; train a fold first (nnseg train) or point -m at "
                          "a checkpoint file")
     found = []
-    for fold_dir in fold_dirs:
-        candidates = [fold_dir / name for name in CHECKPOINT_PREFERENCE if (fold_dir / name).is_file()]
+    for fold in fold_dirs:
+        candidates = [path for path in fold.checkpoints_by_preference if path.is_file()]
         if not candidates:
-            what = "folder not found" if not fold_dir.is_dir() else "no checkpoint in it"
-            raise NnsegError(f"{fold_dir}: {what} (expected one of {', '.join(CHECKPOINT_PREFERENCE)})")
+            what = "folder not found" if not fold.root.is_dir() else "no checkpoint in it"
+            raise NnsegError(f"{fold.root}: {what} (expected one of "
+                             f"{', '.join(p.name for p in fold.checkpoints_by_preference)})")
         found.append(candidates[0])
     return found
 
@@ -111,7 +108,7 @@ class CheckpointSource:
     @property
     def warning(self) -> str | None:
         """Why this checkpoint may not be what the user wants, or None."""
-        if self.checkpoint.finished and self.path.name == "checkpoint_final.pt":
+        if self.checkpoint.finished and self.path == FoldPaths(self.path.parent).final:
             return None
         return (f"{self.path}: not the final checkpoint of a finished training ({self.checkpoint.epochs_trained} "
                 "epoch(s) done); predictions may be worse than the finished model's. Finish training with "
@@ -138,7 +135,7 @@ class Predictor:
                  mirror: bool = True, step_size: float = 0.5, window_batch: int = 2,
                  deep_supervision_heads: bool = True) -> None:
         self.plan = plan
-        self.config: ConfigurationPlan = plan.configuration(configuration)
+        self.config_plan: ConfigurationPlan = plan.configuration(configuration)
         self.device = resolve_device(options.device("device", device))
         self.mirror = mirror
         self.step_size = options.fraction("step_size", step_size)
@@ -146,7 +143,7 @@ class Predictor:
         self.networks = []
         for state in states:
             # the heads exist in the weights; in eval mode the network returns only the full-resolution output
-            network = build_network(self.config.network, len(plan.channel_names), plan.num_classes,
+            network = build_network(self.config_plan.network, len(plan.channel_names), plan.num_classes,
                                     deep_supervision=deep_supervision_heads)
             network.load_state_dict(state)
             self.networks.append(network.to(self.device).eval())
@@ -175,7 +172,7 @@ class Predictor:
 
     @property
     def mirror_axes(self) -> tuple[int, ...]:
-        return tuple(range(self.config.dimensions)) if self.mirror else ()
+        return tuple(range(self.config_plan.dimensions)) if self.mirror else ()
 
     def _forward(self, network: torch.nn.Module):
         def predict(batch: torch.Tensor) -> torch.Tensor:
@@ -189,7 +186,7 @@ class Predictor:
         total = None
         for network in self.networks:
             logits = predict_sliding_window(
-                self._forward(network), data, self.config.patch_size, self.plan.num_classes,
+                self._forward(network), data, self.config_plan.patch_size, self.plan.num_classes,
                 step_size=self.step_size, mirror_axes=self.mirror_axes, window_batch=self.window_batch,
                 body_mask=body, device=self.device)
             probabilities = torch.softmax(logits, 0)
@@ -211,21 +208,21 @@ class Predictor:
                              f"{len(self.plan.channel_names)} ({', '.join(self.plan.channel_names)})")
         self.check_input(images, geometry, case_id)
         started = time.perf_counter()
-        case = preprocess_case(images, geometry, None, self.plan, self.config, case_id=case_id)
+        case = preprocess_case(images, geometry, None, self.plan, self.config_plan, case_id=case_id)
         data = torch.from_numpy(case.data)
         body = None if case.body is None else torch.from_numpy(case.body)
         self.times.add("preprocess", time.perf_counter() - started)
         started = time.perf_counter()
-        if self.config.dimensions == 3:
+        if self.config_plan.dimensions == 3:
             probabilities = self._probabilities_3d(data, body)
         else:
             probabilities = self._probabilities_2d(data, body)
         self.times.add("network", time.perf_counter() - started)
         started = time.perf_counter()
-        labels = probabilities_to_labels(probabilities, case.properties, self.plan, self.config.resampling)
+        labels = probabilities_to_labels(probabilities, case.properties, self.plan, self.config_plan.resampling)
         full = None
         if return_probabilities:
-            full = restore_probabilities(probabilities, case.properties, self.plan, self.config.resampling)
+            full = restore_probabilities(probabilities, case.properties, self.plan, self.config_plan.resampling)
         self.times.add("export", time.perf_counter() - started)
         return labels.astype(np.uint8 if self.plan.num_classes <= 256 else np.int32), full
 
@@ -238,14 +235,14 @@ class Predictor:
                 raise NnsegError(f"{case_id}: {bad} of {images.size} voxels are NaN or infinite; nnseg does not "
                                  "guess values for them. Fix the image (e.g. replace them with the background "
                                  "intensity) and predict again")
-        spacing = [float(geometry.spacing[a]) for a in self.plan.transpose_forward][-self.config.dimensions:]
-        factors = [max(s / t, t / s) for s, t in zip(spacing, self.config.spacing)]
+        spacing = [float(geometry.spacing[a]) for a in self.plan.transpose_forward][-self.config_plan.dimensions:]
+        factors = [max(s / t, t / s) for s, t in zip(spacing, self.config_plan.spacing)]
         if max(factors) > SPACING_WARNING_FACTOR:
-            zoom = float(np.prod([s / t for s, t in zip(spacing, self.config.spacing)]))
+            zoom = float(np.prod([s / t for s, t in zip(spacing, self.config_plan.spacing)]))
             cost = f", {zoom:.3g}x the voxels: this may take long" if zoom > 4 else ""
             self.on_warning(
                 f"{case_id}: voxel size {_mm(spacing)} mm is up to {max(factors):.1f}x off the model's "
-                f"{_mm(self.config.spacing)} mm (its training data); the image is resampled to the model's grid"
+                f"{_mm(self.config_plan.spacing)} mm (its training data); the image is resampled to the model's grid"
                 f"{cost}. Results may be poor: check the header's spacing")
 
     def predict_files(self, files: Sequence[str | os.PathLike], *, return_probabilities: bool = False

@@ -68,27 +68,28 @@ class Trainer:
 
     def __init__(self, work: str | os.PathLike | None, config: TrainConfig, *, resume: bool = True,
                  show_progress: bool = True) -> None:
-        self.cfg = config
+        self.train_config = config
         self.workspace = Workspace.at(work)
         self.plan = Plan.load(self.workspace.plans)
-        self.config: ConfigurationPlan = self.plan.configuration(config.configuration)
+        self.config_plan: ConfigurationPlan = self.plan.configuration(config.configuration)
         self.device = resolve_device(config.device)
         self.dist = DistributedContext.from_launcher(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
         self.show_progress = show_progress and self.dist.is_main
-        self.fold_dir = self.workspace.fold(config.configuration, config.fold)
+        self.fold_paths = self.workspace.fold_paths(config.configuration, config.fold)
+        self.fold_dir = self.fold_paths.root
         remove_stale_temporaries(self.fold_dir)
-        remove_stale_temporaries(self.fold_dir / "validation")
-        self.data_dir = self.workspace.preprocessed(self.config.data_identifier)
+        remove_stale_temporaries(self.fold_paths.validation)
+        self.data_dir = self.workspace.preprocessed(self.config_plan.data_identifier)
         self.train_ids, self.val_ids = self._split()
         torch.manual_seed(config.seed + self.dist.rank)
         np.random.seed(config.seed + self.dist.rank)
         random.seed(config.seed + self.dist.rank)
 
         self.num_channels = len(self.plan.channel_names)
-        network = build_network(self.config.network, self.num_channels, self.plan.num_classes,
+        network = build_network(self.config_plan.network, self.num_channels, self.plan.num_classes,
                                 deep_supervision=config.deep_supervision)
         self.network = network.to(self.device)
         self.model = torch.compile(self.network) if config.compile else self.network
@@ -99,8 +100,8 @@ class Trainer:
                                          nesterov=True, weight_decay=config.weight_decay)
         self.use_amp = config.mixed_precision and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.loss = SegmentationLoss(batch_dice=self.config.batch_dice)
-        self.augment = TrainingAugmentation.for_patch_size(self.config.patch_size)
+        self.loss = SegmentationLoss(batch_dice=self.config_plan.batch_dice)
+        self.augment = TrainingAugmentation.for_patch_size(self.config_plan.patch_size)
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed + 7919 * self.dist.rank)
 
         self.epoch = 0
@@ -108,19 +109,19 @@ class Trainer:
         self.ema: float | None = None
         self.best_ema = -math.inf
         self.run_id: str | None = None
-        if resume and (self.fold_dir / "checkpoint_latest.pt").is_file():
-            self._restore(self.fold_dir / "checkpoint_latest.pt")
+        if resume and self.fold_paths.latest.is_file():
+            self._restore(self.fold_paths.latest)
         self.tracker = self._make_tracker()
 
     # ------------------------------------------------------------------------------------------ setup
 
     def _split(self) -> tuple[list[str], list[str]]:
-        plan_hash = preprocessing_hash(self.plan, self.config)
+        plan_hash = preprocessing_hash(self.plan, self.config_plan)
         found = sorted(p.stem for p in self.data_dir.glob("*.json") if not p.name.startswith("."))
         cases = [c for c in found if is_done(self.data_dir, c, plan_hash)]
-        fix = f"run `nnseg preprocess --work {self.workspace.root} --config {self.cfg.configuration}` (it redoes them)"
+        fix = f"run `nnseg preprocess --work {self.workspace.root} --config {self.train_config.configuration}` (it redoes them)"
         if not cases:
-            raise NnsegError(f"{self.data_dir}: no preprocessed cases for {self.cfg.configuration}; {fix}")
+            raise NnsegError(f"{self.data_dir}: no preprocessed cases for {self.train_config.configuration}; {fix}")
         broken = sorted(set(found) - set(cases))
         if broken or len(cases) < self.plan.num_training_cases:
             what = (f"{len(broken)} case(s) damaged or made with another plan ({', '.join(broken[:5])})" if broken
@@ -131,25 +132,25 @@ class Trainer:
         self.dist.barrier()
         if not self.dist.is_main:
             splits = load_or_create_splits(self.workspace.splits, cases)
-        if self.cfg.fold == "all":
+        if self.train_config.fold == "all":
             return cases, cases
-        if self.cfg.fold >= len(splits):  # type: ignore[operator]
-            raise NnsegError(f"{self.workspace.splits}: has {len(splits)} folds, fold {self.cfg.fold} requested")
-        fold = splits[self.cfg.fold]  # type: ignore[index]
+        if self.train_config.fold >= len(splits):  # type: ignore[operator]
+            raise NnsegError(f"{self.workspace.splits}: has {len(splits)} folds, fold {self.train_config.fold} requested")
+        fold = splits[self.train_config.fold]  # type: ignore[index]
         return list(fold["train"]), list(fold["val"])
 
     def _make_tracker(self):
-        from nnseg.tracking import MLflowTracker, NullTracker, default_tracking_uri
+        from nnseg.tracking import NullTracker, default_tracking_uri, mlflow_with_fallback
 
-        if not (self.cfg.tracking and self.dist.is_main):
+        if not (self.train_config.tracking and self.dist.is_main):
             return NullTracker()
-        uri = self.cfg.tracking_uri or default_tracking_uri(self.workspace.root)
-        tracker = MLflowTracker(uri, self.cfg.experiment or self.plan.dataset_name, self.fold_dir)
-        tags = {"dataset": self.plan.dataset_name, "configuration": self.cfg.configuration,
-                "fold": str(self.cfg.fold), "nnseg.version": self.plan.nnseg_version}
+        uri = self.train_config.tracking_uri or default_tracking_uri(self.workspace.root)
+        tracker = mlflow_with_fallback(uri, self.train_config.experiment or self.plan.dataset_name, self.fold_dir)
+        tags = {"dataset": self.plan.dataset_name, "configuration": self.train_config.configuration,
+                "fold": str(self.train_config.fold), "nnseg.version": self.plan.nnseg_version}
         resumed = self.run_id
-        self.run_id = tracker.start(f"{self.plan.dataset_name}/{self.cfg.configuration}/{self.cfg.fold_name}",
-                                    tags, resume_run_id=resumed)
+        self.run_id = tracker.start(f"{self.plan.dataset_name}/{self.train_config.configuration}/{self.train_config.fold_name}",
+                                    tags, resume_run_id=resumed) or resumed  # server down: keep the id to resume
         if resumed is None:
             self._log_params(tracker)
         return tracker
@@ -163,12 +164,12 @@ class Trainer:
             fingerprint = {"cases": len(data["cases"]), "median_spacing": np.median(spacings, 0).round(4).tolist(),
                            "median_shape_after_crop": np.median(shapes, 0).tolist(),
                            "median_relative_size_after_crop": data["median_relative_size_after_crop"]}
-        config = asdict(self.config)
+        config = asdict(self.config_plan)
         config.pop("normalization")
         tracker.log_params({
             "plan": {"preset": self.plan.preset, **config,
-                     "normalization": [n.scheme for n in self.config.normalization]},
-            "trainer": {**asdict(self.cfg), "train_cases": len(self.train_ids), "val_cases": len(self.val_ids),
+                     "normalization": [n.scheme for n in self.config_plan.normalization]},
+            "trainer": {**asdict(self.train_config), "train_cases": len(self.train_ids), "val_cases": len(self.val_ids),
                         "world_size": self.dist.world_size},
             "fingerprint": fingerprint,
             "nnseg_version": self.plan.nnseg_version,
@@ -176,9 +177,9 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         checkpoint = Checkpoint.load(path, map_location=self.device)
-        if checkpoint.configuration != self.cfg.configuration or str(checkpoint.fold) != str(self.cfg.fold):
+        if checkpoint.configuration != self.train_config.configuration or str(checkpoint.fold) != str(self.train_config.fold):
             raise NnsegError(f"{path}: belongs to {checkpoint.configuration} fold {checkpoint.fold}")
-        changed = plan_differences(checkpoint.plan, self.plan, self.cfg.configuration)
+        changed = plan_differences(checkpoint.plan, self.plan, self.train_config.configuration)
         if changed:
             raise NnsegError(f"{path}: {self.workspace.plans} changed since this fold was trained "
                              f"({'; '.join(changed[:3])}); resuming would continue old weights on another plan. "
@@ -201,15 +202,16 @@ class Trainer:
     def _checkpoint(self, epoch: int, *, finished: bool, with_training: bool) -> Checkpoint:
         from nnseg import __version__
 
+        self.run_id = self.tracker.run_id or self.run_id  # a run created late (server back after an outage)
         training = None
         if with_training:
             training = TrainingState(
                 epoch=epoch, history=self.history, ema=self.ema, best_ema=self.best_ema, run_id=self.run_id,
                 optimizer=self.optimizer.state_dict(),
                 scaler=self.scaler.state_dict() if self.use_amp else None,
-                rng=capture_rng_state(), generator=self.generator.get_state(), train_config=asdict(self.cfg))
-        return Checkpoint(plan=self.plan, configuration=self.cfg.configuration, fold=self.cfg.fold,
-                          network_state=self.network.state_dict(), deep_supervision=self.cfg.deep_supervision,
+                rng=capture_rng_state(), generator=self.generator.get_state(), train_config=asdict(self.train_config))
+        return Checkpoint(plan=self.plan, configuration=self.train_config.configuration, fold=self.train_config.fold,
+                          network_state=self.network.state_dict(), deep_supervision=self.train_config.deep_supervision,
                           finished=finished, epochs_trained=epoch + 1, nnseg_version=__version__,
                           training=training)
 
@@ -241,7 +243,7 @@ class Trainer:
     def val_step(self, batch: Batch) -> tuple[float, torch.Tensor]:
         image, seg = self._to_device(batch)
         crop = (slice(None), slice(None), *[slice((s - p) // 2, (s - p) // 2 + p)
-                                            for s, p in zip(image.shape[2:], self.config.patch_size)])
+                                            for s, p in zip(image.shape[2:], self.config_plan.patch_size)])
         image, seg = image[crop], seg[crop]
         output, loss = self._forward_loss(image, seg)
         main = output[:, 0] if output.ndim == image.ndim + 1 else output
@@ -258,18 +260,18 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ loop
 
     def _samplers(self) -> tuple[Prefetcher, Prefetcher | None]:
-        batch = self.cfg.batch_size or self.config.batch_size
+        batch = self.train_config.batch_size or self.config_plan.batch_size
         per_rank = max(1, math.ceil(batch / self.dist.world_size))
         region = self.augment.sampling_patch_size
-        seed = self.cfg.seed + 1000 * self.dist.rank + self.epoch
-        train = PatchSampler(self.data_dir, self.train_ids, region, per_rank, dimensions=self.config.dimensions,
-                             oversample_foreground=self.cfg.oversample_foreground, seed=seed)
+        seed = self.train_config.seed + 1000 * self.dist.rank + self.epoch
+        train = PatchSampler(self.data_dir, self.train_ids, region, per_rank, dimensions=self.config_plan.dimensions,
+                             oversample_foreground=self.train_config.oversample_foreground, seed=seed)
         val = None
-        if self.cfg.val_iters and self.val_ids:
-            val = PatchSampler(self.data_dir, self.val_ids, self.config.patch_size, per_rank,
-                               dimensions=self.config.dimensions, oversample_foreground=self.cfg.oversample_foreground,
+        if self.train_config.val_iters and self.val_ids:
+            val = PatchSampler(self.data_dir, self.val_ids, self.config_plan.patch_size, per_rank,
+                               dimensions=self.config_plan.dimensions, oversample_foreground=self.train_config.oversample_foreground,
                                seed=seed + 1)
-        threads = max(1, self.cfg.loader_threads)
+        threads = max(1, self.train_config.loader_threads)
         return Prefetcher(train, threads=threads), (Prefetcher(val, threads=1) if val else None)
 
     def run(self) -> TrainResult:
@@ -279,12 +281,12 @@ class Trainer:
         status = "FAILED"
         try:
             train_loader, val_loader = self._samplers()
-            while self.epoch < self.cfg.epochs:
+            while self.epoch < self.train_config.epochs:
                 self._epoch(train_loader, val_loader)
-                if self.cfg.max_wall_time_s and time.perf_counter() - started > self.cfg.max_wall_time_s:
+                if self.train_config.max_wall_time_s and time.perf_counter() - started > self.train_config.max_wall_time_s:
                     if self.dist.is_main:
                         print(f"stopping after epoch {self.epoch - 1}: wall-time budget of "
-                              f"{self.cfg.max_wall_time_s:.0f} s reached")
+                              f"{self.train_config.max_wall_time_s:.0f} s reached")
                     break
             validation = self._finish()
             status = "FINISHED"
@@ -301,13 +303,13 @@ class Trainer:
 
     def _epoch(self, train_loader: Prefetcher, val_loader: Prefetcher | None) -> None:
         epoch_start = time.perf_counter()
-        lr = poly_lr(self.cfg.initial_lr, self.epoch, self.cfg.epochs, self.cfg.poly_exponent)
+        lr = poly_lr(self.train_config.initial_lr, self.epoch, self.train_config.epochs, self.train_config.poly_exponent)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
         losses = []
-        bar = progress(range(self.cfg.iters_per_epoch), total=self.cfg.iters_per_epoch,
-                       desc=f"epoch {self.epoch}/{self.cfg.epochs}", unit="it", enabled=self.show_progress)
+        bar = progress(range(self.train_config.iters_per_epoch), total=self.train_config.iters_per_epoch,
+                       desc=f"epoch {self.epoch}/{self.train_config.epochs}", unit="it", enabled=self.show_progress)
         for iteration in bar:
             losses.append(self.train_step(next(train_loader)))
             if not math.isfinite(losses[-1]):
@@ -319,7 +321,7 @@ class Trainer:
         if val_loader is not None:
             self.model.eval()
             val_losses, counts = [], torch.zeros(3, self.plan.num_classes - 1, device=self.device)
-            for _ in range(self.cfg.val_iters):
+            for _ in range(self.train_config.val_iters):
                 loss, batch_counts = self.val_step(next(val_loader))
                 val_losses.append(loss)
                 counts += batch_counts
@@ -346,15 +348,14 @@ class Trainer:
             for name, value in zip(self._class_names(), record["pseudo_dice"]):
                 metrics[f"pseudo_dice_{name}"] = value
         self.tracker.log_metrics(metrics, step=record["epoch"])
-        self.tracker.log_artifact(plot_curves(self.history, self.fold_dir / "curves.png", self._class_names()))
+        self.tracker.log_artifact(plot_curves(self.history, self.fold_paths.curves, self._class_names()))
         improved = self.ema is not None and self.ema > self.best_ema
         if improved:
             self.best_ema = self.ema
         self._require_finite_weights()
-        self._checkpoint(self.epoch, finished=False, with_training=True).save(self.fold_dir / "checkpoint_latest.pt")
+        self._checkpoint(self.epoch, finished=False, with_training=True).save(self.fold_paths.latest)
         if improved:
-            self._checkpoint(self.epoch, finished=False, with_training=False).save(
-                self.fold_dir / "checkpoint_best.pt")
+            self._checkpoint(self.epoch, finished=False, with_training=False).save(self.fold_paths.best)
         if self.show_progress:
             summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
             print(f"epoch {record['epoch']}: {summary}")
@@ -364,10 +365,10 @@ class Trainer:
             self._diverged("the network weights are no longer finite")
 
     def _diverged(self, what: str) -> None:
-        kept = (f"the last good checkpoint ({self.fold_dir / 'checkpoint_latest.pt'}, epoch {self.epoch - 1}) is kept"
+        kept = (f"the last good checkpoint ({self.fold_paths.latest}, epoch {self.epoch - 1}) is kept"
                 if self.epoch > 0 else "no checkpoint was written")
         raise NnsegError(f"training diverged in epoch {self.epoch}: {what}; {kept}. Lower --lr (now "
-                         f"{self.cfg.initial_lr}) and rerun with --fresh")
+                         f"{self.train_config.initial_lr}) and rerun with --fresh")
 
     def _class_names(self) -> list[str]:
         return [name for name, value in self.plan.labels.items() if value != 0]
@@ -375,18 +376,17 @@ class Trainer:
     def _finish(self) -> dict | None:
         validation = None
         if self.dist.is_main:
-            self._checkpoint(self.epoch - 1, finished=True, with_training=False).save(
-                self.fold_dir / "checkpoint_final.pt")
-            if self.cfg.final_validation and self.cfg.fold != "all" and self.val_ids:
+            self._checkpoint(self.epoch - 1, finished=True, with_training=False).save(self.fold_paths.final)
+            if self.train_config.final_validation and self.train_config.fold != "all" and self.val_ids:
                 from nnseg.training.validation import validate_fold
 
-                validation = validate_fold(self.plan, self.cfg.configuration, self.fold_dir, self.val_ids,
+                validation = validate_fold(self.plan, self.train_config.configuration, self.fold_dir, self.val_ids,
                                            device=str(self.device), show_progress=self.show_progress)
             for path in (self.workspace.plans, self.workspace.fingerprint, self.workspace.splits,
-                         self.fold_dir / "curves.png", self.fold_dir / "validation" / "summary.json"):
+                         self.fold_paths.curves, self.fold_paths.validation_summary):
                 if path.is_file():
                     self.tracker.log_artifact(path)
-            self.tracker.log_artifact(self.fold_dir / "checkpoint_final.pt", artifact_path="model")
+            self.tracker.log_artifact(self.fold_paths.final, artifact_path="model")
             if validation is not None:
                 self.tracker.log_metrics({"final_val_mean_dice": validation["mean_dice"]}, step=self.epoch - 1)
         self.dist.barrier()

@@ -1,0 +1,29 @@
+"""PredictConfig: how ``nnseg predict`` runs, as data (the command line is generated from it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nnseg import options
+from nnseg.options import option
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Prediction settings; each field is also an ``nnseg predict`` option with this help."""
+
+    configuration: str = option("3d_fullres", "configuration", flag=("-c", "--config"), metavar="NAME")
+    folds: tuple[int | str, ...] | None = option(
+        None, "folds to average (default: every cross-validation fold found; fold_all only when named or alone)",
+        flag=("-f", "--folds"), validate=options.fold, metavar="K", many=True)
+    step_size: float = option(0.5, "window step as a fraction of the patch, in (0, 1]", validate=options.fraction)
+    mirror: bool = option(True, "disable mirroring test-time augmentation", flag="--no-tta")
+    save_probabilities: bool = option(False, "also write <case>.npz probabilities (for nnseg ensemble)")
+    overwrite: bool = option(False, "replace existing predictions")
+    overlay: bool = option(False, "also write <case>_overlay.png for quick QC")
+    postprocess: bool = option(True, "ignore inference.json's postprocessing")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N", validate=options.device)
+    window_batch: int = option(2, "windows per forward pass", validate=options.positive_int, metavar="N")
+
+    def __post_init__(self) -> None:
+        options.validate_fields(self)
