@@ -54,3 +54,41 @@ def test_small_images_are_padded_and_empty_windows_skipped() -> None:
     logits = predict_sliding_window(counting, big, (16, 16, 16), 2, body_mask=body, window_batch=1)
     assert sum(calls) == 2  # of 7 windows along axis 0, only those touching the body run
     assert (logits[:, 40:].argmax(0) == 0).all()
+
+
+def test_overlapping_windows_are_blended_with_the_gaussian_weights() -> None:
+    """Each window answers with its own constant; a voxel covered by two windows gets their Gaussian-weighted mean."""
+    patch = (8, 8, 16)
+    image = torch.zeros(1, 8, 8, 24)  # two windows along the last axis: starts 0 and 8
+    answers = iter([1.0, 5.0])
+
+    def per_window(batch: torch.Tensor) -> torch.Tensor:
+        value = next(answers)
+        out = torch.zeros(batch.shape[0], 2, *batch.shape[2:])
+        out[:, 1] = value
+        return out
+
+    logits = predict_sliding_window(per_window, image, patch, 2, window_batch=1)
+    weights = gaussian_importance(patch)[4, 4]  # weights along the last axis, at the patch centre
+    first, second = weights[8:16], weights[0:8]  # the shared voxels 8..15 in each window's own coordinates
+    expected = (1.0 * first + 5.0 * second) / (first + second)
+    torch.testing.assert_close(logits[1, 4, 4, 8:16], expected)
+    assert torch.all(logits[1, 4, 4, :8] == 1.0) and torch.all(logits[1, 4, 4, 16:] == 5.0)
+    uniform = torch.full((8,), 3.0)
+    assert not torch.allclose(logits[1, 4, 4, 8:16], uniform)  # a plain average would give 3 everywhere
+
+
+def test_mirroring_averages_the_flipped_predictions() -> None:
+    """A network that answers with a ramp along the last axis: mirroring that axis averages the ramp away."""
+    def ramp(batch: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(batch.shape[0], 2, *batch.shape[2:])
+        out[:, 1] = torch.arange(batch.shape[-1], dtype=torch.float32)
+        return out
+
+    image = torch.zeros(1, 8, 8, 8)
+    plain = predict_sliding_window(ramp, image, (8, 8, 8), 2)
+    mirrored = predict_sliding_window(ramp, image, (8, 8, 8), 2, mirror_axes=(2,))
+    assert torch.equal(plain[1, 0, 0], torch.arange(8, dtype=torch.float32))
+    torch.testing.assert_close(mirrored[1], torch.full((8, 8, 8), 3.5))
+    other_axis = predict_sliding_window(ramp, image, (8, 8, 8), 2, mirror_axes=(0, 1))
+    torch.testing.assert_close(other_axis[1, 0, 0], torch.arange(8, dtype=torch.float32))

@@ -77,5 +77,38 @@ def test_forward_shapes_and_deep_supervision(dims: int) -> None:
     assert net(x).shape == (2, 3, *patch)
 
 
-def test_registry_lists_architectures() -> None:
-    assert available_architectures() == ["unet"]
+@pytest.mark.parametrize("architecture", available_architectures())
+@pytest.mark.parametrize("dims, kernels, strides, patch", [
+    (3, ((1, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3)), ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2)), (8, 32, 24)),
+    (2, ((3, 3),) * 4, ((1, 1), (2, 2), (2, 2), (2, 2)), (24, 40)),
+])
+def test_every_registered_architecture_keeps_the_network_contract(architecture: str, dims: int, kernels, strides,
+                                                                  patch) -> None:
+    """Training: full-resolution logits first (deep-supervision heads after); eval: one tensor; backward runs;
+    the plan's kernels, strides and widths are what gets built (anisotropic first kernel, odd channel counts)."""
+    plan = NetworkPlan(n_stages=4, features_per_stage=(5, 10, 20, 40), kernel_sizes=kernels, strides=strides,
+                       n_conv_per_stage=(2,) * 4, n_conv_per_stage_decoder=(2,) * 3, architecture=architecture)
+    torch.manual_seed(0)
+    net = build_network(plan, 3, 5)
+    x = torch.randn(2, 3, *patch)
+    net.train()
+    out = net(x)
+    full = out[:, 0] if out.ndim == x.ndim + 1 else out
+    assert full.shape == (2, 5, *patch)
+    full.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
+    net.eval()
+    with torch.no_grad():
+        single = net(x)
+    assert single.shape == (2, 5, *patch)
+    convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    assert tuple(convs[0].kernel_size) == kernels[0] and convs[0].in_channels == 3
+    assert {c.out_channels for c in convs} >= {5, 10, 20, 40}
+
+
+def test_an_unknown_architecture_lists_the_choices() -> None:
+    plan = NetworkPlan(n_stages=2, features_per_stage=(4, 8), kernel_sizes=((3, 3),) * 2, strides=((1, 1), (2, 2)),
+                       n_conv_per_stage=(2, 2), n_conv_per_stage_decoder=(2,))
+    object.__setattr__(plan, "architecture", "segformer9000")
+    with pytest.raises(KeyError, match="segformer9000.*available.*unet"):
+        build_network(plan, 1, 2)
