@@ -53,13 +53,6 @@ class DistributedContext:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def broadcast_object(self, value):
-        if not self.enabled:
-            return value
-        holder = [value]
-        dist.broadcast_object_list(holder, src=0)
-        return holder[0]
-
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()

@@ -36,7 +36,7 @@ from nnseg.planning.splits import load_or_create_splits
 from nnseg.schema import to_jsonable
 from nnseg.preprocessing.preprocess import is_done, preprocessing_hash
 from nnseg.progress import progress
-from nnseg.training.augment import TrainingAugmentation
+from nnseg.training.augment import TrainingAugmentation, center_crop
 from nnseg.training.config import TrainConfig
 from nnseg.training.data import Batch, PatchSampler, Prefetcher
 from nnseg.training.distributed import DistributedContext
@@ -242,9 +242,8 @@ class Trainer:
     @torch.no_grad()
     def val_step(self, batch: Batch) -> tuple[float, torch.Tensor]:
         image, seg = self._to_device(batch)
-        crop = (slice(None), slice(None), *[slice((s - p) // 2, (s - p) // 2 + p)
-                                            for s, p in zip(image.shape[2:], self.config_plan.patch_size)])
-        image, seg = image[crop], seg[crop]
+        patch = self.config_plan.patch_size
+        image, seg = center_crop(image, patch), center_crop(seg, patch)
         output, loss = self._forward_loss(image, seg)
         main = output[:, 0] if output.ndim == image.ndim + 1 else output
         predicted = main.argmax(1)

@@ -10,12 +10,13 @@ import torch.nn.functional as F
 
 from nnseg.training.augment import (
     TrainingAugmentation,
-    ValidationTransform,
-    _affine_grid,
-    _blur_axis,
-    _low_res_axis,
+    affine_theta,
+    center_crop,
     sampling_patch_size,
+    simulate_low_resolution,
 )
+from nnseg.training.augment.intensity import _blur_axis
+from nnseg.training.augment.spatial import _affine_grid
 
 ALL_OFF = dict(p_rotation=0, p_scaling=0, p_noise=0, p_blur=0, p_brightness=0, p_contrast=0, p_low_res=0,
                p_gamma_inverted=0, p_gamma=0, p_mirror=0)
@@ -161,18 +162,38 @@ def test_probabilities_are_respected() -> None:
     assert 0.4 <= (factors < 1).double().mean().item() <= 0.6  # BGContrast: half below 1
 
 
-def test_low_resolution_matches_torch_interpolate() -> None:
+def _low_res_reference(volume: torch.Tensor, zoom: float, axes: tuple[int, ...]) -> torch.Tensor:
+    """Per axis, in float64 index arithmetic: nearest-exact down to round(n * zoom), linear up (half-pixel)."""
+    x = volume.double()
+    for axis in axes:
+        n = x.shape[axis]
+        low = max(1, round(n * zoom))
+        picked = torch.clamp(((torch.arange(low) + 0.5) * n / low).floor().long(), max=n - 1)
+        x = x.index_select(axis, picked)
+        source = ((torch.arange(n) + 0.5) * low / n - 0.5).clamp_min(0)
+        lower = source.floor().long().clamp_max(low - 1)
+        upper = (lower + 1).clamp_max(low - 1)
+        shape = [1] * x.ndim
+        shape[axis] = n
+        weight = (source - lower).view(shape)
+        x = x.index_select(axis, lower) * (1 - weight) + x.index_select(axis, upper) * weight
+    return x.float()
+
+
+@pytest.mark.parametrize(("shape", "ignore"), [((20, 17, 13), ()), ((6, 19, 15), (0,)), ((23, 18), ())])
+def test_low_resolution_matches_index_arithmetic(shape: tuple[int, ...], ignore: tuple[int, ...]) -> None:
     torch.manual_seed(0)
-    x = torch.randn(4, 20, 17, 13)
-    zoom = torch.tensor([0.5, 0.73, 0.61, 1.0], dtype=torch.float64)
-    y = x
-    for axis in range(3):
-        y = _low_res_axis(y, zoom, axis)
-    for i in range(4):
-        low = [round(n * zoom[i].item()) for n in x.shape[1:]]
-        down = F.interpolate(x[i][None, None], low, mode="nearest-exact")
-        up = F.interpolate(down, x.shape[1:], mode="trilinear")[0, 0]
-        assert torch.allclose(up, y[i], atol=1e-5)
+    image = torch.randn(2, 3, *shape)
+    mask = torch.tensor([[True, False, True], [True, True, False]])
+    zoom = torch.tensor([[0.5, 0.9, 0.73], [1.0, 0.61, 0.55]], dtype=torch.float64)
+    out = image.clone()
+    simulate_low_resolution(out, mask, zoom, ignore)
+    axes = tuple(a for a in range(len(shape)) if a not in ignore)
+    for b, c in torch.cartesian_prod(torch.arange(2), torch.arange(3)).tolist():
+        expected = _low_res_reference(image[b, c], zoom[b, c].item(), axes) if mask[b, c] else image[b, c]
+        assert torch.allclose(out[b, c], expected, atol=1e-5), (b, c)
+        assert mask[b, c] or torch.equal(out[b, c], image[b, c])
+    assert torch.equal(out[1, 0], image[1, 0])  # zoom 1: untouched
 
 
 def test_blur_uses_nnunet_kernel() -> None:
@@ -193,7 +214,7 @@ def test_blur_uses_nnunet_kernel() -> None:
 def test_affine_grid_matches_torch(patch: tuple[int, ...], region: tuple[int, ...]) -> None:
     aug = TrainingAugmentation(patch, p_rotation=1, p_scaling=1)
     params = aug.sample_params(3, torch.Generator().manual_seed(0))
-    theta = aug._theta(params.angles, params.scales, region).float()
+    theta = affine_theta(params.angles, params.scales, region, patch, aug.rotation_axes, aug.scale_axes).float()
     expected = F.affine_grid(theta, [3, 1, *patch], align_corners=False)
     assert torch.allclose(_affine_grid(theta, patch), expected, atol=1e-6)
 
@@ -228,10 +249,18 @@ def test_sampling_patch_size_matches_nnunet() -> None:
     assert TrainingAugmentation.for_patch_size((64, 40)).sampling_patch_size == (84, 47)  # elongated: +-15 deg
 
 
-def test_validation_transform_is_a_center_crop() -> None:
+def test_center_crop_matches_the_training_crop() -> None:
     image, seg = _batch((20, 21, 22))
-    out_image, out_seg = ValidationTransform((16, 16, 16))(image, seg)
+    out_image, out_seg = center_crop(image, (16, 16, 16)), center_crop(seg, [16, 16, 16])
     assert torch.equal(out_image, _center(image, (16, 16, 16))) and torch.equal(out_seg, _center(seg, (16, 16, 16)))
+    assert out_image.data_ptr() == image[:, :, 2:, 2:, 3:].data_ptr()  # a view: (s - p) // 2 voxels off the start
+    aug = TrainingAugmentation((16, 16, 16), **ALL_OFF)
+    assert torch.equal(aug(image, seg, torch.Generator())[0], out_image)
+    assert center_crop(image[0, 0], (16, 16)).shape == (20, 16, 16)  # leading axes are kept
+    with pytest.raises(ValueError, match="cannot center-crop"):
+        center_crop(image, (16, 24, 16))
+    with pytest.raises(ValueError, match="positive"):
+        center_crop(image, (16, 0, 16))
 
 
 def test_input_errors_name_the_problem() -> None:
