@@ -4,7 +4,7 @@ nnseg runs ``nnseg plan RAW --work W --preprocess --workers N`` (which also chec
 dataset). nnU-Net runs ``nnUNetv2_plan_and_preprocess -d ID`` from the venv given with
 ``--nnunet-python`` (its defaults: 8 fingerprint processes, 8/4/8 preprocessing
 processes), or with ``-npfp N -np N N N`` when ``--nnunet-np N`` is given. Peak memory is the
-largest total RSS of the whole process tree (main + workers), sampled every 50 ms.
+largest total RSS of the whole process tree (main + workers), sampled every 50 ms (``benchmarks/_rss.py``).
 
     .venv/bin/python benchmarks/preprocess_speed.py --nnunet-python /path/to/nnunet-venv/bin/python \\
         [--cases 12] [--shape 110,122,134] [--workers 2] [--nnunet-np 2]
@@ -15,61 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
+from _rss import run_measured
+
 from nnseg.synth import SynthConfig, generate_dataset
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as handle:
-            return [int(p) for p in handle.read().split()]
-    except OSError:
-        return []
-
-
-def _rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
-def tree_rss(pid: int) -> int:
-    total, stack = 0, [pid]
-    while stack:
-        current = stack.pop()
-        total += _rss_bytes(current)
-        stack.extend(_children(current))
-    return total
-
-
-def run_measured(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """(wall seconds, peak tree RSS in MiB) of a command."""
-    peak = 0
-    started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-    def sample() -> None:
-        nonlocal peak
-        while process.poll() is None:
-            peak = max(peak, tree_rss(process.pid))
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, err = process.communicate()
-    seconds = time.perf_counter() - started
-    sampler.join()
-    if process.returncode != 0:
-        raise RuntimeError(f"{command[0]} failed ({process.returncode}):\n{err[-3000:]}")
-    return seconds, peak / 2**20
 
 
 def nnunet_command(raw: Path, scratch: Path, python: str, np_: int | None) -> tuple[list[str], dict[str, str]]:
@@ -107,10 +59,11 @@ def main() -> int:
     nnseg_bin = str(Path(sys.executable).with_name("nnseg"))
     ours = run_measured([nnseg_bin, "plan", str(raw), "--work", str(work), "--preprocess", "--workers",
                          str(args.workers)])
-    rows = [("nnseg plan --preprocess", *ours)]
+    rows = [("nnseg plan --preprocess", ours.seconds, ours.peak_mib)]
     if args.nnunet_python:
         command, env = nnunet_command(raw, out / "nnunet", args.nnunet_python, args.nnunet_np)
-        rows.append(("nnUNetv2_plan_and_preprocess", *run_measured(command, env)))
+        theirs = run_measured(command, env)
+        rows.append(("nnUNetv2_plan_and_preprocess", theirs.seconds, theirs.peak_mib))
     print(f"{args.cases} CT phantoms of ~{'x'.join(map(str, shape))} voxels, 2d + 3d_fullres (+3d_lowres if planned)")
     print("| tool | wall (s) | peak RSS, process tree (MiB) |\n|---|---:|---:|")
     for name, seconds, rss in rows:

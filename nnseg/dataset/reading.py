@@ -10,7 +10,7 @@ import numpy as np
 
 from nnseg.dataset.spec import Case, Dataset
 from nnseg.errors import ImageReadError
-from nnseg.io import Geometry, Volume, read_volume
+from nnseg.io import Volume, read_geometry, read_volume
 
 
 def largest_case_bytes(dataset: Dataset) -> int:
@@ -22,27 +22,36 @@ def largest_case_bytes(dataset: Dataset) -> int:
 def read_channels(paths: Sequence[str | os.PathLike]) -> Volume:
     """Channel files (one per channel, or one 4D file) as one float32 ``(c, k, j, i)`` array.
 
+    Voxels are converted to float32 while reading. Several files: every header is checked before any
+    voxel is read, and each file is copied straight into the stack (memory: the stack plus one file).
+
     Raises:
         ImageReadError: a file is unreadable, or its grid (shape, spacing, origin, direction) differs
             from the first file's.
     """
     if not paths:
         raise ImageReadError("no image file given")
-    arrays: list[np.ndarray] = []
-    first: tuple[Path, Geometry] | None = None
-    for path in map(Path, paths):
-        volume = read_volume(path)
-        if first is None:
-            first = (path, volume.geometry)
-        elif volume.geometry.shape != first[1].shape:
-            raise ImageReadError(f"{path}: shape {volume.geometry.shape} differs from {first[0]} {first[1].shape}")
-        elif not volume.geometry.matches(first[1]):
-            raise ImageReadError(f"{path}: geometry differs from {first[0]} "
-                                 f"({volume.geometry.describe()} vs {first[1].describe()})")
-        data = volume.array if volume.array.ndim == 4 else volume.array[None]
-        arrays.append(data.astype(np.float32, copy=False))
-    images = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
-    return Volume(images, first[1])
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1:
+        volume = read_volume(paths[0], dtype=np.float32)
+        return Volume(volume.array if volume.array.ndim == 4 else volume.array[None], volume.geometry)
+    headers = [read_geometry(path) for path in paths]
+    first, (geometry, _) = paths[0], headers[0]
+    for path, (other, _) in zip(paths[1:], headers[1:]):
+        if other.shape != geometry.shape:
+            raise ImageReadError(f"{path}: shape {other.shape} differs from {first} {geometry.shape}")
+        if not other.matches(geometry):
+            raise ImageReadError(f"{path}: geometry differs from {first} "
+                                 f"({other.describe()} vs {geometry.describe()})")
+    images = np.empty((sum(channels for _, channels in headers), *geometry.shape), dtype=np.float32)
+    start = 0
+    for path in paths:
+        array = read_volume(path, dtype=np.float32).array
+        channels = array.reshape((-1, *geometry.shape))
+        images[start:start + len(channels)] = channels
+        start += len(channels)
+        del array, channels
+    return Volume(images, geometry)
 
 
 def read_case_images(case: Case, num_channels: int) -> Volume:
@@ -66,4 +75,5 @@ def read_case_labels(case: Case) -> Volume:
     volume = read_volume(case.label_file)
     if volume.array.ndim != 3:
         raise ImageReadError(f"{case.label_file}: label map must be 3D, got shape {volume.array.shape}")
-    return Volume(np.rint(volume.array).astype(np.int16), volume.geometry)
+    array = volume.array if np.issubdtype(volume.array.dtype, np.integer) else np.rint(volume.array)
+    return Volume(array.astype(np.int16), volume.geometry)

@@ -13,10 +13,15 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 import SimpleITK as sitk
+from nibabel.arrayproxy import ArrayProxy
+from nibabel.openers import ImageOpener
+from nibabel.volumeutils import apply_read_scaling
 
 from nnseg.atomic import atomic_path
 from nnseg.errors import ImageReadError, NnsegError
@@ -25,6 +30,8 @@ from nnseg.io.geometry import Geometry
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+#: Stored voxel bytes read (and converted) at a time when a NIfTI file is read with a ``dtype``.
+READ_CHUNK_BYTES = 1 << 24
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,7 +88,44 @@ def _nifti_geometry(img: nib.Nifti1Image | nib.Nifti2Image, spatial_shape: tuple
     )
 
 
-def _load_nifti(path: Path, *, with_data: bool) -> Volume:
+def _nifti_data(img: nib.Nifti1Image | nib.Nifti2Image, path: Path, dtype: np.dtype | None) -> np.ndarray:
+    """The voxels in file order and Fortran layout, scaled by the header's slope and intercept as nibabel does.
+
+    With ``dtype`` the file is read a slab at a time straight into the result (no full-size copy in the
+    stored type, none in float64 for scaled files, and no decompressed copy of the whole file).
+
+    Raises:
+        OSError: the file holds fewer voxels than its header says.
+    """
+    if dtype is None:
+        return np.asanyarray(img.dataobj)
+    proxy = cast(ArrayProxy, img.dataobj)
+    shape, stored = tuple(int(s) for s in proxy.shape), np.dtype(proxy.dtype)
+    slope, inter = np.asanyarray(proxy.slope), np.asanyarray(proxy.inter)
+    out = np.empty(shape, dtype=dtype, order="F")
+    if out.size == 0:
+        return out
+    planes = out.reshape((shape[0], shape[1], -1), order="F")  # a view: file order is (i, j, k[, c])
+    per_chunk = max(1, READ_CHUNK_BYTES // (shape[0] * shape[1] * stored.itemsize))
+    buffer = np.empty(shape[0] * shape[1] * min(per_chunk, planes.shape[2]), dtype=stored)
+    with ImageOpener(str(path)) as handle:
+        handle.seek(proxy.offset)
+        for start in range(0, planes.shape[2], per_chunk):
+            count = min(per_chunk, planes.shape[2] - start)
+            raw = buffer[: shape[0] * shape[1] * count]
+            wanted = raw.view(np.uint8)
+            done = 0
+            while done < wanted.size:
+                read = handle.readinto(wanted[done:].data)
+                if not read:
+                    raise OSError(f"expected {planes.size * stored.itemsize} voxel bytes, the file ends earlier")
+                done += read
+            raw = raw.reshape((shape[0], shape[1], count), order="F")
+            planes[:, :, start:start + count] = apply_read_scaling(raw, slope, inter)
+    return out
+
+
+def _load_nifti(path: Path, *, with_data: bool, dtype: np.dtype | None = None) -> Volume:
     try:
         img = nib.load(str(path))
     except FileNotFoundError:
@@ -94,18 +138,19 @@ def _load_nifti(path: Path, *, with_data: bool) -> Volume:
     if len(shape) < 3:
         raise ImageReadError(f"{path}: image is {len(shape)}D (shape {shape}); nnseg needs 3D volumes")
     if len(shape) > 4:
-        raise ImageReadError(f"{path}: image is {len(shape)}D (shape {shape}); nnseg reads 3D volumes or 4D channel stacks")
+        raise ImageReadError(f"{path}: image is {len(shape)}D (shape {shape}); "
+                             "nnseg reads 3D volumes or 4D channel stacks")
     geometry = _nifti_geometry(img, shape[:3])
     if not with_data:
         return Volume(np.empty((0,)), geometry)
     try:
-        data = np.asanyarray(img.dataobj)
+        data = _nifti_data(img, path, dtype)
     except (EOFError, zlib.error, OSError, ValueError) as exc:
         raise ImageReadError(f"{path}: file is truncated or corrupt, the voxel data cannot be read ({exc})") from None
     return Volume(np.ascontiguousarray(data.T), geometry)
 
 
-def _load_itk(path: Path, *, with_data: bool) -> Volume:
+def _load_itk(path: Path, *, with_data: bool, dtype: np.dtype | None = None) -> Volume:
     if not path.exists():
         raise ImageReadError(f"{path}: file not found")
     reader = sitk.ImageFileReader()
@@ -125,26 +170,33 @@ def _load_itk(path: Path, *, with_data: bool) -> Volume:
         image = reader.Execute()
     except RuntimeError as exc:
         raise ImageReadError(f"{path}: file is truncated or corrupt ({str(exc).strip().splitlines()[-1]})") from None
-    data = sitk.GetArrayFromImage(image)
+    # with a dtype, convert from a view of ITK's buffer: no copy in the stored type
+    data = sitk.GetArrayFromImage(image) if dtype is None else sitk.GetArrayViewFromImage(image)
     if image.GetNumberOfComponentsPerPixel() > 1:
         data = np.moveaxis(data, -1, 0)
-    return Volume(np.ascontiguousarray(data), geometry)
+    return Volume(np.ascontiguousarray(data, dtype=dtype), geometry)
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
+def read_volume(path: str | os.PathLike, *, dtype: npt.DTypeLike | None = None) -> Volume:
     """Read an image or label file with its geometry.
 
     Args:
         path: a ``.nii``, ``.nii.gz``, ``.mha``, ``.mhd``, ``.nrrd`` or ``.nhdr`` file.
+        dtype: convert to this type while reading (e.g. float32 for images: the same values as
+            ``read_volume(path).array.astype(dtype)``, without a full-size array of the stored type).
 
     Returns:
-        The voxel data in its stored dtype, array order ``(k, j, i)`` or ``(c, k, j, i)``.
+        The voxel data in its stored dtype (as nibabel scales it, for NIfTI) or ``dtype``, array order
+        ``(k, j, i)`` or ``(c, k, j, i)``.
 
     Raises:
         ImageReadError: missing, unreadable, truncated, or not 3D/4D; the message names the file.
     """
     path = Path(path)
-    return _load_nifti(path, with_data=True) if _is_nifti(path) else _load_itk(path, with_data=True)
+    wanted = None if dtype is None else np.dtype(dtype)
+    if _is_nifti(path):
+        return _load_nifti(path, with_data=True, dtype=wanted)
+    return _load_itk(path, with_data=True, dtype=wanted)
 
 
 def read_geometry(path: str | os.PathLike) -> tuple[Geometry, int]:
@@ -152,9 +204,8 @@ def read_geometry(path: str | os.PathLike) -> tuple[Geometry, int]:
     path = Path(path)
     if _is_nifti(path):
         volume = _load_nifti(path, with_data=False)
-        img = nib.load(str(path))
-        channels = int(img.shape[3]) if len(img.shape) == 4 else 1
-        return volume.geometry, channels
+        shape: tuple[int, ...] = getattr(nib.load(str(path)), "shape", ())
+        return volume.geometry, int(shape[3]) if len(shape) == 4 else 1
     volume = _load_itk(path, with_data=False)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -237,7 +288,7 @@ def write_volume(
 
 def _write_nifti(path: Path, array: np.ndarray, geometry: Geometry) -> None:
     image_class = nib.Nifti2Image if geometry.nifti_version == 2 else nib.Nifti1Image
-    img = image_class(np.ascontiguousarray(array.T), geometry.affine)
+    img = image_class(array.T, geometry.affine)  # a view: nibabel writes it slice by slice, no transposed copy
     sform_code = geometry.sform_code
     qform_code = geometry.qform_code
     if sform_code == 0 and qform_code == 0:

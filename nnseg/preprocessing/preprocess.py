@@ -36,7 +36,7 @@ from nnseg.io import Geometry
 from nnseg.parallel import default_workers, parallel_map
 from nnseg.planning.plan import ConfigurationPlan, Plan
 from nnseg.preprocessing.crop import OUTSIDE_NONZERO_LABEL, crop_to_nonzero
-from nnseg.preprocessing.normalize import normalize
+from nnseg.preprocessing.normalize import channel_normalizer
 from nnseg.preprocessing.resample import new_shape_for, resample_image, resample_labels, separate_axis
 from nnseg.progress import progress
 from nnseg.schema import load_dataclass, to_jsonable, write_json_atomic
@@ -136,23 +136,25 @@ def preprocess_case(
         case_id: names the case (and seeds its location sampling).
     """
     forward = list(plan.transpose_forward)
-    images = np.ascontiguousarray(images.transpose([0, *[a + 1 for a in forward]]))
+    # views, never copies: the image is copied once, into the resampler's buffer, and normalized there
+    images = images.transpose([0, *[a + 1 for a in forward]])
     spacing = tuple(float(geometry.spacing[a]) for a in forward)
     if labels is not None:
-        labels = np.ascontiguousarray(labels.transpose(forward))
+        labels = labels.transpose(forward)
     cropped, cropped_labels, inside, box = crop_to_nonzero(images, labels)
-    data = normalize(cropped, config.normalization, inside)
     target = target_spacing_for(config, spacing)
     new_shape = new_shape_for(cropped.shape[1:], spacing, target)
     axis = separate_axis(spacing, target, config.resampling)
-    data = resample_image(data, new_shape, order=config.resampling.image_order, axis=axis,
-                          axis_order=config.resampling.separate_axis_order)
-    seg = body = None
+    body = None if cropped_labels is not None else \
+        resample_labels(inside.view(np.int8), new_shape, axis=axis).astype(bool)
+    normalizer = channel_normalizer(config.normalization, inside, cropped.shape[0])
+    del inside  # the full-size mask lives on only if the normalizer needs it
+    data = resample_image(cropped, new_shape, order=config.resampling.image_order, axis=axis,
+                          axis_order=config.resampling.separate_axis_order, prepare=normalizer)
+    seg = None
     classes: tuple[int, ...] = ()
     locations = np.zeros((0, 4), dtype=np.int32)
-    if cropped_labels is None:
-        body = resample_labels(inside.astype(np.int8), new_shape, axis=axis).astype(bool)
-    else:
+    if cropped_labels is not None:
         seg = resample_labels(cropped_labels, new_shape, axis=axis)
         seg = seg.astype(np.int8 if seg.max(initial=0) < 128 else np.int16)
         locations = sample_class_locations(seg, case_id)

@@ -2,7 +2,9 @@
 
 Resample (probabilities linearly, per class; label maps via per-label masks), paste into
 the nonzero box of the transposed original shape, transpose back. Used to export
-predictions and to verify preprocessing (round trip).
+predictions and to verify preprocessing (round trip). The full-size result is allocated
+once, in the original axis order, and the cropped block is pasted through a transposed
+view of it (no uncropped or transposed copies).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import numpy as np
 import torch
 
 from nnseg.planning.plan import Plan, ResamplingPlan
-from nnseg.preprocessing.crop import uncrop
+from nnseg.preprocessing.crop import box_slices
 from nnseg.preprocessing.preprocess import CaseProperties
 from nnseg.preprocessing.resample import interpolate_linear, resample_labels, resampled_argmax, separate_axis
 
@@ -20,11 +22,18 @@ def _original_planning_spacing(properties: CaseProperties, plan: Plan) -> tuple[
     return tuple(properties.original_spacing[a] for a in plan.transpose_forward)
 
 
+def _paste(cropped: np.ndarray, properties: CaseProperties, plan: Plan, out: np.ndarray) -> np.ndarray:
+    """Write ``cropped`` (planning order, ``(..., *spatial)``) into its box of ``out`` (original array order)."""
+    leading = list(range(out.ndim - 3))
+    planning = out.transpose([*leading, *[a + len(leading) for a in plan.transpose_forward]])
+    planning[(Ellipsis,) + box_slices(properties.crop_box)] = cropped
+    return out
+
+
 def _to_original(cropped: np.ndarray, properties: CaseProperties, plan: Plan, fill: int = 0) -> np.ndarray:
-    full_shape = tuple(properties.original_geometry.shape[a] for a in plan.transpose_forward)
-    full = uncrop(cropped, properties.crop_box, full_shape, fill=fill)
-    leading = list(range(full.ndim - 3))
-    return np.ascontiguousarray(full.transpose([*leading, *[a + len(leading) for a in plan.transpose_backward]]))
+    """``cropped`` pasted into a ``fill``-ed C-contiguous array of the original shape and axis order."""
+    shape = (*cropped.shape[:-3], *properties.original_geometry.shape)
+    return _paste(cropped, properties, plan, np.full(shape, fill, dtype=cropped.dtype))
 
 
 def restore_labels(seg: np.ndarray, properties: CaseProperties, plan: Plan, resampling: ResamplingPlan) -> np.ndarray:
@@ -39,13 +48,14 @@ def probabilities_to_labels(
 ) -> np.ndarray:
     """Class probabilities ``(classes, *spatial)`` on the preprocessed grid -> label map on the original grid.
 
-    Equivalent to resampling every class linearly and taking the argmax, but one class at a
-    time: memory stays at two volumes of the cropped original size whatever the class count.
+    Equivalent to resampling every class linearly and taking the argmax, but slab by slab: memory stays at
+    the label map (uint8 up to 256 classes, else int16) plus small temporaries, whatever the class count.
     """
     probabilities = torch.as_tensor(probabilities)
     axis = separate_axis(properties.spacing, _original_planning_spacing(properties, plan), resampling)
-    classes = ((index, probabilities[index]) for index in range(probabilities.shape[0]))
-    labels = resampled_argmax(classes, properties.shape_after_crop, axis=axis)
+    classes = [(index, probabilities[index]) for index in range(probabilities.shape[0])]
+    dtype = torch.uint8 if len(classes) <= 256 else torch.int16
+    labels = resampled_argmax(classes, properties.shape_after_crop, axis=axis, dtype=dtype)
     return _to_original(labels.numpy(), properties, plan)
 
 
@@ -61,8 +71,6 @@ def restore_probabilities(
     shape = properties.shape_after_crop
     resampled = probabilities if tuple(probabilities.shape[1:]) == tuple(shape) else \
         interpolate_linear(probabilities, shape, axis)
-    cropped = resampled.numpy().astype(np.float32)
-    full = _to_original(cropped, properties, plan)
-    inside = _to_original(np.ones(shape, dtype=bool), properties, plan)
-    full[0][~inside] = 1.0
-    return full
+    full = np.zeros((resampled.shape[0], *properties.original_geometry.shape), dtype=np.float32)
+    full[0] = 1.0
+    return _paste(resampled.numpy(), properties, plan, full)

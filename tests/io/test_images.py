@@ -197,3 +197,50 @@ def test_geometry_json_round_trip() -> None:
 def test_geometry_rejects_singular_affine() -> None:
     with pytest.raises(ValueError, match="singular"):
         Geometry(affine=np.zeros((4, 4)), shape=(2, 2, 2))
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".mha"])
+@pytest.mark.parametrize("stored", [np.int16, np.uint8, np.float64])
+def test_reading_with_a_dtype_equals_converting_after_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              suffix: str, stored) -> None:
+    monkeypatch.setattr("nnseg.io.images.READ_CHUNK_BYTES", 100)  # several slabs per file
+    geometry = _geometry("oblique_lps")
+    path = write_volume(tmp_path / f"x{suffix}", (_image(geometry.shape) * 3).astype(stored), geometry)
+    expected = read_volume(path).array.astype(np.float32)
+    volume = read_volume(path, dtype=np.float32)
+    assert volume.array.dtype == np.float32 and volume.array.flags.c_contiguous
+    np.testing.assert_array_equal(volume.array, expected)
+
+
+def test_scaled_big_endian_4d_nifti_reads_as_nibabel_scales_it(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("nnseg.io.images.READ_CHUNK_BYTES", 1000)
+    data = (np.random.default_rng(1).normal(size=(9, 8, 7, 2)) * 300).astype(">i2")
+    img = nib.Nifti1Image(data, np.eye(4))
+    img.header.set_slope_inter(0.37, -1024.5)
+    nib.save(img, str(tmp_path / "scaled.nii.gz"))
+    expected = np.asanyarray(nib.load(str(tmp_path / "scaled.nii.gz")).dataobj).T.astype(np.float32)
+    volume = read_volume(tmp_path / "scaled.nii.gz", dtype=np.float32)
+    assert volume.array.shape == (2, 7, 8, 9)
+    np.testing.assert_array_equal(volume.array, expected)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_short_nifti_read_with_a_dtype_is_an_error_naming_the_file(tmp_path: Path, suffix: str) -> None:
+    geometry = _geometry("ras_isotropic", shape=(30, 30, 30))
+    path = write_volume(tmp_path / f"big{suffix}", _image(geometry.shape), geometry)
+    blob = gzip.decompress(path.read_bytes()) if suffix == ".nii.gz" else path.read_bytes()
+    blob = blob[:-1000]
+    path.write_bytes(gzip.compress(blob) if suffix == ".nii.gz" else blob)
+    with pytest.raises(ImageReadError, match="truncated") as info:
+        read_volume(path, dtype=np.float32)
+    assert str(path) in str(info.value)
+
+
+def test_nifti_is_written_from_a_transposed_view_byte_for_byte(tmp_path: Path) -> None:
+    geometry = _geometry("oblique_anisotropic")
+    array = (_image(geometry.shape) * 10).astype(np.int16)
+    path = write_volume(tmp_path / "x.nii", array, geometry)
+    contiguous = nib.Nifti1Image(np.ascontiguousarray(array.T), nib.load(str(path)).affine, nib.load(str(path)).header)
+    nib.save(contiguous, str(tmp_path / "reference.nii"))
+    assert path.read_bytes() == (tmp_path / "reference.nii").read_bytes()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import nnseg
 from nnseg.cli import main
 from nnseg.dataset import load_dataset
 from nnseg.dataset.reading import read_case_images, read_case_labels
+from nnseg.io import Geometry
 from nnseg.planning import Plan
 from nnseg.preprocessing.preprocess import open_case, preprocess_case, preprocess_dataset
 from nnseg.preprocessing.restore import probabilities_to_labels, restore_labels
@@ -127,3 +129,24 @@ def test_kill_9_then_rerun_is_byte_identical(tmp_path: Path) -> None:
                 assert np.isfinite(np.asarray(case.data)).all()
         assert _run_preprocess(work).wait() == 0
         assert tree_digest(work / "preprocessed") == expected
+
+
+def test_a_large_image_is_preprocessed_in_about_one_padded_copy(preprocessed_work_template: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory (issue 10): a single float32 working copy (edge-padded) beyond the caller's image, as for a big CT."""
+    monkeypatch.setattr("nnseg.preprocessing.resample.LEAN_SPLINE_VOXELS", 0)  # take the large-image path
+    plan = Plan.load(preprocessed_work_template / "plans.json")
+    config = plan.configuration("3d_fullres")
+    shape = (160, 160, 160)
+    images = np.full((1, *shape), -1000.0, np.float32)
+    images[0, 20:-20, 30:-30, 25:-25] = np.random.default_rng(0).normal(40, 20, (120, 100, 110))
+    geometry = Geometry(affine=np.diag([0.4, 0.4, 0.5, 1.0]), shape=shape)
+    before = images.copy()
+    tracemalloc.start()
+    result = preprocess_case(images, geometry, None, plan, config, case_id="big")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(images, before)
+    assert result.body is not None and result.body.any()
+    padded = np.prod([n + 24 for n in shape]) * 4  # the spline buffer: the image plus 12 voxels of edge per side
+    assert peak < padded + 0.3 * images.nbytes, peak / images.nbytes
