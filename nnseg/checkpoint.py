@@ -222,7 +222,7 @@ def pickled_globals(path: Path) -> set[str]:
 def capture_rng_state() -> dict[str, Any]:
     """Random states of python, numpy, torch (and CUDA) as tensors, numbers and lists."""
     version, internal, gauss = random.getstate()
-    kind, keys, position, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    kind, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": [version, list(internal), gauss],
         "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(position), int(has_gauss),

@@ -113,7 +113,7 @@ def ensemble_folders(folders: list[str | os.PathLike], output: str | os.PathLike
         target = output / reference_label.name
         if target.exists() and not overwrite:
             continue
-        mean = sum(load_probabilities(files[case_id]) for files in found) / len(found)
+        mean = np.mean([load_probabilities(files[case_id]) for files in found], axis=0)
         geometry = read_volume(reference_label).geometry
         if tuple(mean.shape[1:]) != geometry.shape:
             raise NnsegError(f"{found[0][case_id]}: probabilities of shape {mean.shape[1:]} do not match "

@@ -23,6 +23,7 @@ import numpy as np
 
 from nnseg.dataset import Dataset
 from nnseg.dataset.reading import largest_case_bytes, read_case_images, read_case_labels
+from nnseg.errors import NnsegError
 from nnseg.parallel import default_workers, parallel_map
 from nnseg.preprocessing.crop import crop_to_nonzero
 from nnseg.progress import progress
@@ -118,7 +119,9 @@ def _analyze_case(task: tuple[Dataset, int, int]) -> _CaseResult:
     images = read_case_images(case, dataset.num_channels)
     labels = read_case_labels(case)
     cropped, cropped_labels, _, _ = crop_to_nonzero(images.array, labels.array)
-    foreground = cropped_labels > 0
+    if cropped_labels is None:
+        raise NnsegError(f"{case.case_id}: no label map to fingerprint")
+    foreground = np.asarray(cropped_labels > 0)
     rng = np.random.default_rng([SAMPLING_SEED, index])
     samples, sums = [], []
     for channel in cropped:

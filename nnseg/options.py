@@ -210,7 +210,7 @@ def add_config_options(parser: Any, config_type: type, *, exclude: tuple[str, ..
 def config_from_args(config_type: type[T], args: Any, **values: Any) -> T:
     """Build ``config_type`` from parsed options (fields added by :func:`add_config_options`) and ``values``."""
     given = {}
-    for item in fields(config_type):
+    for item in fields(config_type):  # type: ignore[arg-type]  # a dataclass type
         if hasattr(args, item.name):
             value = getattr(args, item.name)
             given[item.name] = tuple(value) if item.metadata.get("many") and value is not None else value

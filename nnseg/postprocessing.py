@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,8 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     if hits.size == 0:
         return None
     first = slice(int(hits[0]), int(hits[-1]) + 1)
-    return (first,) + _bounding_box(mask[first].any(axis=0))  # type: ignore[operator]
+    rest = _bounding_box(np.asarray(mask[first].any(axis=0)))
+    return None if rest is None else (first, *rest)
 
 
 def _largest_of(crop: np.ndarray) -> tuple[np.ndarray, int]:
@@ -354,7 +356,7 @@ def decide_postprocessing(
     accepted_classes: list[LabelSpec] = []
     if len(classes) > 1:
         for name, values in classes.items():
-            candidate = _candidate(current, lambda a, v=values: class_mask(a, v))
+            candidate = _candidate(current, partial(class_mask, values=values))
             candidate_scores = _rescore(candidate, current, scores, prepared, classes)
             after = _class_means(candidate_scores, classes)
             accept = after[name] > current_dice[name] + min_improvement

@@ -99,7 +99,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if value not in args:
             raise SchemaError(f"{where}: expected one of {list(args)}, got {_show(value)}")
         return value
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return load_dataclass(hint, value, where)
     if origin is tuple:
         if not isinstance(value, list):

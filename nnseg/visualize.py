@@ -50,7 +50,7 @@ def _check_inputs(image: np.ndarray, labels: np.ndarray, spacing: Sequence[float
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
         raise ValueError(f"spacing must be 3 positive finite values in mm, got {spacing}")
-    return spacing  # type: ignore[return-value]
+    return spacing
 
 
 def _stride(shape: tuple[int, ...]) -> int:
@@ -83,7 +83,7 @@ def crossing_point(labels: np.ndarray) -> tuple[int, int, int]:
     """Voxel where the three slices cross: centre of the largest foreground structure, or the volume centre."""
     found = largest_component_mask(labels != 0)
     if found is None:
-        return tuple(s // 2 for s in labels.shape)  # type: ignore[return-value]
+        return tuple(s // 2 for s in labels.shape)
     component, box = found
     centre = _centre_of_mass(component)
     point = np.clip(np.rint(centre).astype(int), 0, np.asarray(component.shape) - 1)

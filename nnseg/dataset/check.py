@@ -99,10 +99,10 @@ def check_dataset(
         A malformed dataset.json is reported as an error, not raised.
     """
     if not isinstance(dataset, Dataset):
+        root = Path(dataset)
         try:
-            dataset = load_dataset(dataset)
+            dataset = load_dataset(root)
         except DatasetError as exc:
-            root = Path(dataset)
             where = root / "dataset.json" if (root / "dataset.json").is_file() else root
             message = _strip_path(str(exc), where.resolve())
             file = "dataset.json" if where != root else str(root)
@@ -155,7 +155,7 @@ def check_case(dataset: Dataset, case: Case) -> list[Problem]:
             add("error", "missing_channel", path,
                 f"channel file is missing (dataset.json declares {dataset.num_channels} channel(s): "
                 f"{', '.join(dataset.channel_names)})")
-    if label_missing:
+    if label_missing and case.label_file is not None:
         add("error", "missing_label", case.label_file,
             f"label file is missing for case {case.case_id} (its image exists)")
 

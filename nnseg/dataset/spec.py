@@ -353,9 +353,9 @@ def _load_msd(root: Path, raw: dict) -> Dataset:
                                     "image is not listed in dataset.json \"training\"; it is ignored"))
     test_cases = []
     for item in raw.get("test", []) or []:
-        path = (root / item).resolve() if isinstance(item, str) else None
-        if path is not None:
-            test_cases.append(Case(_msd_case_id(path), (path,), None, channels_in_one_file=True))
+        if isinstance(item, str):
+            test_path = (root / item).resolve()
+            test_cases.append(Case(_msd_case_id(test_path), (test_path,), None, channels_in_one_file=True))
     return Dataset(
         root=root, layout="msd", name=str(raw.get("name", root.name)), channel_names=channel_names,
         labels=labels, file_ending=file_ending, num_training=_num_training(raw, json_path),

@@ -152,7 +152,7 @@ def _is_int(value: object) -> bool:
 
 def class_mask(label_map: np.ndarray, values: LabelSpec) -> np.ndarray:
     """Boolean mask of the voxels holding ``values`` (one label value or a region's tuple)."""
-    if _is_int(values):
+    if isinstance(values, (int, np.integer)):
         return label_map == values
     values = tuple(values)
     if len(values) == 1:

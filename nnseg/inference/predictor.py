@@ -183,14 +183,14 @@ class Predictor:
         return predict
 
     def _probabilities_3d(self, data: torch.Tensor, body: torch.Tensor | None) -> torch.Tensor:
-        total = None
-        for network in self.networks:
+        total = torch.zeros(0)
+        for index, network in enumerate(self.networks):
             logits = predict_sliding_window(
                 self._forward(network), data, self.config_plan.patch_size, self.plan.num_classes,
                 step_size=self.step_size, mirror_axes=self.mirror_axes, window_batch=self.window_batch,
                 body_mask=body, device=self.device)
             probabilities = torch.softmax(logits, 0)
-            total = probabilities if total is None else total + probabilities
+            total = probabilities if index == 0 else total + probabilities
         return total / len(self.networks)
 
     def _probabilities_2d(self, data: torch.Tensor, body: torch.Tensor | None) -> torch.Tensor:
@@ -224,13 +224,14 @@ class Predictor:
         if return_probabilities:
             full = restore_probabilities(probabilities, case.properties, self.plan, self.config_plan.resampling)
         self.times.add("export", time.perf_counter() - started)
-        return labels.astype(np.uint8 if self.plan.num_classes <= 256 else np.int32), full
+        return labels.astype(np.uint8 if self.plan.num_classes <= 256 else np.int32, copy=False), full
 
     def check_input(self, images: np.ndarray, geometry: Geometry, case_id: str) -> None:
         """Refuse non-finite voxels (they would silently turn the prediction into background); warn about a
         voxel size far from the model's (a wrong header, or a long resampling ahead)."""
         if np.issubdtype(images.dtype, np.floating):
-            bad = images.size - int(np.count_nonzero(np.isfinite(images)))
+            # slab by slab: a full-size boolean would cost a quarter of the image
+            bad = images.size - sum(int(np.count_nonzero(np.isfinite(images[:, k]))) for k in range(images.shape[1]))
             if bad:
                 raise NnsegError(f"{case_id}: {bad} of {images.size} voxels are NaN or infinite; nnseg does not "
                                  "guess values for them. Fix the image (e.g. replace them with the background "

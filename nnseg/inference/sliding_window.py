@@ -3,7 +3,8 @@
 Windows overlap by ``1 - step_size`` (0.5 by default), are weighted by a Gaussian
 importance map (sigma = 1/8 of the patch edge) and averaged as logits, as nnU-Net does.
 What we do less of: windows that contain no voxel of the nonzero (body) mask are
-skipped, windows go through the network in batches, and mirrored copies share a batch.
+skipped, and windows with their mirrored copies go through the network in batches of
+``window_batch`` inputs (one window in one mirror orientation each).
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def gaussian_importance(patch: Sequence[int], sigma_scale: float = 1 / 8) -> tor
     return torch.from_numpy(weights)
 
 
+def _flip(tensor: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+    """Flip one ``(channels, *spatial)`` tensor along spatial ``axes`` (no copy when there are none)."""
+    return torch.flip(tensor, [a + 1 for a in axes]) if axes else tensor
+
+
 def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
     """Every subset of the spatial axes to flip (the empty one first): 8 for three axes."""
     return [combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
@@ -73,7 +79,8 @@ def predict_sliding_window(
         num_classes: network outputs.
         step_size: window step as a fraction of the patch (0.5 = 50 % overlap).
         mirror_axes: spatial axes for mirroring test-time augmentation (averaged over every combination).
-        window_batch: windows per forward pass (mirrored copies are added to it).
+        window_batch: network inputs per forward pass; each is one window in one mirror orientation, so a
+            window's mirrored copies share forward passes (``benchmarks/mirror_batching.py``).
         body_mask: ``(*spatial)`` bool; windows without any True voxel are skipped and predicted background.
         device: where the network runs; stitching buffers stay on the CPU.
         progress: called with the number of windows done after each batch.
@@ -96,23 +103,28 @@ def predict_sliding_window(
         windows = [w for w in windows if bool(body_mask[w].any())] or windows[:1]
     flips = mirror_combinations(mirror_axes)
     weights_device = weights.to(device)
-    for first in range(0, len(windows), window_batch):
-        chunk = windows[first:first + window_batch]
-        batch = torch.stack([image[(slice(None), *w)] for w in chunk]).to(device, non_blocking=True)
-        summed = torch.zeros((len(chunk), num_classes, *patch), device=device)
-        for flip in flips:
-            dims = [a + 2 for a in flip]
-            out = predict(torch.flip(batch, dims) if dims else batch).float()
-            summed += torch.flip(out, dims) if dims else out
-        summed = (summed / len(flips)) * weights_device
-        summed = summed.cpu()
-        for window, prediction in zip(chunk, summed):
-            logits[(slice(None), *window)] += prediction
-            counts[window] += weights
-        if progress is not None:
-            progress(len(chunk))
+    # every (window, mirror) pair is one network input; pairs share forward passes of `window_batch` inputs
+    jobs = [(index, flip) for index in range(len(windows)) for flip in flips]
+    partial: dict[int, torch.Tensor] = {}
+    mirrors_done: dict[int, int] = {}
+    for first in range(0, len(jobs), window_batch):
+        chunk = jobs[first:first + window_batch]
+        batch = torch.stack([_flip(image[(slice(None), *windows[index])], flip) for index, flip in chunk])
+        outputs = predict(batch.to(device, non_blocking=True)).float()
+        finished = 0
+        for (index, flip), output in zip(chunk, outputs):
+            output = _flip(output, flip)
+            partial[index] = output if index not in partial else partial[index] + output
+            mirrors_done[index] = mirrors_done.get(index, 0) + 1
+            if mirrors_done[index] == len(flips):
+                window = windows[index]
+                logits[(slice(None), *window)] += (partial.pop(index) * (weights_device / len(flips))).cpu()
+                counts[window] += weights
+                finished += 1
+        if progress is not None and finished:
+            progress(finished)
     covered = counts > 0
-    logits[:, covered] /= counts[covered]
+    logits /= torch.where(covered, counts, 1.0)  # in place: no copies of the covered voxels
     logits[0, ~covered] = 1.0  # skipped windows: background
     if any(pad):
         crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pad, spatial))

@@ -62,7 +62,7 @@ def target_spacing(spacings: np.ndarray, shapes: np.ndarray, anisotropy_threshol
     return target
 
 
-def transpose_for(spacing: Sequence[float]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def transpose_for(spacing: Sequence[float] | np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Put the coarsest axis first (first maximum on ties); return (forward, backward) permutations."""
     coarsest = int(np.argmax(spacing))
     forward = (coarsest, *[a for a in range(len(spacing)) if a != coarsest])
@@ -70,7 +70,8 @@ def transpose_for(spacing: Sequence[float]) -> tuple[tuple[int, ...], tuple[int,
     return forward, backward
 
 
-def resampled_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]) -> np.ndarray:
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float] | np.ndarray
+                    ) -> np.ndarray:
     """Shape after resampling from ``spacing`` to ``new_spacing`` (rounded to the nearest voxel)."""
     return np.array([int(round(s / n * d)) for s, n, d in zip(spacing, new_spacing, shape)])
 
@@ -170,8 +171,8 @@ def batch_size_for(candidate: _Candidate, preset: PlannerPreset, dataset_voxels:
 
 def plan_configuration(
     name: str,
-    spacing: Sequence[float],
-    median_shape: Sequence[float],
+    spacing: Sequence[float] | np.ndarray,
+    median_shape: Sequence[float] | np.ndarray,
     dataset_voxels: float,
     preset: PlannerPreset,
     normalization: tuple[ChannelNormalization, ...],
@@ -181,7 +182,8 @@ def plan_configuration(
 ) -> ConfigurationPlan:
     """Patch, batch and network for one configuration at ``spacing`` (planning order)."""
     dims = len(spacing)
-    candidate = fit_patch_to_budget(spacing, median_shape, preset, len(normalization), num_classes)
+    candidate = fit_patch_to_budget([float(s) for s in spacing], [float(s) for s in median_shape], preset,
+                                    len(normalization), num_classes)
     batch_size = batch_size_for(candidate, preset, dataset_voxels)
     topology = candidate.topology
     n = topology.n_stages

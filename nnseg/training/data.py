@@ -74,12 +74,13 @@ class PatchSampler:
         for axis, (s, n) in enumerate(zip(size, shape)):
             start[axis] = int(np.clip(start[axis], 0, n - s)) if n >= s else -((s - n) // 2)
         stop = start + np.array(size)
-        src = tuple(slice(max(0, a), min(n, b)) for a, b, n in zip(start, stop, shape))
-        dst = tuple(slice(max(0, a) - a, max(0, a) - a + (min(n, b) - max(0, a))) for a, b, n in zip(start, stop, shape))
+        src = tuple(slice(int(max(0, a)), int(min(n, b))) for a, b, n in zip(start, stop, shape))
+        dst = tuple(slice(int(max(0, a) - a), int(max(0, a) - a + (min(n, b) - max(0, a))))
+                    for a, b, n in zip(start, stop, shape))
         image = np.zeros((self.num_channels, *size), dtype=np.float32)
         seg = np.zeros((1, *size), dtype=np.int16)
         image[(slice(None), *dst)] = case.data[(slice(None), *src)]
-        seg[(0, *dst)] = case.seg[src]
+        seg[0][dst] = case.seg[src]
         np.maximum(seg, 0, out=seg)  # -1 (outside the nonzero mask) trains as background
         if self.dimensions == 2:
             image, seg = image[:, 0], seg[:, 0]

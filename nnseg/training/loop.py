@@ -92,7 +92,9 @@ class Trainer:
         network = build_network(self.config_plan.network, self.num_channels, self.plan.num_classes,
                                 deep_supervision=config.deep_supervision)
         self.network = network.to(self.device)
-        self.model = torch.compile(self.network) if config.compile else self.network
+        self.model: torch.nn.Module = self.network
+        if config.compile:
+            self.model = torch.compile(self.network)  # type: ignore[assignment]
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
@@ -296,7 +298,7 @@ class Trainer:
             for loader in (train_loader, val_loader):
                 if loader is not None:
                     loader.close()
-            self.tracker.end(status)  # type: ignore[arg-type]
+            self.tracker.end(status)
             self.dist.close()
         return TrainResult(self.fold_dir, self.epoch, float(self.ema or 0.0), self.run_id, validation)
 
@@ -349,7 +351,7 @@ class Trainer:
         self.tracker.log_metrics(metrics, step=record["epoch"])
         self.tracker.log_artifact(plot_curves(self.history, self.fold_paths.curves, self._class_names()))
         improved = self.ema is not None and self.ema > self.best_ema
-        if improved:
+        if self.ema is not None and improved:
             self.best_ema = self.ema
         self._require_finite_weights()
         self._checkpoint(self.epoch, finished=False, with_training=True).save(self.fold_paths.latest)
