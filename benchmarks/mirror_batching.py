@@ -1,9 +1,10 @@
-"""Sliding-window TTA: one forward per mirror (today) vs all mirrors of a window batch in one forward.
+"""Sliding-window TTA: one forward per mirror vs mirrors sharing forward passes, and the best window batch.
 
     python benchmarks/mirror_batching.py [--patch 48,48,64] [--features 16,32,64,128,128] [--repeats 3]
 
-Times only the network part of ``predict_sliding_window`` for one chunk of windows with the 8 mirror
-combinations, both ways, with a U-Net of the cpu preset's shape; prints seconds per window and the ratio.
+Part 1 times the network part for one chunk of windows with the 8 mirror combinations, run one forward
+per mirror (nnseg before, and nnU-Net) or all in one stacked forward. Part 2 runs ``predict_sliding_window``
+on a volume with 8 mirrors for several ``window_batch`` values (network inputs per forward).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 
 import torch
 
-from nnseg.inference.sliding_window import mirror_combinations
+from nnseg.inference.sliding_window import mirror_combinations, predict_sliding_window
 from nnseg.networks import build_network
 from nnseg.planning.plan import NetworkPlan
 
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--features", default="16,32,64,128,128")
     parser.add_argument("--window-batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     args = parser.parse_args()
     patch = tuple(int(v) for v in args.patch.split(","))
     features = tuple(int(v) for v in args.features.split(","))
@@ -70,6 +72,18 @@ def main() -> None:
         print(f"| {name} | {min(times):.3f} | {size} windows |")
     first, second = results.values()
     print(f"\nstacked / per-mirror time: {second / first:.2f} (threads: {torch.get_num_threads()})")
+    volume = torch.randn(1, *[p * 2 for p in patch])
+    print(f"\n| window_batch (inputs per forward) | s per volume {tuple(volume.shape[1:])}, 8 mirrors |")
+    print("|---:|---:|")
+    with torch.inference_mode():
+        predict_sliding_window(net, volume[:, : patch[0]], patch, 3, window_batch=2)  # warm-up (kernel selection)
+        for size in args.sizes:
+            times = []
+            for _ in range(max(1, args.repeats - 1)):
+                started = time.perf_counter()
+                predict_sliding_window(net, volume, patch, 3, mirror_axes=(0, 1, 2), window_batch=size)
+                times.append(time.perf_counter() - started)
+            print(f"| {size} | {min(times):.1f} |", flush=True)
 
 
 if __name__ == "__main__":
