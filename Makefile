@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 WHEEL_CHECK := build/wheel-check
 
-.PHONY: install demo test wheel-check clean
+.PHONY: install demo test check wheel-check clean
 
 install: $(STAMP)
 
@@ -27,6 +27,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# Lint, format and types (pyproject.toml configures ruff and mypy); CI runs it after the tests.
+check: $(STAMP)
+	$(BIN)/ruff check nnseg tests benchmarks setup.py
+	$(BIN)/ruff format --check nnseg tests benchmarks setup.py
+	$(BIN)/mypy
 
 # Build the wheel, install it (not editable) into a fresh venv, and plan a synthetic dataset with the shipped presets.
 wheel-check: $(STAMP)

@@ -35,8 +35,19 @@ import torch
 
 from nnseg.training.augment import TrainingAugmentation
 
-ALL_ON = dict(p_rotation=1.0, p_scaling=1.0, p_noise=1.0, p_blur=1.0, p_blur_per_channel=1.0, p_brightness=1.0,
-              p_contrast=1.0, p_low_res=1.0, p_low_res_per_channel=1.0, p_gamma_inverted=1.0, p_gamma=1.0)
+ALL_ON = dict(
+    p_rotation=1.0,
+    p_scaling=1.0,
+    p_noise=1.0,
+    p_blur=1.0,
+    p_blur_per_channel=1.0,
+    p_brightness=1.0,
+    p_contrast=1.0,
+    p_low_res=1.0,
+    p_low_res_per_channel=1.0,
+    p_gamma_inverted=1.0,
+    p_gamma=1.0,
+)
 
 
 def monai_pipeline(patch: tuple[int, ...], all_on: bool, subset: bool, seed: int) -> Callable[[dict], dict]:
@@ -49,10 +60,25 @@ def monai_pipeline(patch: tuple[int, ...], all_on: bool, subset: bool, seed: int
     keys = ["image", "label"]
     angle = math.pi / 6
     steps = [
-        mt.RandRotated(keys, range_x=angle, range_y=angle, range_z=angle, prob=p(0.2), keep_size=True,
-                       mode=("bilinear", "nearest"), padding_mode=("zeros", "zeros")),
-        mt.RandZoomd(keys, prob=p(0.2), min_zoom=0.7, max_zoom=1.4, mode=("trilinear", "nearest"),
-                     padding_mode=("constant", "constant"), keep_size=True),
+        mt.RandRotated(
+            keys,
+            range_x=angle,
+            range_y=angle,
+            range_z=angle,
+            prob=p(0.2),
+            keep_size=True,
+            mode=("bilinear", "nearest"),
+            padding_mode=("zeros", "zeros"),
+        ),
+        mt.RandZoomd(
+            keys,
+            prob=p(0.2),
+            min_zoom=0.7,
+            max_zoom=1.4,
+            mode=("trilinear", "nearest"),
+            padding_mode=("constant", "constant"),
+            keep_size=True,
+        ),
         mt.CenterSpatialCropd(keys, roi_size=patch),
         mt.RandGaussianNoised("image", prob=p(0.1), std=0.1),
         mt.RandGaussianSmoothd("image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0), prob=p(0.2)),
@@ -95,8 +121,14 @@ def time_round(step: Callable[[], None], samples_per_step: int, seconds: float, 
     return calls * samples_per_step / (time.perf_counter() - started)
 
 
-def compare(ours: Callable[[], None], theirs: Callable[[], None], samples_per_step: int, seconds: float,
-            rounds: int, device: torch.device) -> tuple[float, float]:
+def compare(
+    ours: Callable[[], None],
+    theirs: Callable[[], None],
+    samples_per_step: int,
+    seconds: float,
+    rounds: int,
+    device: torch.device,
+) -> tuple[float, float]:
     """Median samples/s of both, timed in alternating rounds so that load from other processes hits both alike."""
     warm_up(ours, seconds / 2)
     warm_up(theirs, seconds / 2)
@@ -107,8 +139,9 @@ def compare(ours: Callable[[], None], theirs: Callable[[], None], samples_per_st
     return statistics.median(ours_rates), statistics.median(theirs_rates)
 
 
-def bench(patch: tuple[int, ...], batch: int, all_on: bool, device: torch.device, seconds: float, rounds: int,
-          subset: bool) -> tuple[tuple[int, ...], float, float]:
+def bench(
+    patch: tuple[int, ...], batch: int, all_on: bool, device: torch.device, seconds: float, rounds: int, subset: bool
+) -> tuple[tuple[int, ...], float, float]:
     aug = TrainingAugmentation.for_patch_size(patch, **(ALL_ON if all_on else {}))
     region = aug.sampling_patch_size
     source = torch.Generator().manual_seed(0)
@@ -134,11 +167,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="patches 32^3 and 64^3, shorter timing")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=None,
-                        help="timed seconds per pipeline and cell (default 6, quick 3)")
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="timed seconds per pipeline and cell (default 6, quick 3)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds; the median is printed")
-    parser.add_argument("--monai-subset", action="store_true",
-                        help="MONAI without contrast, low resolution and inverted gamma")
+    parser.add_argument(
+        "--monai-subset", action="store_true", help="MONAI without contrast, low resolution and inverted gamma"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sizes = [(32, 32, 32), (64, 64, 64)] if args.quick else [(64, 64, 64), (128, 128, 128)]
@@ -147,23 +182,27 @@ def main() -> None:
 
     import monai
 
-    print(f"torch {torch.__version__}, MONAI {monai.__version__}, {torch.get_num_threads()} CPU threads, "
-          f"batch {args.batch}, 1 channel, load average {os.getloadavg()[0]:.1f}"
-          + (", MONAI subset" if args.monai_subset else ""))
+    print(
+        f"torch {torch.__version__}, MONAI {monai.__version__}, {torch.get_num_threads()} CPU threads, "
+        f"batch {args.batch}, 1 channel, load average {os.getloadavg()[0]:.1f}"
+        + (", MONAI subset" if args.monai_subset else "")
+    )
     if torch.cuda.is_available():
         print(f"CUDA device: {torch.cuda.get_device_name(0)}")
-    header = (f"{'device':>6} {'patch':>12} {'input':>12} {'probabilities':>13} {'nnseg/s':>9} {'MONAI/s':>9} "
-              f"{'ratio':>6}")
+    header = (
+        f"{'device':>6} {'patch':>12} {'input':>12} {'probabilities':>13} {'nnseg/s':>9} {'MONAI/s':>9} {'ratio':>6}"
+    )
     print(header)
     print("-" * len(header))
     for device in devices:
         for patch in sizes:
             for all_on in (False, True):
-                region, ours, theirs = bench(patch, args.batch, all_on, device, seconds, args.rounds,
-                                             args.monai_subset)
-                print(f"{device.type:>6} {'x'.join(map(str, patch)):>12} {'x'.join(map(str, region)):>12} "
-                      f"{'all p=1' if all_on else 'nnU-Net p':>13} {ours:>9.2f} {theirs:>9.2f} {ours / theirs:>5.1f}x",
-                      flush=True)
+                region, ours, theirs = bench(patch, args.batch, all_on, device, seconds, args.rounds, args.monai_subset)
+                print(
+                    f"{device.type:>6} {'x'.join(map(str, patch)):>12} {'x'.join(map(str, region)):>12} "
+                    f"{'all p=1' if all_on else 'nnU-Net p':>13} {ours:>9.2f} {theirs:>9.2f} {ours / theirs:>5.1f}x",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -24,14 +24,12 @@ import numpy as np
 
 
 def _run(python: str, env: dict, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([python, "-m", "nnseg", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900)
+    return subprocess.run([python, "-m", "nnseg", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
 def _message(result: subprocess.CompletedProcess) -> str:
     lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower() or "warning" in line.lower()
-              or "refus" in line.lower()]
+    errors = [line for line in lines if "error" in line.lower() or "warning" in line.lower() or "refus" in line.lower()]
     text = (errors or lines or [""])[-1].strip()
     return (text[:150] + "...") if len(text) > 150 else text
 
@@ -53,10 +51,26 @@ def main() -> int:
         return _run(args.python, env, [str(c) for c in cli], root)
 
     raw, work = root / "raw", root / "work"
-    setup = [("synth", raw, "--cases", 4, "--test-cases", 2, "--shape", "20,24,24", "--seed", 1),
-             ("plan", raw, "--work", work, "--preset", "cpu", "--preprocess", "--workers", 1),
-             ("train", "--work", work, "--epochs", 1, "--iters-per-epoch", 2, "--val-iters", 1, "--device", "cpu",
-              "--no-tracking", "--loader-threads", 1)]
+    setup = [
+        ("synth", raw, "--cases", 4, "--test-cases", 2, "--shape", "20,24,24", "--seed", 1),
+        ("plan", raw, "--work", work, "--preset", "cpu", "--preprocess", "--workers", 1),
+        (
+            "train",
+            "--work",
+            work,
+            "--epochs",
+            1,
+            "--iters-per-epoch",
+            2,
+            "--val-iters",
+            1,
+            "--device",
+            "cpu",
+            "--no-tracking",
+            "--loader-threads",
+            1,
+        ),
+    ]
     for step in setup:
         result = nnseg(*step)
         if result.returncode:
@@ -139,41 +153,138 @@ def main() -> int:
         return path.parent.parent
 
     probes: list[tuple[str, Callable[[], list]]] = [
-        ("1 one NaN voxel in the input", lambda: ["predict", "-i", image_with("nan1", nan_voxel), "-o",
-                                                 root / "o_nan1", *model]),
-        ("1 all-NaN input", lambda: ["predict", "-i", image_with("nan_all", lambda a: a * np.nan), "-o",
-                                    root / "o_nan_all", *model]),
+        (
+            "1 one NaN voxel in the input",
+            lambda: ["predict", "-i", image_with("nan1", nan_voxel), "-o", root / "o_nan1", *model],
+        ),
+        (
+            "1 all-NaN input",
+            lambda: ["predict", "-i", image_with("nan_all", lambda a: a * np.nan), "-o", root / "o_nan_all", *model],
+        ),
         ("2 --window-batch -1", lambda: ["predict", "-i", images, "-o", root / "o_wb", *model, "--window-batch", -1]),
-        ("3 evaluate --dataset-json lab/custom.json", lambda: [
-            "evaluate", "--pred", predictions("p_eval"), "--ref", raw / "labelsTs", "--dataset-json",
-            _copy(raw / "dataset.json", root / "lab" / "custom.json"), "--out", root / "eval"]),
-        ("4 ensemble -o A (an input) --overwrite", lambda: [
-            "ensemble", "-i", predictions("A", "--save-probabilities"), predictions("B", "--save-probabilities"),
-            "-o", root / "A", "--overwrite"]),
-        ("5 resume after plans.json width changed", lambda: [
-            "train", "--work", edited_plan(lambda c: c["network"].update(
-                features_per_stage=[f * 2 for f in c["network"]["features_per_stage"]])),
-            "--epochs", 2, "--iters-per-epoch", 1, "--val-iters", 1, "--device", "cpu", "--no-tracking"]),
-        ("5 resume after plans.json patch changed", lambda: [
-            "train", "--work", edited_plan(lambda c: c.update(patch_size=[p * 2 for p in c["patch_size"]])),
-            "--epochs", 2, "--iters-per-epoch", 1, "--val-iters", 1, "--device", "cpu", "--no-tracking"]),
-        ("6 preprocess rerun after a truncated .npy", lambda: [truncated_cache(), "--work", work, "--workers", 1,
-                                                              "--config", "3d_fullres"]),
-        ("7 rerun with --save-probabilities", lambda: [
-            "predict", "-i", images, "-o", predictions("p7"), *model, "--save-probabilities"]),
-        ("8 train --lr nan", lambda: ["train", "--work", edited_plan(lambda c: None), "--lr", "nan", "--epochs", 1,
-                                      "--iters-per-epoch", 2, "--val-iters", 1, "--device", "cpu",
-                                      "--no-tracking", "--no-final-validation"]),
-        ("9 only checkpoint_latest.pt", lambda: ["predict", "-i", images, "-o", root / "o9", "-m", only_latest(),
-                                                "--device", "cpu", "--no-tta"]),
+        (
+            "3 evaluate --dataset-json lab/custom.json",
+            lambda: [
+                "evaluate",
+                "--pred",
+                predictions("p_eval"),
+                "--ref",
+                raw / "labelsTs",
+                "--dataset-json",
+                _copy(raw / "dataset.json", root / "lab" / "custom.json"),
+                "--out",
+                root / "eval",
+            ],
+        ),
+        (
+            "4 ensemble -o A (an input) --overwrite",
+            lambda: [
+                "ensemble",
+                "-i",
+                predictions("A", "--save-probabilities"),
+                predictions("B", "--save-probabilities"),
+                "-o",
+                root / "A",
+                "--overwrite",
+            ],
+        ),
+        (
+            "5 resume after plans.json width changed",
+            lambda: [
+                "train",
+                "--work",
+                edited_plan(
+                    lambda c: c["network"].update(
+                        features_per_stage=[f * 2 for f in c["network"]["features_per_stage"]]
+                    )
+                ),
+                "--epochs",
+                2,
+                "--iters-per-epoch",
+                1,
+                "--val-iters",
+                1,
+                "--device",
+                "cpu",
+                "--no-tracking",
+            ],
+        ),
+        (
+            "5 resume after plans.json patch changed",
+            lambda: [
+                "train",
+                "--work",
+                edited_plan(lambda c: c.update(patch_size=[p * 2 for p in c["patch_size"]])),
+                "--epochs",
+                2,
+                "--iters-per-epoch",
+                1,
+                "--val-iters",
+                1,
+                "--device",
+                "cpu",
+                "--no-tracking",
+            ],
+        ),
+        (
+            "6 preprocess rerun after a truncated .npy",
+            lambda: [truncated_cache(), "--work", work, "--workers", 1, "--config", "3d_fullres"],
+        ),
+        (
+            "7 rerun with --save-probabilities",
+            lambda: ["predict", "-i", images, "-o", predictions("p7"), *model, "--save-probabilities"],
+        ),
+        (
+            "8 train --lr nan",
+            lambda: [
+                "train",
+                "--work",
+                edited_plan(lambda c: None),
+                "--lr",
+                "nan",
+                "--epochs",
+                1,
+                "--iters-per-epoch",
+                2,
+                "--val-iters",
+                1,
+                "--device",
+                "cpu",
+                "--no-tracking",
+                "--no-final-validation",
+            ],
+        ),
+        (
+            "9 only checkpoint_latest.pt",
+            lambda: ["predict", "-i", images, "-o", root / "o9", "-m", only_latest(), "--device", "cpu", "--no-tta"],
+        ),
         ("10 check: constant (all-zero) image", lambda: ["check", _constant_dataset(raw, root)]),
-        ("-m path that does not exist", lambda: ["predict", "-i", images, "-o", root / "o_m", "-m",
-                                                root / "nope", "--device", "cpu"]),
+        (
+            "-m path that does not exist",
+            lambda: ["predict", "-i", images, "-o", root / "o_m", "-m", root / "nope", "--device", "cpu"],
+        ),
         ("--max-hours -1", lambda: ["train", "--work", work, "--max-hours", -1, "--no-tracking", "--device", "cpu"]),
-        ("--fresh --resume together", lambda: ["train", "--work", work, "--fresh", "--resume", "--no-tracking",
-                                               "--device", "cpu", "--epochs", 1, "--iters-per-epoch", 1]),
-        ("input at 1/10 of the planned spacing", lambda: ["predict", "-i", _respaced(images, root, 0.1), "-o",
-                                                      root / "o_sp", *model]),
+        (
+            "--fresh --resume together",
+            lambda: [
+                "train",
+                "--work",
+                work,
+                "--fresh",
+                "--resume",
+                "--no-tracking",
+                "--device",
+                "cpu",
+                "--epochs",
+                1,
+                "--iters-per-epoch",
+                1,
+            ],
+        ),
+        (
+            "input at 1/10 of the planned spacing",
+            lambda: ["predict", "-i", _respaced(images, root, 0.1), "-o", root / "o_sp", *model],
+        ),
         ("predict -o an existing file", lambda: ["predict", "-i", images, "-o", read_only_file(), *model]),
         ("predict -o a read-only folder (/sys)", lambda: ["predict", "-i", images, "-o", "/sys/nnseg_out", *model]),
         ("--step-size 0", lambda: ["predict", "-i", images, "-o", root / "o_s0", *model, "--step-size", 0]),
@@ -182,31 +293,88 @@ def main() -> int:
         ("--step-size nan", lambda: ["predict", "-i", images, "-o", root / "o_s3", *model, "--step-size", "nan"]),
         ("--window-batch 0", lambda: ["predict", "-i", images, "-o", root / "o_wb0", *model, "--window-batch", 0]),
         ("--device foo", lambda: ["predict", "-i", images, "-o", root / "o_dev", "-m", work, "--device", "foo"]),
-        ("inference.json not JSON (predict)", lambda: ["predict", "-i", images, "-o", root / "o_i1", "-m",
-                                                       inference_json("{oops"), "--device", "cpu"]),
-        ("inference.json a list (predict)", lambda: ["predict", "-i", images, "-o", root / "o_i2", "-m",
-                                                     inference_json("[1, 2]"), "--device", "cpu"]),
-        ("inference.json missing key (postprocess)", lambda: [
-            "postprocess", "-i", predictions("p_pp"), "-o", root / "o_pp", "--work",
-            inference_json('{"configurations": ["3d_fullres"]}')]),
+        (
+            "inference.json not JSON (predict)",
+            lambda: ["predict", "-i", images, "-o", root / "o_i1", "-m", inference_json("{oops"), "--device", "cpu"],
+        ),
+        (
+            "inference.json a list (predict)",
+            lambda: ["predict", "-i", images, "-o", root / "o_i2", "-m", inference_json("[1, 2]"), "--device", "cpu"],
+        ),
+        (
+            "inference.json missing key (postprocess)",
+            lambda: [
+                "postprocess",
+                "-i",
+                predictions("p_pp"),
+                "-o",
+                root / "o_pp",
+                "--work",
+                inference_json('{"configurations": ["3d_fullres"]}'),
+            ],
+        ),
         ("train --epochs 0", lambda: ["train", "--work", work, "--epochs", 0, "--no-tracking"]),
         ("train --fold -1", lambda: ["train", "--work", work, "--fold", -1, "--no-tracking"]),
         ("train --batch-size 0", lambda: ["train", "--work", work, "--batch-size", 0, "--no-tracking"]),
         ("train --lr -1", lambda: ["train", "--work", work, "--lr", -1, "--no-tracking"]),
         ("train --work a read-only folder (/sys)", lambda: ["train", "--work", "/sys", "--no-tracking"]),
-        ("plans.json with a 4000^3 patch", lambda: [
-            "train", "--work", edited_plan(lambda c: c.update(patch_size=[4000, 4000, 4000])), "--no-tracking",
-            "--device", "cpu", "--epochs", 1, "--iters-per-epoch", 1]),
-        ("plans.json negative feature count", lambda: [
-            "train", "--work", edited_plan(lambda c: c["network"].update(
-                features_per_stage=[-f for f in c["network"]["features_per_stage"]])), "--no-tracking",
-            "--device", "cpu", "--epochs", 1, "--iters-per-epoch", 1]),
-        ("plans.json NaN spacing", lambda: [
-            "preprocess", "--work", edited_plan(lambda c: c.update(spacing=[float("nan")] * 3)), "--workers", 1]),
+        (
+            "plans.json with a 4000^3 patch",
+            lambda: [
+                "train",
+                "--work",
+                edited_plan(lambda c: c.update(patch_size=[4000, 4000, 4000])),
+                "--no-tracking",
+                "--device",
+                "cpu",
+                "--epochs",
+                1,
+                "--iters-per-epoch",
+                1,
+            ],
+        ),
+        (
+            "plans.json negative feature count",
+            lambda: [
+                "train",
+                "--work",
+                edited_plan(
+                    lambda c: c["network"].update(features_per_stage=[-f for f in c["network"]["features_per_stage"]])
+                ),
+                "--no-tracking",
+                "--device",
+                "cpu",
+                "--epochs",
+                1,
+                "--iters-per-epoch",
+                1,
+            ],
+        ),
+        (
+            "plans.json NaN spacing",
+            lambda: [
+                "preprocess",
+                "--work",
+                edited_plan(lambda c: c.update(spacing=[float("nan")] * 3)),
+                "--workers",
+                1,
+            ],
+        ),
         ("stale temp file after kill -9", lambda: ["predict", "-i", images, "-o", stale_temp(), *model]),
-        ("crafted checkpoint with a __reduce__ payload", lambda: [
-            "predict", "-i", images, "-o", root / "o_bomb", "-m", pickle_bomb() / "fold_0" / "checkpoint_final.pt",
-            "--device", "cpu"]),
+        (
+            "crafted checkpoint with a __reduce__ payload",
+            lambda: [
+                "predict",
+                "-i",
+                images,
+                "-o",
+                root / "o_bomb",
+                "-m",
+                pickle_bomb() / "fold_0" / "checkpoint_final.pt",
+                "--device",
+                "cpu",
+            ],
+        ),
     ]
     print("| probe | exit | traceback | message / outcome |")
     print("|---|---:|---|---|")

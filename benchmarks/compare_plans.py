@@ -30,16 +30,23 @@ from nnseg.synth import SynthConfig, generate_dataset
 
 DATASETS: dict[str, SynthConfig] = {
     "ct_iso": SynthConfig(num_cases=12, shape=(110, 122, 134), spacing=(1.0, 1.0, 1.0), modality="CT", seed=11),
-    "mr_aniso": SynthConfig(num_cases=12, shape=(120, 192, 192), spacing=(1.2, 0.8, 0.8), modality="MR",
-                            anisotropic=True, seed=12),
-    "mr_2ch": SynthConfig(num_cases=10, shape=(96, 128, 112), spacing=(1.1, 0.9, 0.9), modality="MR", channels=2,
-                          seed=13),
+    "mr_aniso": SynthConfig(
+        num_cases=12, shape=(120, 192, 192), spacing=(1.2, 0.8, 0.8), modality="MR", anisotropic=True, seed=12
+    ),
+    "mr_2ch": SynthConfig(
+        num_cases=10, shape=(96, 128, 112), spacing=(1.1, 0.9, 0.9), modality="MR", channels=2, seed=13
+    ),
     # thick slices along the last array axis: the planner must transpose it to the front
     "mr_thick_x": SynthConfig(num_cases=10, shape=(160, 160, 36), spacing=(0.8, 0.8, 4.0), modality="MR", seed=15),
     "ct_large": SynthConfig(num_cases=5, shape=(256, 384, 384), spacing=(1.0, 0.8, 0.8), modality="CT", seed=14),
 }
-NNUNET_SCHEMES = {"CTNormalization": "ct", "ZScoreNormalization": "zscore", "NoNormalization": "none",
-                  "RescaleTo01Normalization": "rescale_to_0_1", "RGBTo01Normalization": "rgb_to_0_1"}
+NNUNET_SCHEMES = {
+    "CTNormalization": "ct",
+    "ZScoreNormalization": "zscore",
+    "NoNormalization": "none",
+    "RescaleTo01Normalization": "rescale_to_0_1",
+    "RGBTo01Normalization": "rgb_to_0_1",
+}
 HERE = Path(__file__).resolve().parent
 
 
@@ -64,8 +71,12 @@ def nnseg_side(raw: Path, work: Path) -> tuple[dict, float]:
 
 def nnunet_side(raw: Path, out: Path, python: str) -> tuple[dict, float]:
     started = time.perf_counter()
-    subprocess.run([python, str(HERE / "nnunet_reference_plans.py"), str(raw), str(out), "--np", "2"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [python, str(HERE / "nnunet_reference_plans.py"), str(raw), str(out), "--np", "2"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     seconds = time.perf_counter() - started
     summary = json.loads(out.read_text())
     configs = {}
@@ -87,7 +98,9 @@ def nnunet_side(raw: Path, out: Path, python: str) -> tuple[dict, float]:
 
 def compare(ours: dict, theirs: dict) -> list[tuple[str, str, str, str, bool]]:
     """Rows (config, field, nnseg, nnU-Net, agree)."""
-    rows = [("-", "transpose", str(ours["transpose"]), str(theirs["transpose"]), ours["transpose"] == theirs["transpose"])]
+    rows = [
+        ("-", "transpose", str(ours["transpose"]), str(theirs["transpose"]), ours["transpose"] == theirs["transpose"])
+    ]
     names = sorted(set(ours["configurations"]) | set(theirs["configurations"]))
     for name in names:
         a, b = ours["configurations"].get(name), theirs["configurations"].get(name)
@@ -132,12 +145,18 @@ def main() -> int:
         print(f", nnU-Net fingerprint+plan {their_seconds:.1f} s")
         rows = compare(ours, theirs)
         widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
-        print(f"| {'config':<{widths[0]}} | {'field':<{widths[1]}} | {'nnseg':<{widths[2]}} | "
-              f"{'nnU-Net 2.8.1':<{widths[3]}} | agree |")
-        print(f"|{'-' * (widths[0] + 2)}|{'-' * (widths[1] + 2)}|{'-' * (widths[2] + 2)}|{'-' * (widths[3] + 2)}|-------|")
+        print(
+            f"| {'config':<{widths[0]}} | {'field':<{widths[1]}} | {'nnseg':<{widths[2]}} | "
+            f"{'nnU-Net 2.8.1':<{widths[3]}} | agree |"
+        )
+        print(
+            f"|{'-' * (widths[0] + 2)}|{'-' * (widths[1] + 2)}|{'-' * (widths[2] + 2)}|{'-' * (widths[3] + 2)}|-------|"
+        )
         for config, field, a, b, ok in rows:
-            print(f"| {config:<{widths[0]}} | {field:<{widths[1]}} | {a:<{widths[2]}} | {b:<{widths[3]}} | "
-                  f"{'yes' if ok else 'NO':<5} |")
+            print(
+                f"| {config:<{widths[0]}} | {field:<{widths[1]}} | {a:<{widths[2]}} | {b:<{widths[3]}} | "
+                f"{'yes' if ok else 'NO':<5} |"
+            )
             all_agree &= ok
     if args.nnunet_python:
         print("\nALL FIELDS AGREE" if all_agree else "\nSOME FIELDS DIFFER")

@@ -21,8 +21,9 @@ from nnseg.planning.plan import NetworkPlan, Plan
 from nnseg.planning.topology import conv_flops, features_per_stage, pool_and_kernel_layout
 
 
-def time_step(network_plan: NetworkPlan, patch: tuple[int, ...], batch: int, in_channels: int, num_classes: int,
-              steps: int) -> float:
+def time_step(
+    network_plan: NetworkPlan, patch: tuple[int, ...], batch: int, in_channels: int, num_classes: int, steps: int
+) -> float:
     net = build_network(network_plan, in_channels, num_classes)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True)
     x = torch.randn(batch, in_channels, *patch)
@@ -46,8 +47,14 @@ def time_step(network_plan: NetworkPlan, patch: tuple[int, ...], batch: int, in_
 def plain_plan(patch: tuple[int, ...], spacing: tuple[float, ...], base: int, cap: int) -> tuple[NetworkPlan, tuple]:
     topo = pool_and_kernel_layout(spacing, patch, 4)
     n = topo.n_stages
-    plan = NetworkPlan(n_stages=n, features_per_stage=features_per_stage(n, base, cap), kernel_sizes=topo.kernel_sizes,
-                       strides=topo.strides, n_conv_per_stage=(2,) * n, n_conv_per_stage_decoder=(2,) * (n - 1))
+    plan = NetworkPlan(
+        n_stages=n,
+        features_per_stage=features_per_stage(n, base, cap),
+        kernel_sizes=topo.kernel_sizes,
+        strides=topo.strides,
+        n_conv_per_stage=(2,) * n,
+        n_conv_per_stage_decoder=(2,) * (n - 1),
+    )
     return plan, topo.patch_size
 
 
@@ -66,19 +73,35 @@ def main() -> None:
         config = plan.configuration(args.config)
         cases.append((config.network, config.patch_size, config.batch_size, len(plan.channel_names), plan.num_classes))
     else:
-        for patch, base in [((32, 32, 32), 16), ((48, 48, 48), 16), ((64, 64, 64), 16), ((48, 48, 48), 32),
-                            ((64, 64, 64), 32), ((80, 96, 96), 32)]:
+        for patch, base in [
+            ((32, 32, 32), 16),
+            ((48, 48, 48), 16),
+            ((64, 64, 64), 16),
+            ((48, 48, 48), 32),
+            ((64, 64, 64), 32),
+            ((80, 96, 96), 32),
+        ]:
             network, padded = plain_plan(patch, (1.0, 1.0, 1.0), base, 320)
             cases.append((network, padded, 2, 1, 3))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'patch':>14} {'base':>5} {'stages':>6} {'batch':>5} {'GFLOP fwd':>10} {'step s':>8} {'eff GFLOP/s':>12}")
     for network, patch, batch, in_channels, num_classes in cases:
-        flops = conv_flops(patch, network.strides, network.kernel_sizes, network.features_per_stage,
-                           network.n_conv_per_stage, network.n_conv_per_stage_decoder, in_channels, num_classes)
+        flops = conv_flops(
+            patch,
+            network.strides,
+            network.kernel_sizes,
+            network.features_per_stage,
+            network.n_conv_per_stage,
+            network.n_conv_per_stage_decoder,
+            in_channels,
+            num_classes,
+        )
         seconds = time_step(network, patch, batch, in_channels, num_classes, args.steps)
         effective = 3 * flops * batch / seconds / 1e9
-        print(f"{'x'.join(map(str, patch)):>14} {network.features_per_stage[0]:>5} {network.n_stages:>6} {batch:>5} "
-              f"{flops / 1e9:>10.2f} {seconds:>8.2f} {effective:>12.1f}")
+        print(
+            f"{'x'.join(map(str, patch)):>14} {network.features_per_stage[0]:>5} {network.n_stages:>6} {batch:>5} "
+            f"{flops / 1e9:>10.2f} {seconds:>8.2f} {effective:>12.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ def measure(dataset: Path, work: Path, workers: int) -> tuple[float, float]:
     nnseg = Path(sys.executable).with_name("nnseg")
     result = subprocess.run(
         ["/usr/bin/time", "-v", str(nnseg), "plan", str(dataset), "--work", str(work), "--workers", str(workers)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     rss_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", result.stderr).group(1)
@@ -61,7 +63,7 @@ def main() -> None:
     if not (full / "dataset.json").is_file():
         generate_dataset(full, SynthConfig(num_cases=50, shape=shape, seed=7), show_progress=False)
     few = subset_view(full, args.out / "cases5", 5)
-    print(f"| cases | workers | peak RSS (MiB) | wall (s) |\n|------:|--------:|---------------:|---------:|")
+    print("| cases | workers | peak RSS (MiB) | wall (s) |\n|------:|--------:|---------------:|---------:|")
     results = {}
     for workers in (1, 2):
         for name, dataset in (("5", few), ("50", full)):
@@ -69,7 +71,9 @@ def main() -> None:
             results[(name, workers)] = rss
             print(f"| {name:>5} | {workers:>7} | {rss:>14.0f} | {seconds:>8.1f} |")
     for workers in (1, 2):
-        print(f"workers={workers}: peak RSS 50 cases / 5 cases = {results[('50', workers)] / results[('5', workers)]:.2f}")
+        print(
+            f"workers={workers}: peak RSS 50 cases / 5 cases = {results[('50', workers)] / results[('5', workers)]:.2f}"
+        )
 
 
 if __name__ == "__main__":

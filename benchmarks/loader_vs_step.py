@@ -49,22 +49,34 @@ def main() -> None:
     batch = config.batch_size
     sampler = PatchSampler(folder, cases, augment.sampling_patch_size, batch, dimensions=config.dimensions)
     sampled = rate(sampler.next_batch, args.seconds, batch)
-    loader = Prefetcher(PatchSampler(folder, cases, augment.sampling_patch_size, batch,
-                                     dimensions=config.dimensions), threads=args.threads)
+    loader = Prefetcher(
+        PatchSampler(folder, cases, augment.sampling_patch_size, batch, dimensions=config.dimensions),
+        threads=args.threads,
+    )
     prefetched = rate(lambda: next(loader), args.seconds, batch)
     loader.close()
     example = sampler.next_batch()
     image, seg = torch.from_numpy(example.image), torch.from_numpy(example.seg)
     generator = torch.Generator().manual_seed(0)
     augmented = rate(lambda: augment(image, seg, generator), args.seconds, batch)
-    trainer = Trainer(args.work, TrainConfig(configuration=args.config, device="cpu", tracking=False,
-                                             epochs=1, iters_per_epoch=1), resume=False, show_progress=False)
+    trainer = Trainer(
+        args.work,
+        TrainConfig(configuration=args.config, device="cpu", tracking=False, epochs=1, iters_per_epoch=1),
+        resume=False,
+        show_progress=False,
+    )
     stepped = rate(lambda: trainer.train_step(example), args.seconds, batch)
-    print(f"{args.config}: patch {config.patch_size}, batch {batch}, sampled region {augment.sampling_patch_size}, "
-          f"torch {torch.get_num_threads()} threads")
+    print(
+        f"{args.config}: patch {config.patch_size}, batch {batch}, sampled region {augment.sampling_patch_size}, "
+        f"torch {torch.get_num_threads()} threads"
+    )
     print("| stage | samples/s | x training step |\n|---|---:|---:|")
-    for name, value in (("sampler (1 thread)", sampled), (f"prefetcher ({args.threads} threads)", prefetched),
-                        ("augmentation (batched torch)", augmented), ("training step (aug+fwd+bwd+SGD)", stepped)):
+    for name, value in (
+        ("sampler (1 thread)", sampled),
+        (f"prefetcher ({args.threads} threads)", prefetched),
+        ("augmentation (batched torch)", augmented),
+        ("training step (aug+fwd+bwd+SGD)", stepped),
+    ):
         print(f"| {name} | {value:.1f} | {value / stepped:.1f} |")
 
 

@@ -22,8 +22,14 @@ from nnseg.planning.plan import NetworkPlan
 def _plan(patch: tuple[int, ...], features: tuple[int, ...]) -> NetworkPlan:
     n = len(features)
     strides = ((1, 1, 1),) + ((2, 2, 2),) * (n - 1)
-    return NetworkPlan(n_stages=n, features_per_stage=features, kernel_sizes=((3, 3, 3),) * n, strides=strides,
-                       n_conv_per_stage=(2,) * n, n_conv_per_stage_decoder=(2,) * (n - 1))
+    return NetworkPlan(
+        n_stages=n,
+        features_per_stage=features,
+        kernel_sizes=((3, 3, 3),) * n,
+        strides=strides,
+        n_conv_per_stage=(2,) * n,
+        n_conv_per_stage_decoder=(2,) * (n - 1),
+    )
 
 
 @torch.inference_mode()
@@ -60,8 +66,10 @@ def main() -> None:
     print(f"| strategy | s per window ({len(flips)} mirrors) | peak extra batch |")
     print("|---|---:|---:|")
     results = {}
-    for name, run, size in (("one forward per mirror (today)", _per_flip, args.window_batch),
-                            ("mirrors stacked in one forward", _stacked, args.window_batch * len(flips))):
+    for name, run, size in (
+        ("one forward per mirror (today)", _per_flip, args.window_batch),
+        ("mirrors stacked in one forward", _stacked, args.window_batch * len(flips)),
+    ):
         run(net, batch, flips)  # warm-up
         times = []
         for _ in range(args.repeats):

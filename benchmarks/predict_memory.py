@@ -69,18 +69,30 @@ def make_model(work: Path) -> tuple[Path, str]:
     """A randomly initialised 3d_fullres checkpoint planned (``cpu`` preset) on small phantoms at ~5 mm."""
     raw = work / "phantoms"
     if not (raw / "dataset.json").is_file():
-        generate_dataset(raw, SynthConfig(num_cases=4, shape=(48, 64, 64), spacing=MODEL_SPACING, seed=5),
-                         show_progress=False)
+        generate_dataset(
+            raw, SynthConfig(num_cases=4, shape=(48, 64, 64), spacing=MODEL_SPACING, seed=5), show_progress=False
+        )
     planned = plan(raw, work / "model", preset="cpu", workers=1, show_progress=False).plan
     config = planned.configuration("3d_fullres")
     torch.manual_seed(0)  # the same weights every run, so predictions can be compared between runs
     network = build_network(config.network, len(planned.channel_names), planned.num_classes)
-    checkpoint = Checkpoint(plan=planned, configuration="3d_fullres", fold=0, network_state=network.state_dict(),
-                            deep_supervision=True, finished=True, epochs_trained=0, nnseg_version=__version__)
+    checkpoint = Checkpoint(
+        plan=planned,
+        configuration="3d_fullres",
+        fold=0,
+        network_state=network.state_dict(),
+        deep_supervision=True,
+        finished=True,
+        epochs_trained=0,
+        nnseg_version=__version__,
+    )
     path = checkpoint.save(work / "model" / "models" / "3d_fullres" / "fold_0" / "checkpoint_final.pt")
     spacing = "x".join(f"{s:.2f}" for s in config.spacing)
-    return path, f"3d_fullres at {spacing} mm, patch {'x'.join(map(str, config.patch_size))}, " \
-                       f"transpose {list(planned.transpose_forward)}"
+    return (
+        path,
+        f"3d_fullres at {spacing} mm, patch {'x'.join(map(str, config.patch_size))}, "
+        f"transpose {list(planned.transpose_forward)}",
+    )
 
 
 def stage_times(stdout: str) -> str:
@@ -95,8 +107,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="600,512,512", help="CT shape k,j,i (array order; default 600,512,512)")
     parser.add_argument("--bound", type=float, default=4.0, help="allowed peak RSS / float32 image bytes (4.0)")
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="work folder to use and keep (the CT and model are reused when present)")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="work folder to use and keep (the CT and model are reused when present)"
+    )
     args = parser.parse_args()
     shape = tuple(int(s) for s in args.shape.split(","))
     if len(shape) != 3 or min(shape) < 16:
@@ -108,8 +121,22 @@ def main() -> int:
             write_ct(image, shape)
         checkpoint, model = make_model(work)
         nnseg = str(Path(sys.executable).with_name("nnseg"))
-        run = run_measured([nnseg, "predict", "-i", str(image), "-o", str(work / "predictions"), "-m",
-                            str(checkpoint), "--device", "cpu", "--no-tta", "--overwrite"])
+        run = run_measured(
+            [
+                nnseg,
+                "predict",
+                "-i",
+                str(image),
+                "-o",
+                str(work / "predictions"),
+                "-m",
+                str(checkpoint),
+                "--device",
+                "cpu",
+                "--no-tta",
+                "--overwrite",
+            ]
+        )
         predicted, _ = read_geometry(work / "predictions" / image.name.replace("_0000", ""))
         if predicted.shape != shape:
             raise RuntimeError(f"prediction has shape {predicted.shape}, the image {shape}")
@@ -120,12 +147,15 @@ def main() -> int:
     ratio = run.peak_mib * 2**20 / image_bytes
     verdict = "PASS" if ratio <= args.bound else "FAIL"
     print(f"nnseg predict, CPU, no TTA; model: {model}")
-    print("| image (k, j, i) | float32 image | peak RSS, process tree (MiB) | peak / image | wall (s) | stages "
-          "| bound |")
+    print(
+        "| image (k, j, i) | float32 image | peak RSS, process tree (MiB) | peak / image | wall (s) | stages | bound |"
+    )
     print("|---|---:|---:|---:|---:|---|---|")
-    print(f"| {'x'.join(map(str, shape))} int16 | {image_bytes:,} B ({image_bytes / 2**20:.0f} MiB) "
-          f"| {run.peak_mib:.0f} | {ratio:.2f} | {run.seconds:.1f} | {stage_times(run.stdout)} "
-          f"| {verdict} (<= {args.bound:g}x = {args.bound * image_bytes / 2**20:.0f} MiB) |")
+    print(
+        f"| {'x'.join(map(str, shape))} int16 | {image_bytes:,} B ({image_bytes / 2**20:.0f} MiB) "
+        f"| {run.peak_mib:.0f} | {ratio:.2f} | {run.seconds:.1f} | {stage_times(run.stdout)} "
+        f"| {verdict} (<= {args.bound:g}x = {args.bound * image_bytes / 2**20:.0f} MiB) |"
+    )
     return 0 if verdict == "PASS" else 1
 
 

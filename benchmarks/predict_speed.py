@@ -64,8 +64,11 @@ def main() -> int:
     raw = out / "raw"
     if not (raw / "dataset.json").is_file():
         shape = tuple(int(s) for s in args.shape.split(","))
-        generate_dataset(raw, SynthConfig(num_cases=args.cases, num_test=args.test_cases, shape=shape,
-                                          spacing=(1.0, 1.0, 1.0), seed=41), show_progress=False)
+        generate_dataset(
+            raw,
+            SynthConfig(num_cases=args.cases, num_test=args.test_cases, shape=shape, spacing=(1.0, 1.0, 1.0), seed=41),
+            show_progress=False,
+        )
     nnunet_bin = Path(args.nnunet_python).parent
     env = dict(os.environ)
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -80,9 +83,19 @@ def main() -> int:
     (model / "fold_0").mkdir(parents=True, exist_ok=True)
     shutil.copy(plans_file, model / "plans.json")
     shutil.copy(raw / "dataset.json", model / "dataset.json")
-    nnunet_params = subprocess.run([args.nnunet_python, "-c", NNUNET_MODEL_SCRIPT, str(plans_file),
-                                    str(raw / "dataset.json"), str(model / "fold_0" / "checkpoint_final.pth")],
-                                   capture_output=True, text=True, check=True).stdout.strip()
+    nnunet_params = subprocess.run(
+        [
+            args.nnunet_python,
+            "-c",
+            NNUNET_MODEL_SCRIPT,
+            str(plans_file),
+            str(raw / "dataset.json"),
+            str(model / "fold_0" / "checkpoint_final.pth"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
     work = out / "nnseg_work"
     ours = plan(raw, work, preset="default", show_progress=False).plan
@@ -92,25 +105,56 @@ def main() -> int:
         raise RuntimeError(f"plans differ: nnseg patch {config.patch_size} vs nnU-Net {theirs['patch_size']}")
     network = build_network(config.network, len(ours.channel_names), ours.num_classes)
     checkpoint = Checkpoint.for_network(ours, "3d_fullres", network).save(
-        work / "models" / "3d_fullres" / "fold_0" / "checkpoint_final.pt")
+        work / "models" / "3d_fullres" / "fold_0" / "checkpoint_final.pt"
+    )
 
     test_images = raw / "imagesTs"
     n = len(list(test_images.glob("*_0000.nii.gz")))
     their_out, our_out = out / "pred_nnunet", out / "pred_nnseg"
     shutil.rmtree(their_out, ignore_errors=True)
     shutil.rmtree(our_out, ignore_errors=True)
-    their_seconds = timed([str(nnunet_bin / "nnUNetv2_predict"), "-i", str(test_images), "-o", str(their_out),
-                           "-d", "999", "-c", "3d_fullres", "-f", "0", "-device", "cpu", "--disable_progress_bar"],
-                          env)
-    our_seconds = timed([str(Path(sys.executable).with_name("nnseg")), "predict", "-i", str(test_images), "-o",
-                         str(our_out), "-m", str(checkpoint), "--device", "cpu"])
+    their_seconds = timed(
+        [
+            str(nnunet_bin / "nnUNetv2_predict"),
+            "-i",
+            str(test_images),
+            "-o",
+            str(their_out),
+            "-d",
+            "999",
+            "-c",
+            "3d_fullres",
+            "-f",
+            "0",
+            "-device",
+            "cpu",
+            "--disable_progress_bar",
+        ],
+        env,
+    )
+    our_seconds = timed(
+        [
+            str(Path(sys.executable).with_name("nnseg")),
+            "predict",
+            "-i",
+            str(test_images),
+            "-o",
+            str(our_out),
+            "-m",
+            str(checkpoint),
+            "--device",
+            "cpu",
+        ]
+    )
     for path in sorted(their_out.glob("*.nii.gz")):
         a, b = read_volume(path), read_volume(our_out / path.name)
         if a.array.shape != b.array.shape or abs(a.geometry.affine - b.geometry.affine).max() > 1e-4:
             raise RuntimeError(f"{path.name}: outputs differ in shape or geometry")
     ours_params = sum(p.numel() for p in network.parameters())
-    print(f"{n} test cases of ~{args.shape} voxels; 3d_fullres patch {config.patch_size}, "
-          f"{config.network.n_stages} stages; parameters nnU-Net {nnunet_params}, nnseg {ours_params}; CPU, TTA on")
+    print(
+        f"{n} test cases of ~{args.shape} voxels; 3d_fullres patch {config.patch_size}, "
+        f"{config.network.n_stages} stages; parameters nnU-Net {nnunet_params}, nnseg {ours_params}; CPU, TTA on"
+    )
     print("| tool | total (s) | s / case |\n|---|---:|---:|")
     print(f"| nnUNetv2_predict | {their_seconds:.1f} | {their_seconds / n:.1f} |")
     print(f"| nnseg predict | {our_seconds:.1f} | {our_seconds / n:.1f} |")

@@ -52,13 +52,15 @@ def main() -> int:
     raw = out / "raw"
     shape = tuple(int(s) for s in args.shape.split(","))
     if not (raw / "dataset.json").is_file():
-        generate_dataset(raw, SynthConfig(num_cases=args.cases, shape=shape, spacing=(1.0, 1.0, 1.0), seed=31),
-                         show_progress=False)
+        generate_dataset(
+            raw, SynthConfig(num_cases=args.cases, shape=shape, spacing=(1.0, 1.0, 1.0), seed=31), show_progress=False
+        )
     work = out / "nnseg_work"
     shutil.rmtree(work, ignore_errors=True)
     nnseg_bin = str(Path(sys.executable).with_name("nnseg"))
-    ours = run_measured([nnseg_bin, "plan", str(raw), "--work", str(work), "--preprocess", "--workers",
-                         str(args.workers)])
+    ours = run_measured(
+        [nnseg_bin, "plan", str(raw), "--work", str(work), "--preprocess", "--workers", str(args.workers)]
+    )
     rows = [("nnseg plan --preprocess", ours.seconds, ours.peak_mib)]
     if args.nnunet_python:
         command, env = nnunet_command(raw, out / "nnunet", args.nnunet_python, args.nnunet_np)

@@ -40,16 +40,29 @@ def main() -> None:
     result = nnseg.plan(raw, work, preset=args.preset, show_progress=False)
     preprocess_dataset(work, configurations=["3d_fullres"], show_progress=False)
     config = result.plan.configuration("3d_fullres")
-    print(f"plan {args.preset}: patch {config.patch_size}, batch {config.batch_size}, "
-          f"features {config.network.features_per_stage}; setup {time.perf_counter() - started:.0f} s")
+    print(
+        f"plan {args.preset}: patch {config.patch_size}, batch {config.batch_size}, "
+        f"features {config.network.features_per_stage}; setup {time.perf_counter() - started:.0f} s"
+    )
     started = time.perf_counter()
-    trained = train(work, TrainConfig(fold=0, epochs=args.epochs, iters_per_epoch=args.iters,
-                                      val_iters=args.val_iters, initial_lr=args.lr, device="cpu"),
-                    show_progress=False)
+    trained = train(
+        work,
+        TrainConfig(
+            fold=0,
+            epochs=args.epochs,
+            iters_per_epoch=args.iters,
+            val_iters=args.val_iters,
+            initial_lr=args.lr,
+            device="cpu",
+        ),
+        show_progress=False,
+    )
     seconds = time.perf_counter() - started
     validation = trained.validation or {}
-    print(f"trained {args.epochs} x {args.iters} iterations in {seconds:.0f} s "
-          f"({seconds / (args.epochs * args.iters):.2f} s/iteration incl. validation)")
+    print(
+        f"trained {args.epochs} x {args.iters} iterations in {seconds:.0f} s "
+        f"({seconds / (args.epochs * args.iters):.2f} s/iteration incl. validation)"
+    )
     print("| class | mean validation Dice |\n|---|---:|")
     for name, value in validation.get("mean_dice_per_class", {}).items():
         print(f"| {name} | {value:.4f} |")

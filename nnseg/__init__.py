@@ -18,8 +18,8 @@ __version__ = "0.1.0"
 from nnseg.api import PlanResult, plan
 from nnseg.dataset import CheckReport, Dataset, check_dataset, load_dataset
 from nnseg.errors import NnsegError
-from nnseg.io import Geometry, Volume, read_volume, write_volume
 from nnseg.fingerprint import Fingerprint
+from nnseg.io import Geometry, Volume, read_volume, write_volume
 from nnseg.planning import Plan
 from nnseg.synth import SynthConfig, generate_dataset
 

@@ -56,8 +56,9 @@ def plan(
     fingerprint = extract_fingerprint(spec, workers=workers, show_progress=show_progress)
     from nnseg import __version__
 
-    result_plan = make_plan(fingerprint, spec.labels, chosen_preset, nnseg_version=__version__,
-                            dataset_root=str(spec.root))
+    result_plan = make_plan(
+        fingerprint, spec.labels, chosen_preset, nnseg_version=__version__, dataset_root=str(spec.root)
+    )
     workspace = Workspace.at(work)
     fingerprint_path = fingerprint.save(workspace.fingerprint)
     plans_path = result_plan.save(workspace.plans)

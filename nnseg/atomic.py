@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-
 _TMP_MARK = ".tmp"
 _TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp(\.[A-Za-z0-9.]+)?$")
 

@@ -100,13 +100,28 @@ class Checkpoint:
     training: TrainingState | None = None
 
     @classmethod
-    def for_network(cls, plan: Plan, configuration: str, network: torch.nn.Module, *, fold: int | str = 0,
-                    deep_supervision: bool = True) -> Checkpoint:
+    def for_network(
+        cls,
+        plan: Plan,
+        configuration: str,
+        network: torch.nn.Module,
+        *,
+        fold: int | str = 0,
+        deep_supervision: bool = True,
+    ) -> Checkpoint:
         """A checkpoint of ``network`` as it is (e.g. random weights, for tests and benchmarks)."""
         from nnseg import __version__
 
-        return cls(plan=plan, configuration=configuration, fold=fold, network_state=network.state_dict(),
-                   deep_supervision=deep_supervision, finished=True, epochs_trained=0, nnseg_version=__version__)
+        return cls(
+            plan=plan,
+            configuration=configuration,
+            fold=fold,
+            network_state=network.state_dict(),
+            deep_supervision=deep_supervision,
+            finished=True,
+            epochs_trained=0,
+            nnseg_version=__version__,
+        )
 
     @property
     def architecture(self) -> NetworkPlan:
@@ -147,8 +162,10 @@ class Checkpoint:
         except pickle.UnpicklingError:
             raise CheckpointError(_refusal(path)) from None
         except Exception as exc:  # torch raises many types for damaged files
-            raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); "
-                                  "the file is damaged or is not an nnseg checkpoint") from None
+            raise CheckpointError(
+                f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); "
+                "the file is damaged or is not an nnseg checkpoint"
+            ) from None
         return _from_payload(path, payload)
 
 
@@ -156,10 +173,22 @@ def _from_payload(path: Path, payload: Any) -> Checkpoint:
     if not isinstance(payload, dict) or "format" not in payload:
         raise CheckpointError(f"{path}: not an nnseg checkpoint (no format number)")
     if payload["format"] != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {payload['format']!r} is not supported by this nnseg "
-                              f"(format {CHECKPOINT_FORMAT}); retrain, or predict with the nnseg that wrote it")
-    expected = {"format", "nnseg_version", "configuration", "fold", "plan", "deep_supervision", "finished",
-                "epochs_trained", "network_state", "training"}
+        raise CheckpointError(
+            f"{path}: checkpoint format {payload['format']!r} is not supported by this nnseg "
+            f"(format {CHECKPOINT_FORMAT}); retrain, or predict with the nnseg that wrote it"
+        )
+    expected = {
+        "format",
+        "nnseg_version",
+        "configuration",
+        "fold",
+        "plan",
+        "deep_supervision",
+        "finished",
+        "epochs_trained",
+        "network_state",
+        "training",
+    }
     missing = sorted(expected - set(payload))
     if missing:
         raise CheckpointError(f"{path}: damaged checkpoint, missing {', '.join(missing)}")
@@ -178,22 +207,33 @@ def _from_payload(path: Path, payload: Any) -> Checkpoint:
     state = payload["network_state"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: damaged checkpoint (network_state is not a dict of tensors)")
-    return Checkpoint(plan=plan, configuration=payload["configuration"], fold=payload["fold"], network_state=state,
-                      deep_supervision=bool(payload["deep_supervision"]), finished=bool(payload["finished"]),
-                      epochs_trained=int(payload["epochs_trained"]), nnseg_version=str(payload["nnseg_version"]),
-                      training=training)
+    return Checkpoint(
+        plan=plan,
+        configuration=payload["configuration"],
+        fold=payload["fold"],
+        network_state=state,
+        deep_supervision=bool(payload["deep_supervision"]),
+        finished=bool(payload["finished"]),
+        epochs_trained=int(payload["epochs_trained"]),
+        nnseg_version=str(payload["nnseg_version"]),
+        training=training,
+    )
 
 
 def _refusal(path: Path) -> str:
     """Why a file that needs unpickling is refused, naming what it would import (nothing is executed)."""
     names = pickled_globals(path)
     if names and all(n.split(".")[0] in {"numpy", "collections", "torch", "_codecs"} for n in names):
-        return (f"{path}: refused: written by an older nnseg (checkpoint format 1 stored pickled objects: "
-                f"{', '.join(sorted(names)[:3])}). nnseg loads only plain weights, since unpickling can run code; "
-                "retrain with this nnseg to get a safe checkpoint (format 2)")
+        return (
+            f"{path}: refused: written by an older nnseg (checkpoint format 1 stored pickled objects: "
+            f"{', '.join(sorted(names)[:3])}). nnseg loads only plain weights, since unpickling can run code; "
+            "retrain with this nnseg to get a safe checkpoint (format 2)"
+        )
     shown = ", ".join(sorted(names)[:5]) or "unknown objects"
-    return (f"{path}: refused: the file holds pickled Python objects ({shown}) that would run code when loaded; "
-            "nnseg loads only plain weights. Do not use this file unless you know exactly where it came from")
+    return (
+        f"{path}: refused: the file holds pickled Python objects ({shown}) that would run code when loaded; "
+        "nnseg loads only plain weights. Do not use this file unless you know exactly where it came from"
+    )
 
 
 def pickled_globals(path: Path) -> set[str]:
@@ -225,8 +265,13 @@ def capture_rng_state() -> dict[str, Any]:
     kind, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": [version, list(internal), gauss],
-        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(position), int(has_gauss),
-                  float(cached)],
+        "numpy": [
+            kind,
+            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            int(position),
+            int(has_gauss),
+            float(cached),
+        ],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():

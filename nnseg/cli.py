@@ -18,8 +18,6 @@ from nnseg.options import (
     cli_type,
     config_from_args,
     device,
-    fold,
-    fraction,
     non_negative_int,
     positive_float,
     positive_int,
@@ -48,19 +46,31 @@ def _triple(kind: type) -> Callable[[str], tuple]:
             return tuple(kind(p) for p in parts)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected three numbers like 40,48,48, got {text!r}") from None
+
     return parse
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("synth", help="generate a phantom dataset (nnU-Net layout)",
-                       description="Write a realistic synthetic dataset: sample data for demos and tests.")
+    p = sub.add_parser(
+        "synth",
+        help="generate a phantom dataset (nnU-Net layout)",
+        description="Write a realistic synthetic dataset: sample data for demos and tests.",
+    )
     p.add_argument("out", type=Path, help="destination folder (new or empty)")
     p.add_argument("--cases", type=cli_type(positive_int, "--cases"), default=8, help="training cases (default 8)")
-    p.add_argument("--test-cases", type=cli_type(non_negative_int, "--test-cases"), default=0,
-                   help="extra cases in imagesTs/labelsTs (default 0)")
+    p.add_argument(
+        "--test-cases",
+        type=cli_type(non_negative_int, "--test-cases"),
+        default=0,
+        help="extra cases in imagesTs/labelsTs (default 0)",
+    )
     p.add_argument("--shape", type=_triple(int), default=(40, 48, 48), help="nominal shape k,j,i (default 40,48,48)")
-    p.add_argument("--spacing", type=_triple(float), default=(1.5, 1.2, 1.2),
-                   help="nominal voxel size in mm k,j,i (default 1.5,1.2,1.2)")
+    p.add_argument(
+        "--spacing",
+        type=_triple(float),
+        default=(1.5, 1.2, 1.2),
+        help="nominal voxel size in mm k,j,i (default 1.5,1.2,1.2)",
+    )
     p.add_argument("--modality", choices=["CT", "MR"], default="CT")
     p.add_argument("--channels", type=cli_type(positive_int, "--channels"), default=1, help="channels (MR only for >1)")
     p.add_argument("--anisotropic", action="store_true", help="thick slices along k (3.5-5 mm)")
@@ -74,9 +84,16 @@ def _run_synth(args: argparse.Namespace) -> int:
     from nnseg.synth import SynthConfig, generate_dataset
 
     config = SynthConfig(
-        num_cases=args.cases, num_test=args.test_cases, shape=args.shape, spacing=args.spacing,
-        modality=args.modality, channels=args.channels, anisotropic=args.anisotropic,
-        oblique=args.oblique, seed=args.seed, file_ending=args.file_ending,
+        num_cases=args.cases,
+        num_test=args.test_cases,
+        shape=args.shape,
+        spacing=args.spacing,
+        modality=args.modality,
+        channels=args.channels,
+        anisotropic=args.anisotropic,
+        oblique=args.oblique,
+        seed=args.seed,
+        file_ending=args.file_ending,
     )
     out = generate_dataset(args.out, config)
     print(f"wrote {config.num_cases} training + {config.num_test} test phantom case(s) to {out}")
@@ -84,13 +101,17 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check", help="verify a dataset and list every problem",
-                       description="Check a dataset (nnU-Net or MSD layout). Exit 0 when clean (warnings "
-                                   "allowed), 2 on any error. Never writes into the dataset.")
+    p = sub.add_parser(
+        "check",
+        help="verify a dataset and list every problem",
+        description="Check a dataset (nnU-Net or MSD layout). Exit 0 when clean (warnings "
+        "allowed), 2 on any error. Never writes into the dataset.",
+    )
     p.add_argument("dataset", type=Path, help="dataset folder holding dataset.json")
     p.add_argument("--json", action="store_true", help="print a machine-readable JSON report")
-    p.add_argument("--workers", type=cli_type(positive_int, "--workers"), default=1,
-                   help="parallel reader processes (default 1)")
+    p.add_argument(
+        "--workers", type=cli_type(positive_int, "--workers"), default=1, help="parallel reader processes (default 1)"
+    )
     p.set_defaults(handler=_run_check)
 
 
@@ -103,19 +124,36 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _add_plan(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plan", help="fingerprint a dataset and plan the experiment",
-                       description="Check the dataset, write <work>/fingerprint.json and <work>/plans.json "
-                                   "(2d, 3d_fullres and, when needed, 3d_lowres), and print a summary.")
+    p = sub.add_parser(
+        "plan",
+        help="fingerprint a dataset and plan the experiment",
+        description="Check the dataset, write <work>/fingerprint.json and <work>/plans.json "
+        "(2d, 3d_fullres and, when needed, 3d_lowres), and print a summary.",
+    )
     p.add_argument("dataset", type=Path, help="dataset folder holding dataset.json")
     p.add_argument("--work", type=Path, default=None, help="work folder (default ./nnseg_work)")
-    p.add_argument("--preset", default="default",
-                   help="planner preset: a name from plans/ (default, cpu, ...) or a path to a preset .json")
-    p.add_argument("--gpu-memory-gb", type=cli_type(positive_float, "--gpu-memory-gb"), default=None,
-                   help="plan for this much GPU memory")
-    p.add_argument("--workers", type=cli_type(positive_int, "--workers"), default=None,
-                   help="reader processes (default: from cores and free memory)")
-    p.add_argument("--preprocess", action="store_true", help="also preprocess every configuration (nnU-Net's "
-                                                               "plan_and_preprocess in one step)")
+    p.add_argument(
+        "--preset",
+        default="default",
+        help="planner preset: a name from plans/ (default, cpu, ...) or a path to a preset .json",
+    )
+    p.add_argument(
+        "--gpu-memory-gb",
+        type=cli_type(positive_float, "--gpu-memory-gb"),
+        default=None,
+        help="plan for this much GPU memory",
+    )
+    p.add_argument(
+        "--workers",
+        type=cli_type(positive_int, "--workers"),
+        default=None,
+        help="reader processes (default: from cores and free memory)",
+    )
+    p.add_argument(
+        "--preprocess",
+        action="store_true",
+        help="also preprocess every configuration (nnU-Net's plan_and_preprocess in one step)",
+    )
     p.set_defaults(handler=_run_plan)
 
 
@@ -124,8 +162,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     from nnseg.planning.summary import plan_summary
     from nnseg.preprocessing.preprocess import preprocess_dataset
 
-    result = plan(args.dataset, args.work, preset=args.preset, gpu_memory_gb=args.gpu_memory_gb,
-                  workers=args.workers)
+    result = plan(args.dataset, args.work, preset=args.preset, gpu_memory_gb=args.gpu_memory_gb, workers=args.workers)
     print(plan_summary(result.plan))
     print(f"wrote {result.fingerprint_path} and {result.plans_path}")
     if args.preprocess:
@@ -134,23 +171,31 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 def _add_preprocess(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("preprocess", help="crop, resample and normalize the training cases (resumable)",
-                       description="Preprocess every training case for the planned configurations into "
-                                   "<work>/preprocessed/. Rerunning skips finished cases and redoes cases whose "
-                                   "plan changed; an interrupted run resumes without loss.")
+    p = sub.add_parser(
+        "preprocess",
+        help="crop, resample and normalize the training cases (resumable)",
+        description="Preprocess every training case for the planned configurations into "
+        "<work>/preprocessed/. Rerunning skips finished cases and redoes cases whose "
+        "plan changed; an interrupted run resumes without loss.",
+    )
     p.add_argument("--work", type=Path, default=None, help="work folder holding plans.json (default ./nnseg_work)")
     p.add_argument("--config", nargs="+", default=None, help="configurations (default: all planned)")
     p.add_argument("--dataset", type=Path, default=None, help="raw dataset folder (default: the one in plans.json)")
-    p.add_argument("--workers", type=cli_type(positive_int, "--workers"), default=None,
-                   help="processes (default: from cores and free memory)")
+    p.add_argument(
+        "--workers",
+        type=cli_type(positive_int, "--workers"),
+        default=None,
+        help="processes (default: from cores and free memory)",
+    )
     p.set_defaults(handler=_run_preprocess)
 
 
 def _run_preprocess(args: argparse.Namespace) -> int:
     from nnseg.preprocessing.preprocess import preprocess_dataset
 
-    _print_preprocess(preprocess_dataset(args.work, configurations=args.config, dataset_root=args.dataset,
-                                         workers=args.workers))
+    _print_preprocess(
+        preprocess_dataset(args.work, configurations=args.config, dataset_root=args.dataset, workers=args.workers)
+    )
     return EXIT_OK
 
 
@@ -160,11 +205,14 @@ def _print_preprocess(summaries) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train one fold (resumes automatically)",
-                       description="Train a U-Net for one configuration and fold on the preprocessed cache. "
-                                   "Defaults are nnU-Net's recipe (1000 epochs x 250 iterations); a rerun resumes "
-                                   "from checkpoint_latest.pt in the same MLflow run. Multi-GPU/multi-node: "
-                                   "torchrun --nproc_per_node N -m nnseg train ...")
+    p = sub.add_parser(
+        "train",
+        help="train one fold (resumes automatically)",
+        description="Train a U-Net for one configuration and fold on the preprocessed cache. "
+        "Defaults are nnU-Net's recipe (1000 epochs x 250 iterations); a rerun resumes "
+        "from checkpoint_latest.pt in the same MLflow run. Multi-GPU/multi-node: "
+        "torchrun --nproc_per_node N -m nnseg train ...",
+    )
     from nnseg.training.config import TrainConfig
 
     p.add_argument("--work", type=Path, default=None, help="work folder (default ./nnseg_work)")
@@ -182,11 +230,15 @@ def _run_train(args: argparse.Namespace) -> int:
     writable_folder("--work", Workspace.at(args.work).root)
     config = config_from_args(TrainConfig, args)
     result = train(args.work, config, resume=not args.fresh)
-    print(f"trained {config.configuration} {config.fold_name}: {result.epochs_done} epoch(s), EMA pseudo-Dice "
-          f"{result.ema_pseudo_dice:.4f} -> {result.fold_dir}")
+    print(
+        f"trained {config.configuration} {config.fold_name}: {result.epochs_done} epoch(s), EMA pseudo-Dice "
+        f"{result.ema_pseudo_dice:.4f} -> {result.fold_dir}"
+    )
     if result.validation is not None:
-        print(f"validation mean Dice {result.validation['mean_dice']:.4f} "
-              f"({', '.join(f'{k} {v:.4f}' for k, v in result.validation['mean_dice_per_class'].items())})")
+        print(
+            f"validation mean Dice {result.validation['mean_dice']:.4f} "
+            f"({', '.join(f'{k} {v:.4f}' for k, v in result.validation['mean_dice_per_class'].items())})"
+        )
     if result.run_id:
         from nnseg.tracking import default_tracking_uri, ui_hint
 
@@ -196,14 +248,18 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="segment images with trained models",
-                       description="Segment a folder (nnU-Net _0000 naming or single-channel files) or one image. "
-                                   "Label maps are written with the input's geometry; the softmax is averaged over "
-                                   "the folds. Cases already predicted are skipped unless --overwrite.")
+    p = sub.add_parser(
+        "predict",
+        help="segment images with trained models",
+        description="Segment a folder (nnU-Net _0000 naming or single-channel files) or one image. "
+        "Label maps are written with the input's geometry; the softmax is averaged over "
+        "the folds. Cases already predicted are skipped unless --overwrite.",
+    )
     p.add_argument("-i", "--input", type=Path, required=True, help="image folder or file")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
-    p.add_argument("-m", "--model", type=Path, required=True,
-                   help="work folder, models/<config> folder, or a checkpoint file")
+    p.add_argument(
+        "-m", "--model", type=Path, required=True, help="work folder, models/<config> folder, or a checkpoint file"
+    )
     from nnseg.inference.config import PredictConfig
 
     add_config_options(p, PredictConfig)
@@ -213,13 +269,17 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _model_location(model: Path, config: str) -> tuple[Path, Path | None]:
     """(checkpoint file or folder with fold_*, work folder when known)."""
     if not model.exists():
-        raise NnsegError(f"-m {model}: not found; give a work folder (holding plans.json and models/), a "
-                         "models/<config> folder, a fold_<k> folder or a checkpoint file")
+        raise NnsegError(
+            f"-m {model}: not found; give a work folder (holding plans.json and models/), a "
+            "models/<config> folder, a fold_<k> folder or a checkpoint file"
+        )
     work = Workspace.containing(model)
     if work is not None and work.root == model:
         if not work.models(config).is_dir():
-            raise NnsegError(f"-m {model}: no trained {config} model in it (no {work.models(config)}); train it "
-                             f"first (nnseg train --work {model} --config {config}) or choose another -c")
+            raise NnsegError(
+                f"-m {model}: no trained {config} model in it (no {work.models(config)}); train it "
+                f"first (nnseg train --work {model} --config {config}) or choose another -c"
+            )
         return work.models(config), model
     if work is not None and work.models(model.name) == model:
         return model, work.root
@@ -243,18 +303,32 @@ def _run_predict(args: argparse.Namespace) -> int:
     postprocess = None
     if work is not None and config.postprocess:
         postprocess = _load_postprocessing(work, config.configuration)
-    predictor = Predictor.from_checkpoints(location, folds=config.folds, device=config.device, mirror=config.mirror,
-                                           step_size=config.step_size, window_batch=config.window_batch)
+    predictor = Predictor.from_checkpoints(
+        location,
+        folds=config.folds,
+        device=config.device,
+        mirror=config.mirror,
+        step_size=config.step_size,
+        window_batch=config.window_batch,
+    )
     predictor.on_warning = _warn
     for source in predictor.sources:
         print(f"using {source.describe()}")
         if source.warning:
             _warn(source.warning)
-    report = predict_folder(predictor, args.input, args.output, overwrite=config.overwrite,
-                            save_probabilities=config.save_probabilities, postprocess=postprocess,
-                            overlay=config.overlay)
-    print(f"predicted {len(report.written)} case(s) into {args.output}"
-          + (f", skipped {len(report.skipped)} already predicted (use --overwrite)" if report.skipped else ""))
+    report = predict_folder(
+        predictor,
+        args.input,
+        args.output,
+        overwrite=config.overwrite,
+        save_probabilities=config.save_probabilities,
+        postprocess=postprocess,
+        overlay=config.overlay,
+    )
+    print(
+        f"predicted {len(report.written)} case(s) into {args.output}"
+        + (f", skipped {len(report.skipped)} already predicted (use --overwrite)" if report.skipped else "")
+    )
     print(f"time per stage: {predictor.times.summary()}")
     for case_id, message in report.failed.items():
         print(f"nnseg: error: {case_id}: {message}", file=sys.stderr)
@@ -273,9 +347,12 @@ def _load_postprocessing(work: Path, config: str):
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="score predictions against reference label maps",
-                       description="Per case and class: Dice, IoU, HD95 (mm), normalized surface Dice, volume "
-                                   "difference. Writes metrics.json and metrics.csv and prints a summary table.")
+    p = sub.add_parser(
+        "evaluate",
+        help="score predictions against reference label maps",
+        description="Per case and class: Dice, IoU, HD95 (mm), normalized surface Dice, volume "
+        "difference. Writes metrics.json and metrics.csv and prints a summary table.",
+    )
     p.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps")
     p.add_argument("--ref", type=Path, required=True, help="folder of reference label maps")
     p.add_argument("--dataset-json", type=Path, default=None, help="take label names from this dataset.json")
@@ -294,8 +371,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
         labels = read_labels(args.dataset_json)
     writable_folder("--out", args.out or args.pred)
-    summary = evaluate_folders(args.pred, args.ref, labels, nsd_tolerance_mm=args.nsd_tolerance_mm,
-                               workers=args.workers)
+    summary = evaluate_folders(
+        args.pred, args.ref, labels, nsd_tolerance_mm=args.nsd_tolerance_mm, workers=args.workers
+    )
     json_path, csv_path = summary.write(args.out or args.pred)
     print(summary.table())
     for warning in summary.warnings:
@@ -305,9 +383,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_ensemble(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ensemble", help="average the saved probabilities of several prediction folders",
-                       description="Average <case>.npz probabilities (nnseg predict --save-probabilities) of two or "
-                                   "more folders and write the argmax label maps with the inputs' geometry.")
+    p = sub.add_parser(
+        "ensemble",
+        help="average the saved probabilities of several prediction folders",
+        description="Average <case>.npz probabilities (nnseg predict --save-probabilities) of two or "
+        "more folders and write the argmax label maps with the inputs' geometry.",
+    )
     p.add_argument("-i", "--input", type=Path, nargs="+", required=True, help="prediction folders")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true")
@@ -324,10 +405,13 @@ def _run_ensemble(args: argparse.Namespace) -> int:
 
 
 def _add_find_best(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("find-best", help="pick the best configuration/ensemble and postprocessing by CV Dice",
-                       description="Score every trained configuration and pair ensemble on the cross-validation "
-                                   "predictions, decide per class whether keeping the largest connected component "
-                                   "helps, and write <work>/inference.json (applied by nnseg predict).")
+    p = sub.add_parser(
+        "find-best",
+        help="pick the best configuration/ensemble and postprocessing by CV Dice",
+        description="Score every trained configuration and pair ensemble on the cross-validation "
+        "predictions, decide per class whether keeping the largest connected component "
+        "helps, and write <work>/inference.json (applied by nnseg predict).",
+    )
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--configs", nargs="+", default=None, help="configurations to consider (default: all trained)")
     p.set_defaults(handler=_run_find_best)
@@ -339,8 +423,10 @@ def _run_find_best(args: argparse.Namespace) -> int:
     result = find_best(args.work, configurations=args.configs)
     for name, value in sorted(result["candidates"].items(), key=lambda item: -item[1]):
         print(f"{name:<30} mean CV Dice {value:.4f}")
-    print(f"best: {' + '.join(result['configurations'])} ({result['mean_dice']:.4f} over {result['num_cases']} "
-          f"cases); postprocessing: {result['postprocessing']}")
+    print(
+        f"best: {' + '.join(result['configurations'])} ({result['mean_dice']:.4f} over {result['num_cases']} "
+        f"cases); postprocessing: {result['postprocessing']}"
+    )
     return EXIT_OK
 
 
@@ -365,9 +451,12 @@ def _run_postprocess(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the pipeline end to end on built-in phantom data",
-                       description="synth -> check -> plan -> preprocess -> train -> predict -> evaluate on a small "
-                                   "phantom dataset, in minutes on a CPU.")
+    p = sub.add_parser(
+        "demo",
+        help="run the pipeline end to end on built-in phantom data",
+        description="synth -> check -> plan -> preprocess -> train -> predict -> evaluate on a small "
+        "phantom dataset, in minutes on a CPU.",
+    )
     p.add_argument("--out", type=Path, default=Path("demo"), help="working folder (default ./demo)")
     p.add_argument("--cases", type=cli_type(positive_int, "--cases"), default=10, help="training cases (default 10)")
     p.add_argument("--epochs", type=cli_type(positive_int, "--epochs"), default=12, help="training epochs (default 12)")
@@ -380,8 +469,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from nnseg.demo import run_demo
 
-    ok = run_demo(args.out, num_cases=args.cases, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
-                  seed=args.seed, device=args.device)
+    ok = run_demo(
+        args.out,
+        num_cases=args.cases,
+        epochs=args.epochs,
+        iters_per_epoch=args.iters_per_epoch,
+        seed=args.seed,
+        device=args.device,
+    )
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -392,8 +487,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nnseg", description="Self-configuring 3D medical image segmentation.")
     parser.add_argument("--version", action="version", version=f"nnseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_synth, _add_check, _add_plan, _add_preprocess, _add_train, _add_predict, _add_evaluate,
-                _add_ensemble, _add_find_best, _add_postprocess, _add_demo):
+    for add in (
+        _add_synth,
+        _add_check,
+        _add_plan,
+        _add_preprocess,
+        _add_train,
+        _add_predict,
+        _add_evaluate,
+        _add_ensemble,
+        _add_find_best,
+        _add_postprocess,
+        _add_demo,
+    ):
         add(sub)
     return parser
 
@@ -412,8 +518,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except OSError as exc:  # a folder that cannot be written, a full disk: the user's environment, not a bug
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"nnseg: error: {where}{exc.strerror or exc}; check the path, its permissions and free space",
-              file=sys.stderr)
+        print(
+            f"nnseg: error: {where}{exc.strerror or exc}; check the path, its permissions and free space",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("nnseg: interrupted", file=sys.stderr)

@@ -24,8 +24,16 @@ from nnseg.training.loop import train
 from nnseg.workspace import Workspace
 
 
-def run_demo(out: str | Path, *, num_cases: int = 10, num_test: int = 3, epochs: int = 12,
-             iters_per_epoch: int = 25, seed: int = 0, device: str = "auto") -> bool:
+def run_demo(
+    out: str | Path,
+    *,
+    num_cases: int = 10,
+    num_test: int = 3,
+    epochs: int = 12,
+    iters_per_epoch: int = 25,
+    seed: int = 0,
+    device: str = "auto",
+) -> bool:
     """Run every stage in ``out``; print each stage's result; True when all succeeded."""
     out = Path(out)
     raw, work, predictions = out / "raw", out / "work", out / "predictions"
@@ -45,21 +53,28 @@ def run_demo(out: str | Path, *, num_cases: int = 10, num_test: int = 3, epochs:
     print(plan_summary(planned.plan))
     for done in preprocess_dataset(work, configurations=["3d_fullres"], show_progress=False):
         print(f"[preprocess] {done.configuration}: {done.processed} written, {done.skipped} already done")
-    print(f"[train] 3d_fullres fold 0: {epochs} epochs x {iters_per_epoch} iterations (a demo budget; "
-          "nnU-Net's default is 1000 x 250)")
-    result = train(work, TrainConfig(fold=0, epochs=epochs, iters_per_epoch=iters_per_epoch, val_iters=5,
-                                     device=device), show_progress=True)
+    print(
+        f"[train] 3d_fullres fold 0: {epochs} epochs x {iters_per_epoch} iterations (a demo budget; "
+        "nnU-Net's default is 1000 x 250)"
+    )
+    result = train(
+        work,
+        TrainConfig(fold=0, epochs=epochs, iters_per_epoch=iters_per_epoch, val_iters=5, device=device),
+        show_progress=True,
+    )
     if result.validation is not None:
         print(f"[train] fold 0 validation mean Dice {result.validation['mean_dice']:.4f}")
     predictor = Predictor.from_checkpoints(Workspace.at(work).models("3d_fullres"), device=device)
-    predicted = predict_folder(predictor, raw / "imagesTs", predictions, overwrite=True, overlay=True,
-                               show_progress=False)
+    predicted = predict_folder(
+        predictor, raw / "imagesTs", predictions, overwrite=True, overlay=True, show_progress=False
+    )
     print(f"[predict] {len(predicted.written)} test case(s) -> {predictions} ({predictor.times.summary()})")
     if predicted.failed:
         print(f"[predict] failed: {predicted.failed}")
         return False
-    summary = evaluate_folders(predictions, raw / "labelsTs", {k: v for k, v in planned.plan.labels.items() if v},
-                               show_progress=False)
+    summary = evaluate_folders(
+        predictions, raw / "labelsTs", {k: v for k, v in planned.plan.labels.items() if v}, show_progress=False
+    )
     summary.write(predictions)
     print("[evaluate] test-set Dice:")
     print(summary.table())

@@ -86,8 +86,9 @@ def load_probabilities(path: Path) -> np.ndarray:
         return data["probabilities"].astype(np.float32)
 
 
-def ensemble_folders(folders: list[str | os.PathLike], output: str | os.PathLike, *, overwrite: bool = False,
-                     show_progress: bool = True) -> list[Path]:
+def ensemble_folders(
+    folders: list[str | os.PathLike], output: str | os.PathLike, *, overwrite: bool = False, show_progress: bool = True
+) -> list[Path]:
     """Average the probabilities of the cases present in every folder; write label maps to ``output``."""
     dirs = [Path(f) for f in folders]
     if len(dirs) < 2:
@@ -103,8 +104,10 @@ def ensemble_folders(folders: list[str | os.PathLike], output: str | os.PathLike
     output = Path(output)
     for folder in dirs:
         if output.resolve() == folder.resolve():
-            raise NnsegError(f"{output}: the output folder is one of the input folders; its label maps and "
-                             "probabilities would be overwritten by the ensemble. Choose another output folder")
+            raise NnsegError(
+                f"{output}: the output folder is one of the input folders; its label maps and "
+                "probabilities would be overwritten by the ensemble. Choose another output folder"
+            )
     output.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(output)
     written = []
@@ -116,8 +119,10 @@ def ensemble_folders(folders: list[str | os.PathLike], output: str | os.PathLike
         mean = np.mean([load_probabilities(files[case_id]) for files in found], axis=0)
         geometry = read_volume(reference_label).geometry
         if tuple(mean.shape[1:]) != geometry.shape:
-            raise NnsegError(f"{found[0][case_id]}: probabilities of shape {mean.shape[1:]} do not match "
-                             f"{reference_label} {geometry.shape}")
+            raise NnsegError(
+                f"{found[0][case_id]}: probabilities of shape {mean.shape[1:]} do not match "
+                f"{reference_label} {geometry.shape}"
+            )
         written.append(write_volume(target, mean.argmax(0).astype(np.uint8), geometry, is_label=True))
     return written
 
@@ -143,16 +148,18 @@ def _ensemble(probabilities: dict[str, np.ndarray], combo: tuple[str, ...]) -> n
     return total.argmax(0).astype(np.uint8)
 
 
-def _score_case(case_id: str, files: dict[str, dict[str, Path]], reference: Volume,
-                scores: dict[tuple[str, ...], MetricAccumulator]) -> None:
+def _score_case(
+    case_id: str, files: dict[str, dict[str, Path]], reference: Volume, scores: dict[tuple[str, ...], MetricAccumulator]
+) -> None:
     """Load each configuration's probabilities of one case once and score every candidate on them."""
     loaded = {name: load_probabilities(files[name][case_id]) for name in files}
     for combo, accumulator in scores.items():
         accumulator.add(case_id, _ensemble(loaded, combo), reference.array, reference.geometry.spacing)
 
 
-def _best_predictions(cases: list[str], files: dict[str, dict[str, Path]], best: tuple[str, ...],
-                      dataset: Dataset) -> Iterator[tuple[np.ndarray, np.ndarray, tuple[float, ...]]]:
+def _best_predictions(
+    cases: list[str], files: dict[str, dict[str, Path]], best: tuple[str, ...], dataset: Dataset
+) -> Iterator[tuple[np.ndarray, np.ndarray, tuple[float, ...]]]:
     """(prediction of ``best``, reference, spacing) per case, one case in memory at a time."""
     for case_id in cases:
         reference = read_case_labels(dataset.case(case_id))
@@ -161,8 +168,9 @@ def _best_predictions(cases: list[str], files: dict[str, dict[str, Path]], best:
         yield prediction, reference.array, reference.geometry.spacing
 
 
-def find_best(work: str | os.PathLike | None, *, configurations: list[str] | None = None,
-              show_progress: bool = True) -> dict:
+def find_best(
+    work: str | os.PathLike | None, *, configurations: list[str] | None = None, show_progress: bool = True
+) -> dict:
     """Choose the best configuration or pair ensemble by cross-validation Dice; decide postprocessing.
 
     Streams the cases: each case's probabilities are loaded once per configuration and every
@@ -174,8 +182,10 @@ def find_best(work: str | os.PathLike | None, *, configurations: list[str] | Non
     plan = Plan.load(workspace.plans)
     names = configurations or [c for c in plan.configurations if _validation_probabilities(workspace, c)]
     if not names:
-        raise NnsegError(f"{workspace.root}: no trained configuration with validation predictions "
-                         "(train folds with final validation first)")
+        raise NnsegError(
+            f"{workspace.root}: no trained configuration with validation predictions "
+            "(train folds with final validation first)"
+        )
     files = {name: _validation_probabilities(workspace, name) for name in names}
     cases = sorted(set.intersection(*(set(p) for p in files.values())))
     if not cases:

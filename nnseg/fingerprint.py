@@ -128,8 +128,15 @@ def _analyze_case(task: tuple[Dataset, int, int]) -> _CaseResult:
         values = channel[foreground].astype(np.float64)
         if values.size:
             samples.append(rng.choice(values, samples_per_case, replace=True).astype(np.float32))
-            sums.append((values.size, float(values.sum()), float(np.square(values).sum()),
-                         float(values.min()), float(values.max())))
+            sums.append(
+                (
+                    values.size,
+                    float(values.sum()),
+                    float(np.square(values).sum()),
+                    float(values.min()),
+                    float(values.max()),
+                )
+            )
         else:
             samples.append(np.empty(0, np.float32))
             sums.append((0, 0.0, 0.0, math.inf, -math.inf))
@@ -155,8 +162,13 @@ def _channel_stats(samples: list[np.ndarray], sums: list[tuple[int, float, float
     std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
     low, median, high = np.percentile(np.concatenate(samples), (0.5, 50.0, 99.5))
     return IntensityStats(
-        mean=mean, std=std, min=min(s[3] for s in sums), max=max(s[4] for s in sums),
-        median=float(median), percentile_00_5=float(low), percentile_99_5=float(high),
+        mean=mean,
+        std=std,
+        min=min(s[3] for s in sums),
+        max=max(s[4] for s in sums),
+        median=float(median),
+        percentile_00_5=float(low),
+        percentile_99_5=float(high),
     )
 
 

@@ -97,7 +97,7 @@ def fold(name: str, value: Any) -> int | str:
 
 
 def device(name: str, value: Any) -> str:
-    """"auto", "cpu", "cuda", "cuda:N" or "mps" (availability is checked when the device is used)."""
+    """ "auto", "cpu", "cuda", "cuda:N" or "mps" (availability is checked when the device is used)."""
     text = str(value)
     if not _DEVICE.match(text):
         raise OptionError(f"{name} must be auto, cpu, cuda, cuda:N or mps, got {text!r}")
@@ -120,8 +120,9 @@ def writable_folder(name: str, path: str | os.PathLike) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise OptionError(f"{name} {folder}: cannot write in {existing} ({exc.strerror or exc}); choose a "
-                          "writable folder") from None
+        raise OptionError(
+            f"{name} {folder}: cannot write in {existing} ({exc.strerror or exc}); choose a writable folder"
+        ) from None
     return folder
 
 
@@ -150,9 +151,16 @@ def cli_type(validator: Callable[[str, Any], Any], option: str) -> Callable[[str
 
 # ---------------------------------------------------------------------------------------------- options as data
 
-def option(default: Any, help: str, *, flag: str | tuple[str, ...] | None = None,
-           validate: Callable[[str, Any], Any] | None = None, metavar: str | None = None,
-           many: bool = False) -> Any:
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | tuple[str, ...] | None = None,
+    validate: Callable[[str, Any], Any] | None = None,
+    metavar: str | None = None,
+    many: bool = False,
+) -> Any:
     """A config dataclass field that is also a command-line option (one source of name, default, help, check).
 
     Args:
@@ -185,7 +193,7 @@ def validate_fields(config: Any) -> None:
         value = getattr(config, item.name)
         if check is None or value is None:
             continue
-        for one in (value if item.metadata.get("many") else (value,)):
+        for one in value if item.metadata.get("many") else (value,):
             check(item.name, one)
 
 
@@ -199,12 +207,22 @@ def add_config_options(parser: Any, config_type: type, *, exclude: tuple[str, ..
             action = "store_false" if default else "store_true"
             parser.add_argument(*flags, dest=item.name, action=action, help=item.metadata["help"])
             continue
-        shown = "" if default is None else f" (default {default:.4g})" if isinstance(default, float) else \
-            f" (default {default})"
-        parser.add_argument(*flags, dest=item.name, default=default, metavar=item.metadata.get("metavar"),
-                            type=cli_type(check, flags[-1]) if check else None,
-                            nargs="+" if item.metadata.get("many") else None,
-                            help=item.metadata["help"] + shown)
+        shown = (
+            ""
+            if default is None
+            else f" (default {default:.4g})"
+            if isinstance(default, float)
+            else f" (default {default})"
+        )
+        parser.add_argument(
+            *flags,
+            dest=item.name,
+            default=default,
+            metavar=item.metadata.get("metavar"),
+            type=cli_type(check, flags[-1]) if check else None,
+            nargs="+" if item.metadata.get("many") else None,
+            help=item.metadata["help"] + shown,
+        )
 
 
 def config_from_args(config_type: type[T], args: Any, **values: Any) -> T:

@@ -18,7 +18,6 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -125,8 +124,10 @@ def _normalize_spec(values: object) -> LabelSpec:
     """An int, or a sorted tuple of ints for a region (a one-value tuple becomes an int)."""
     if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
         return int(values)
-    if isinstance(values, (tuple, list)) and values and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values
+    if (
+        isinstance(values, (tuple, list))
+        and values
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values)
     ):
         unique = tuple(sorted({int(v) for v in values}))
         return unique[0] if len(unique) == 1 else unique
@@ -148,8 +149,9 @@ class PostprocessingRule:
 
     def __post_init__(self) -> None:
         if not isinstance(self.foreground_largest_component, (bool, np.bool_)):
-            raise ValueError(f"foreground_largest_component must be True or False, got "
-                             f"{self.foreground_largest_component!r}")
+            raise ValueError(
+                f"foreground_largest_component must be True or False, got {self.foreground_largest_component!r}"
+            )
         object.__setattr__(self, "foreground_largest_component", bool(self.foreground_largest_component))
         specs = tuple(_normalize_spec(v) for v in self.class_largest_component)
         if 0 in specs:
@@ -200,14 +202,18 @@ class PostprocessingRule:
         if missing:
             raise SchemaError(f"postprocessing rule.{missing[0]}: missing")
         if not isinstance(data["foreground_largest_component"], bool):
-            raise SchemaError("postprocessing rule.foreground_largest_component: expected true or false, "
-                              f"got {data['foreground_largest_component']!r}")
+            raise SchemaError(
+                "postprocessing rule.foreground_largest_component: expected true or false, "
+                f"got {data['foreground_largest_component']!r}"
+            )
         classes = data["class_largest_component"]
         if not isinstance(classes, (list, tuple)):
             raise SchemaError(f"postprocessing rule.class_largest_component: expected a list, got {classes!r}")
         try:
-            return cls(bool(data["foreground_largest_component"]), tuple(
-                tuple(v) if isinstance(v, list) else v for v in classes))
+            return cls(
+                bool(data["foreground_largest_component"]),
+                tuple(tuple(v) if isinstance(v, list) else v for v in classes),
+            )
         except ValueError as exc:
             raise SchemaError(f"postprocessing rule.class_largest_component: {exc}") from None
 
@@ -231,8 +237,9 @@ def _prepare_case(index: int, prediction: np.ndarray, reference: np.ndarray, spa
     """Crop a case (copies, so the full arrays can be freed)."""
     prediction, reference = np.asarray(prediction), np.asarray(reference)
     if prediction.shape != reference.shape:
-        raise NnsegError(f"case {index}: prediction shape {prediction.shape} differs from reference "
-                         f"shape {reference.shape}")
+        raise NnsegError(
+            f"case {index}: prediction shape {prediction.shape} differs from reference shape {reference.shape}"
+        )
     box = _bounding_box((prediction != 0) | (reference != 0))
     if box is None:
         box = tuple(slice(0, 0) for _ in prediction.shape)
@@ -246,8 +253,10 @@ def _case_dice(prediction: np.ndarray, case: _Case, classes: dict[str, tuple[int
 
 def _class_means(per_case: Sequence[dict[str, ClassMetrics]], classes: dict[str, tuple[int, ...]]) -> dict[str, float]:
     """Class name -> Dice averaged over the cases."""
-    return {name: summarize_class(values, [dice[name] for dice in per_case], ("dice",)).mean["dice"]
-            for name, values in classes.items()}
+    return {
+        name: summarize_class(values, [dice[name] for dice in per_case], ("dice",)).mean["dice"]
+        for name, values in classes.items()
+    }
 
 
 def _candidate(predictions: Sequence[np.ndarray], mask_of: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
@@ -265,11 +274,18 @@ def _candidate(predictions: Sequence[np.ndarray], mask_of: Callable[[np.ndarray]
     return result
 
 
-def _rescore(candidate: Sequence[np.ndarray], current: Sequence[np.ndarray], current_scores: Sequence[dict],
-             cases: Sequence[_Case], classes: dict[str, tuple[int, ...]]) -> list[dict[str, ClassMetrics]]:
+def _rescore(
+    candidate: Sequence[np.ndarray],
+    current: Sequence[np.ndarray],
+    current_scores: Sequence[dict],
+    cases: Sequence[_Case],
+    classes: dict[str, tuple[int, ...]],
+) -> list[dict[str, ClassMetrics]]:
     """Per-case Dice of ``candidate``, recomputed only where it differs from ``current``."""
-    return [scores if new is old else _case_dice(new, case, classes)
-            for new, old, scores, case in zip(candidate, current, current_scores, cases)]
+    return [
+        scores if new is old else _case_dice(new, case, classes)
+        for new, old, scores, case in zip(candidate, current, current_scores, cases)
+    ]
 
 
 def _foreground_classes(labels: Mapping[str, int | Sequence[int]]) -> dict[str, tuple[int, ...]]:
@@ -345,11 +361,17 @@ def decide_postprocessing(
         reason = f"foreground Dice improved but these classes got worse: {', '.join(worse)}"
     else:
         reason = "foreground Dice did not improve" + (f" by more than {min_improvement}" if min_improvement else "")
-    steps.append({
-        "step": "foreground_largest_component", "accepted": use_foreground, "reason": reason,
-        "foreground_dice_before": fg_before, "foreground_dice_after": fg_after,
-        "dice_before": current_dice, "dice_after": after,
-    })
+    steps.append(
+        {
+            "step": "foreground_largest_component",
+            "accepted": use_foreground,
+            "reason": reason,
+            "foreground_dice_before": fg_before,
+            "foreground_dice_after": fg_after,
+            "dice_before": current_dice,
+            "dice_after": after,
+        }
+    )
     if use_foreground:
         current, scores, current_dice = candidate, candidate_scores, after
 
@@ -360,10 +382,16 @@ def decide_postprocessing(
             candidate_scores = _rescore(candidate, current, scores, prepared, classes)
             after = _class_means(candidate_scores, classes)
             accept = after[name] > current_dice[name] + min_improvement
-            steps.append({
-                "step": "class_largest_component", "class": name, "labels": list(values), "accepted": accept,
-                "dice_before": current_dice[name], "dice_after": after[name],
-            })
+            steps.append(
+                {
+                    "step": "class_largest_component",
+                    "class": name,
+                    "labels": list(values),
+                    "accepted": accept,
+                    "dice_before": current_dice[name],
+                    "dice_after": after[name],
+                }
+            )
             if accept:
                 accepted_classes.append(_spec_of(values))
                 current, scores, current_dice = candidate, candidate_scores, after
@@ -447,8 +475,12 @@ def postprocess_folder(
     pairs = [(path, target / path.name) for path in files]
     existing = [out.name for _, out in pairs if out.exists()]
     if existing and not overwrite:
-        raise NnsegError(f"{target}: {len(existing)} output files exist already (e.g. {existing[0]}); "
-                         f"pass overwrite to replace them")
+        raise NnsegError(
+            f"{target}: {len(existing)} output files exist already (e.g. {existing[0]}); pass overwrite to replace them"
+        )
     target.mkdir(parents=True, exist_ok=True)
-    return list(parallel_map(partial(_postprocess_file, rule=rule, overwrite=overwrite), pairs,
-                             workers=workers, what="label map"))
+    return list(
+        parallel_map(
+            partial(_postprocess_file, rule=rule, overwrite=overwrite), pairs, workers=workers, what="label map"
+        )
+    )

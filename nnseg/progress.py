@@ -10,8 +10,9 @@ from tqdm.auto import tqdm
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it",
-             enabled: bool = True) -> Iterator[T]:
+def progress(
+    items: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it", enabled: bool = True
+) -> Iterator[T]:
     """Wrap an iterable in a progress bar (rate and ETA) when ``enabled``."""
     if not enabled:
         yield from items

@@ -122,10 +122,14 @@ def make_case(config: SynthConfig, rng: np.random.Generator) -> PhantomCase:
     tissue[lesion] = 3
     tissue[spine] = 4
 
-    channels = [
-        _render_channel(config.modality, means, tissue, body, rng)
-        for means in _TISSUE_MEANS[config.modality][: config.channels]
-    ] if config.modality == "MR" else [_render_channel("CT", _TISSUE_MEANS["CT"][0], tissue, body, rng)]
+    channels = (
+        [
+            _render_channel(config.modality, means, tissue, body, rng)
+            for means in _TISSUE_MEANS[config.modality][: config.channels]
+        ]
+        if config.modality == "MR"
+        else [_render_channel("CT", _TISSUE_MEANS["CT"][0], tissue, body, rng)]
+    )
     if config.modality == "MR":
         fov = _irregular_ellipsoid(coords, np.zeros(3), extent * rng.uniform(0.43, 0.47, 3), rng, roughness=0.0)
         channels = [np.where(fov, c, 0.0).astype(np.float32) for c in channels]
@@ -163,8 +167,15 @@ def _random_rotation(rng: np.random.Generator, max_degrees: float) -> np.ndarray
     return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
 
 
-def _irregular_ellipsoid(coords: np.ndarray, center: np.ndarray, radii: np.ndarray, rng: np.random.Generator,
-                         *, roughness: float, rotate: bool = False) -> np.ndarray:
+def _irregular_ellipsoid(
+    coords: np.ndarray,
+    center: np.ndarray,
+    radii: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    roughness: float,
+    rotate: bool = False,
+) -> np.ndarray:
     offset = coords - center.astype(np.float32)[:, None, None, None]
     if rotate:
         rotation = _random_rotation(rng, 40.0).astype(np.float32)
@@ -179,8 +190,9 @@ def _irregular_ellipsoid(coords: np.ndarray, center: np.ndarray, radii: np.ndarr
     return radius <= 1.0
 
 
-def _render_channel(modality: str, means: tuple[float, ...], tissue: np.ndarray, body: np.ndarray,
-                    rng: np.random.Generator) -> np.ndarray:
+def _render_channel(
+    modality: str, means: tuple[float, ...], tissue: np.ndarray, body: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     image = np.asarray(means, dtype=np.float32)[tissue]
     texture = ndimage.gaussian_filter(rng.normal(size=tissue.shape).astype(np.float32), 1.5)
     image += np.where(body, texture * _NOISE[modality] * 2.0, 0.0).astype(np.float32)
@@ -200,8 +212,9 @@ def _bias_field(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     return np.exp(log_field).astype(np.float32)
 
 
-def _case_geometry(config: SynthConfig, spacing: np.ndarray, shape: tuple[int, int, int],
-                   rng: np.random.Generator) -> Geometry:
+def _case_geometry(
+    config: SynthConfig, spacing: np.ndarray, shape: tuple[int, int, int], rng: np.random.Generator
+) -> Geometry:
     spacing_ijk = spacing[::-1]
     direction = np.eye(3)
     if config.oblique:

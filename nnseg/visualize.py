@@ -15,6 +15,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -26,9 +27,21 @@ from nnseg.postprocessing import largest_component_mask
 
 #: Label colours (RGB, 0..1), chosen by label value so a label keeps its colour across cases.
 _PALETTE = (
-    (0.90, 0.10, 0.10), (0.10, 0.75, 0.20), (0.15, 0.45, 1.00), (1.00, 0.80, 0.00), (0.85, 0.20, 0.90),
-    (0.00, 0.85, 0.85), (1.00, 0.50, 0.00), (0.55, 0.90, 0.30), (0.95, 0.45, 0.65), (0.55, 0.35, 0.95),
-    (0.60, 0.40, 0.20), (0.50, 0.75, 1.00), (1.00, 1.00, 0.55), (0.20, 0.55, 0.45), (0.80, 0.80, 0.80),
+    (0.90, 0.10, 0.10),
+    (0.10, 0.75, 0.20),
+    (0.15, 0.45, 1.00),
+    (1.00, 0.80, 0.00),
+    (0.85, 0.20, 0.90),
+    (0.00, 0.85, 0.85),
+    (1.00, 0.50, 0.00),
+    (0.55, 0.90, 0.30),
+    (0.95, 0.45, 0.65),
+    (0.55, 0.35, 0.95),
+    (0.60, 0.40, 0.20),
+    (0.50, 0.75, 1.00),
+    (1.00, 1.00, 0.55),
+    (0.20, 0.55, 0.45),
+    (0.80, 0.80, 0.80),
 )
 _FILL_ALPHA = 0.35
 #: Voxels sampled (at most) for the intensity window and for snapping the crossing point.
@@ -118,7 +131,7 @@ def _present_values(labels: np.ndarray) -> list[int]:
             flat = labels.reshape(-1)
             counts = np.zeros(high + 1, dtype=np.int64)
             for start in range(0, flat.size, _SAMPLE):
-                counts += np.bincount(flat[start:start + _SAMPLE], minlength=high + 1)
+                counts += np.bincount(flat[start : start + _SAMPLE], minlength=high + 1)
             return [int(v) for v in np.flatnonzero(counts) if v]
     return [int(v) for v in np.unique(labels) if v != 0]
 
@@ -131,16 +144,24 @@ def _fill(slice_labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
     return rgba
 
 
-def _draw_panel(ax, image_slice: np.ndarray, label_slice: np.ndarray, extent, window, values: Sequence[int],
-                title: str) -> None:
-    ax.imshow(image_slice, cmap="gray", vmin=window[0], vmax=window[1], origin="lower", extent=extent,
-              interpolation="nearest")
+def _draw_panel(
+    ax, image_slice: np.ndarray, label_slice: np.ndarray, extent, window, values: Sequence[int], title: str
+) -> None:
+    ax.imshow(
+        image_slice, cmap="gray", vmin=window[0], vmax=window[1], origin="lower", extent=extent, interpolation="nearest"
+    )
     shown = [v for v in values if np.any(label_slice == v)]
     if shown:
         ax.imshow(_fill(label_slice, shown), origin="lower", extent=extent, interpolation="nearest")
         for value in shown:
-            ax.contour((label_slice == value).astype(np.float32), levels=[0.5], colors=[label_colour(value)],
-                       linewidths=1.0, origin="lower", extent=extent)
+            ax.contour(
+                (label_slice == value).astype(np.float32),
+                levels=[0.5],
+                colors=[label_colour(value)],
+                linewidths=1.0,
+                origin="lower",
+                extent=extent,
+            )
     ax.set_title(title, color="white", fontsize=9)
     ax.set_aspect("equal")
     ax.set_anchor("N")  # panels of different heights line up at the top
@@ -153,17 +174,21 @@ def _draw_panel(ax, image_slice: np.ndarray, label_slice: np.ndarray, extent, wi
 def _legend_handles(values: Sequence[int], label_names: Mapping[int, str] | None) -> list:
     from matplotlib.patches import Patch
 
-    names = label_names or {}
-    return [Patch(facecolor=(*label_colour(v), 0.6), edgecolor=label_colour(v),
-                  label=str(names.get(v, names.get(str(v), f"label {v}"))))  # type: ignore[call-overload]
-            for v in values]
+    names: Mapping[Any, str] = label_names or {}  # int keys, or str keys from JSON
+    return [
+        Patch(
+            facecolor=(*label_colour(v), 0.6),
+            edgecolor=label_colour(v),
+            label=str(names.get(v, names.get(str(v), f"label {v}"))),
+        )
+        for v in values
+    ]
 
 
 def _write_png(fig, path: Path, dpi: int) -> Path:
     try:
         with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi, facecolor=fig.get_facecolor(), bbox_inches="tight",
-                        pad_inches=0.1)
+            fig.savefig(tmp, format="png", dpi=dpi, facecolor=fig.get_facecolor(), bbox_inches="tight", pad_inches=0.1)
     except OSError as exc:
         raise NnsegError(f"{path}: cannot write ({exc.strerror})") from None
     return path
@@ -218,8 +243,9 @@ def overlay_png(
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [e[1] for e in extents], "wspace": _WSPACE})
     names = ("axial (k={})", "coronal (j={})", "sagittal (i={})")
-    for ax, name, img, lab, extent, index in zip(axes, names, _slices(image, point), _slices(labels, point),
-                                                 extents, point):
+    for ax, name, img, lab, extent, index in zip(
+        axes, names, _slices(image, point), _slices(labels, point), extents, point
+    ):
         ax.set_facecolor("black")
         _draw_panel(ax, np.asarray(img, dtype=np.float32), lab, extent, window, values, name.format(index))
     _decorate(fig, title if values else f"{title} (empty label map)".strip(), values, label_names)
@@ -239,8 +265,13 @@ def _decorate(fig, title: str, values: Sequence[int], label_names: Mapping[int, 
     if title:
         fig.suptitle(title, color="white", fontsize=11)
     if values:
-        legend = fig.legend(handles=_legend_handles(values, label_names), loc="lower center",
-                            ncol=min(len(values), 6), frameon=False, fontsize=9)
+        legend = fig.legend(
+            handles=_legend_handles(values, label_names),
+            loc="lower center",
+            ncol=min(len(values), 6),
+            frameon=False,
+            fontsize=9,
+        )
         for text in legend.get_texts():
             text.set_color("white")
 
@@ -282,10 +313,18 @@ def overlay_case(
     image = image_vol.array[0] if image_vol.array.ndim == 4 else image_vol.array
     labels = label_vol.array[0] if label_vol.array.ndim == 4 else label_vol.array
     if not image_vol.geometry.matches(label_vol.geometry):
-        raise NnsegError(f"{label_path}: voxel grid differs from the image {image_path}: label "
-                         f"shape {label_vol.geometry.shape}, {label_vol.geometry.describe()}; image shape "
-                         f"{image_vol.geometry.shape}, {image_vol.geometry.describe()}")
+        raise NnsegError(
+            f"{label_path}: voxel grid differs from the image {image_path}: label "
+            f"shape {label_vol.geometry.shape}, {label_vol.geometry.describe()}; image shape "
+            f"{image_vol.geometry.shape}, {image_vol.geometry.describe()}"
+        )
     image, spacing = _to_closest_ras(image, image_vol.geometry)
     labels, _ = _to_closest_ras(labels, image_vol.geometry)
-    return overlay_png(image, labels, spacing, out_path, title=Path(label_path).name if title is None else title,
-                       label_names=label_names)
+    return overlay_png(
+        image,
+        labels,
+        spacing,
+        out_path,
+        title=Path(label_path).name if title is None else title,
+        label_names=label_names,
+    )

@@ -1,9 +1,9 @@
 """Workspace: the only code that knows the work folder's file and folder names.
 
-    W/fingerprint.json  plans.json  splits.json  check_report.json  inference.json  mlflow.db  mlartifacts/
-    W/preprocessed/<data identifier>/...               (case files: nnseg.preprocessing.preprocess)
-    W/models/<configuration>/fold_<k>/checkpoint_{latest,best,final}.pt  curves.png  tracking_fallback.jsonl
-                                      validation/<case>.nii.gz|.npz  summary.json
+W/fingerprint.json  plans.json  splits.json  check_report.json  inference.json  mlflow.db  mlartifacts/
+W/preprocessed/<data identifier>/...               (case files: nnseg.preprocessing.preprocess)
+W/models/<configuration>/fold_<k>/checkpoint_{latest,best,final}.pt  curves.png  tracking_fallback.jsonl
+                                  validation/<case>.nii.gz|.npz  summary.json
 """
 
 from __future__ import annotations

@@ -41,8 +41,12 @@ def mr_dataset(mr_dataset_template: Path, tmp_path: Path) -> Path:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--update-golden", action="store_true", default=False,
-                     help="rewrite golden files (e.g. tests/planning/golden/*.json) instead of comparing")
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite golden files (e.g. tests/planning/golden/*.json) instead of comparing",
+    )
 
 
 @pytest.fixture()
@@ -71,8 +75,9 @@ def preprocessed_work_template(tmp_path_factory: pytest.TempPathFactory) -> Path
     from nnseg.preprocessing.preprocess import preprocess_dataset
 
     root = tmp_path_factory.mktemp("train")
-    raw = generate_dataset(root / "raw", SynthConfig(num_cases=6, num_test=1, shape=TINY_SHAPE, seed=4),
-                           show_progress=False)
+    raw = generate_dataset(
+        root / "raw", SynthConfig(num_cases=6, num_test=1, shape=TINY_SHAPE, seed=4), show_progress=False
+    )
     work = root / "work"
     plan(raw, work, preset="cpu", workers=1, show_progress=False)
     preprocess_dataset(work, configurations=["3d_fullres", "2d"], workers=1, show_progress=False)
@@ -93,6 +98,18 @@ def trained_work(preprocessed_work_template: Path, tmp_path_factory: pytest.Temp
 
     work = Path(shutil.copytree(preprocessed_work_template, tmp_path_factory.mktemp("trained") / "work"))
     for configuration in ("3d_fullres", "2d"):
-        train(work, TrainConfig(configuration=configuration, fold=0, epochs=1, iters_per_epoch=2, val_iters=1,
-                                device="cpu", loader_threads=1, tracking=False), show_progress=False)
+        train(
+            work,
+            TrainConfig(
+                configuration=configuration,
+                fold=0,
+                epochs=1,
+                iters_per_epoch=2,
+                val_iters=1,
+                device="cpu",
+                loader_threads=1,
+                tracking=False,
+            ),
+            show_progress=False,
+        )
     return work

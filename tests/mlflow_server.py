@@ -49,11 +49,27 @@ class MlflowServer:
         log_path = self.root / "server.log"
         with open(log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                [*_mlflow_command(), "server", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--backend-store-uri", f"sqlite:///{(self.root / 'mlflow.db').as_posix()}",
-                 "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts", "--workers", "1"],
-                cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # child only: starts faster
+                [
+                    *_mlflow_command(),
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--backend-store-uri",
+                    f"sqlite:///{(self.root / 'mlflow.db').as_posix()}",
+                    "--artifacts-destination",
+                    str(self.root / "artifacts"),
+                    "--serve-artifacts",
+                    "--workers",
+                    "1",
+                ],
+                cwd=self.root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            )  # child only: starts faster
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while True:
             if self._proc.poll() is not None:
@@ -66,8 +82,10 @@ class MlflowServer:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                pytest.fail(f"mlflow server did not answer within {SERVER_START_TIMEOUT_S:.0f} s:\n"
-                            f"{log_path.read_text()[-3000:]}")
+                pytest.fail(
+                    f"mlflow server did not answer within {SERVER_START_TIMEOUT_S:.0f} s:\n"
+                    f"{log_path.read_text()[-3000:]}"
+                )
             time.sleep(0.2)
 
     def stop(self) -> None:

@@ -13,8 +13,9 @@ from nnseg.planning import Plan
 from tests.dataset.test_check import missing_label, nan_in_image
 
 
-def test_plan_writes_fingerprint_and_plans(ct_dataset_template: Path, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_writes_fingerprint_and_plans(
+    ct_dataset_template: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     work = tmp_path / "work"
     assert main(["plan", str(ct_dataset_template), "--work", str(work), "--workers", "1"]) == 0
     out = capsys.readouterr().out
@@ -50,8 +51,10 @@ def test_a_dataset_that_fails_check_is_refused_and_nothing_is_written(
 def test_bad_options_exit_2(ct_dataset_template: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", str(ct_dataset_template), "--work", str(tmp_path), "--preset", "nope"]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
-    assert main(["plan", str(ct_dataset_template), "--work", str(tmp_path), "--preset", "cpu",
-                 "--gpu-memory-gb", "8"]) == 2
+    assert (
+        main(["plan", str(ct_dataset_template), "--work", str(tmp_path), "--preset", "cpu", "--gpu-memory-gb", "8"])
+        == 2
+    )
     assert not (tmp_path / "plans.json").exists()
 
 

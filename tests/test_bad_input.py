@@ -6,8 +6,8 @@ Each test is named after what it guards; ``benchmarks/bad_input_probes.py`` prin
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -18,7 +18,6 @@ import torch
 
 from nnseg.cli import main
 from nnseg.errors import NnsegError
-from nnseg.io import read_volume
 
 
 def run_cli(args: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -58,13 +57,36 @@ def _predict(work: Path, inputs: Path, out: Path, *extra) -> list:
 # ------------------------------------------------------------------------------------------ one bad value per option
 
 BAD_OPTIONS = {
-    "predict": [("--step-size", "0"), ("--step-size", "-1"), ("--step-size", "2"), ("--step-size", "nan"),
-                ("--step-size", "abc"), ("--window-batch", "0"), ("--window-batch", "-1"), ("--device", "foo"),
-                ("--device", "cuda:x"), ("--folds", "-1")],
-    "train": [("--epochs", "0"), ("--epochs", "-5"), ("--fold", "-1"), ("--fold", "x"), ("--batch-size", "0"),
-              ("--lr", "-1"), ("--lr", "0"), ("--lr", "nan"), ("--lr", "inf"), ("--max-hours", "0"),
-              ("--max-hours", "-1"), ("--iters-per-epoch", "0"), ("--val-iters", "-1"), ("--device", "foo"),
-              ("--loader-threads", "0"), ("--resume", None)],
+    "predict": [
+        ("--step-size", "0"),
+        ("--step-size", "-1"),
+        ("--step-size", "2"),
+        ("--step-size", "nan"),
+        ("--step-size", "abc"),
+        ("--window-batch", "0"),
+        ("--window-batch", "-1"),
+        ("--device", "foo"),
+        ("--device", "cuda:x"),
+        ("--folds", "-1"),
+    ],
+    "train": [
+        ("--epochs", "0"),
+        ("--epochs", "-5"),
+        ("--fold", "-1"),
+        ("--fold", "x"),
+        ("--batch-size", "0"),
+        ("--lr", "-1"),
+        ("--lr", "0"),
+        ("--lr", "nan"),
+        ("--lr", "inf"),
+        ("--max-hours", "0"),
+        ("--max-hours", "-1"),
+        ("--iters-per-epoch", "0"),
+        ("--val-iters", "-1"),
+        ("--device", "foo"),
+        ("--loader-threads", "0"),
+        ("--resume", None),
+    ],
     "evaluate": [("--nsd-tolerance-mm", "0"), ("--nsd-tolerance-mm", "nan"), ("--workers", "0")],
     "check": [("--workers", "0")],
     "plan": [("--gpu-memory-gb", "0"), ("--gpu-memory-gb", "-8"), ("--gpu-memory-gb", "nan"), ("--workers", "0")],
@@ -84,11 +106,15 @@ REQUIRED = {
 }
 
 
-@pytest.mark.parametrize("command, option, value",
-                         [(c, o, v) for c, pairs in BAD_OPTIONS.items() for o, v in pairs])
-def test_bad_option_values_exit_2_naming_the_option(command: str, option: str, value: str | None, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str],
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("command, option, value", [(c, o, v) for c, pairs in BAD_OPTIONS.items() for o, v in pairs])
+def test_bad_option_values_exit_2_naming_the_option(
+    command: str,
+    option: str,
+    value: str | None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.chdir(tmp_path)  # nothing may be written, and nothing is found by accident
     code, output = run_cli([command, *REQUIRED[command], option, *([value] if value is not None else [])], capsys)
     assert code == 2
@@ -100,9 +126,11 @@ def test_bad_option_values_exit_2_naming_the_option(command: str, option: str, v
 
 # ------------------------------------------------------------------------------------------ silently wrong before
 
+
 @pytest.mark.parametrize("where, expected", [("one", "1 of"), ("half", "of"), ("all", "of")])
 def test_predict_refuses_non_finite_voxels_naming_the_file_and_count(
-        trained_work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str, expected: str) -> None:
+    trained_work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str, expected: str
+) -> None:
     def poison(data: np.ndarray, affine: np.ndarray):
         if where == "one":
             data[3, 4, 5] = np.nan
@@ -119,8 +147,9 @@ def test_predict_refuses_non_finite_voxels_naming_the_file_and_count(
     assert not list(out.glob("*.nii.gz"))
 
 
-def test_evaluate_reads_the_dataset_json_it_is_given(trained_work: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_reads_the_dataset_json_it_is_given(
+    trained_work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     raw = _raw(trained_work)
     predictions = tmp_path / "pred"
     assert run_cli(_predict(trained_work, raw / "imagesTs", predictions), capsys)[0] == 0
@@ -128,21 +157,46 @@ def test_evaluate_reads_the_dataset_json_it_is_given(trained_work: Path, tmp_pat
     custom["labels"] = {"background": 0, "liver": 1, "tumour": 2}
     (tmp_path / "lab").mkdir()
     (tmp_path / "lab" / "custom.json").write_text(json.dumps(custom))  # no dataset.json beside it
-    code, output = run_cli(["evaluate", "--pred", predictions, "--ref", raw / "labelsTs", "--dataset-json",
-                            tmp_path / "lab" / "custom.json", "--out", tmp_path / "eval"], capsys)
+    code, output = run_cli(
+        [
+            "evaluate",
+            "--pred",
+            predictions,
+            "--ref",
+            raw / "labelsTs",
+            "--dataset-json",
+            tmp_path / "lab" / "custom.json",
+            "--out",
+            tmp_path / "eval",
+        ],
+        capsys,
+    )
     assert code == 0, output
     assert set(json.loads((tmp_path / "eval" / "metrics.json").read_text())["labels"]) == {"liver", "tumour"}
-    code, output = run_cli(["evaluate", "--pred", predictions, "--ref", raw / "labelsTs", "--dataset-json",
-                            tmp_path / "lab" / "missing.json"], capsys)
+    code, output = run_cli(
+        [
+            "evaluate",
+            "--pred",
+            predictions,
+            "--ref",
+            raw / "labelsTs",
+            "--dataset-json",
+            tmp_path / "lab" / "missing.json",
+        ],
+        capsys,
+    )
     assert code == 2 and "missing.json: not found" in output
 
 
-def test_ensemble_refuses_an_input_folder_as_output(trained_work: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_ensemble_refuses_an_input_folder_as_output(
+    trained_work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     a, b = tmp_path / "A", tmp_path / "B"
     for folder in (a, b):
-        assert run_cli(_predict(trained_work, _raw(trained_work) / "imagesTs", folder, "--save-probabilities"),
-                       capsys)[0] == 0
+        assert (
+            run_cli(_predict(trained_work, _raw(trained_work) / "imagesTs", folder, "--save-probabilities"), capsys)[0]
+            == 0
+        )
     before = {p.name: p.read_bytes() for p in a.iterdir()}
     code, output = run_cli(["ensemble", "-i", a, b, "-o", a, "--overwrite"], capsys)
     assert code == 2 and "one of the input folders" in output
@@ -150,8 +204,9 @@ def test_ensemble_refuses_an_input_folder_as_output(trained_work: Path, tmp_path
 
 
 @pytest.mark.parametrize("change", ["width", "patch"])
-def test_resume_after_the_plan_changed_is_refused_until_fresh(trained_work: Path, tmp_path: Path, change: str,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_after_the_plan_changed_is_refused_until_fresh(
+    trained_work: Path, tmp_path: Path, change: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     work = _copy_work(trained_work, tmp_path)
     plan = json.loads((work / "plans.json").read_text())
     config = plan["configurations"]["3d_fullres"]
@@ -162,8 +217,23 @@ def test_resume_after_the_plan_changed_is_refused_until_fresh(trained_work: Path
     (work / "plans.json").write_text(json.dumps(plan))
     latest = work / "models" / "3d_fullres" / "fold_0" / "checkpoint_latest.pt"
     before = latest.read_bytes()
-    args = ["train", "--work", work, "--epochs", 2, "--iters-per-epoch", 1, "--val-iters", 1, "--device", "cpu",
-            "--no-tracking", "--no-final-validation", "--loader-threads", 1]
+    args = [
+        "train",
+        "--work",
+        work,
+        "--epochs",
+        2,
+        "--iters-per-epoch",
+        1,
+        "--val-iters",
+        1,
+        "--device",
+        "cpu",
+        "--no-tracking",
+        "--no-final-validation",
+        "--loader-threads",
+        1,
+    ]
     code, output = run_cli(args, capsys)
     assert code == 2 and "Traceback" not in output
     assert "changed since this fold was trained" in output and "--fresh" in output
@@ -173,8 +243,9 @@ def test_resume_after_the_plan_changed_is_refused_until_fresh(trained_work: Path
 
 
 @pytest.mark.parametrize("damage", ["truncate_data", "delete_seg", "truncate_locations"])
-def test_preprocess_rerun_redoes_a_case_with_a_damaged_file(preprocessed_work: Path, damage: str,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_preprocess_rerun_redoes_a_case_with_a_damaged_file(
+    preprocessed_work: Path, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     cache = preprocessed_work / "preprocessed" / "cpu_3d_fullres"
     data, seg, locations = (cache / f"case_000{suffix}.npy" for suffix in ("", "_seg", "_locations"))
     intact = data.read_bytes()
@@ -184,22 +255,26 @@ def test_preprocess_rerun_redoes_a_case_with_a_damaged_file(preprocessed_work: P
         seg.unlink()
     else:
         locations.write_bytes(locations.read_bytes()[:60])
-    code, output = run_cli(["preprocess", "--work", preprocessed_work, "--config", "3d_fullres", "--workers", 1],
-                           capsys)
+    code, output = run_cli(
+        ["preprocess", "--work", preprocessed_work, "--config", "3d_fullres", "--workers", 1], capsys
+    )
     assert code == 0 and "1 case(s) written" in output
     assert data.read_bytes() == intact and seg.is_file()
 
 
-def test_training_refuses_a_damaged_cache_instead_of_crashing(preprocessed_work: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_training_refuses_a_damaged_cache_instead_of_crashing(
+    preprocessed_work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (preprocessed_work / "preprocessed" / "cpu_3d_fullres" / "case_001_seg.npy").unlink()
-    code, output = run_cli(["train", "--work", preprocessed_work, "--device", "cpu", "--no-tracking", "--epochs", 1],
-                           capsys)
+    code, output = run_cli(
+        ["train", "--work", preprocessed_work, "--device", "cpu", "--no-tracking", "--epochs", 1], capsys
+    )
     assert code == 2 and "case_001" in output and "nnseg preprocess" in output
 
 
-def test_rerun_writes_the_outputs_a_case_still_lacks(trained_work: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_rerun_writes_the_outputs_a_case_still_lacks(
+    trained_work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     images, out = _raw(trained_work) / "imagesTs", tmp_path / "out"
     assert run_cli(_predict(trained_work, images, out), capsys)[0] == 0
     code, output = run_cli(_predict(trained_work, images, out, "--save-probabilities", "--overlay"), capsys)
@@ -210,7 +285,8 @@ def test_rerun_writes_the_outputs_a_case_still_lacks(trained_work: Path, tmp_pat
 
 
 def test_a_diverging_training_stops_and_keeps_the_last_good_checkpoint(
-        trained_work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trained_work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from nnseg.checkpoint import Checkpoint
     from nnseg.training.config import TrainConfig
     from nnseg.training.loop import Trainer, train
@@ -222,8 +298,10 @@ def test_a_diverging_training_stops_and_keeps_the_last_good_checkpoint(
     good = latest.read_bytes()
     monkeypatch.setattr(Trainer, "train_step", lambda self, batch: float("nan"))
     config = TrainConfig(epochs=3, iters_per_epoch=2, val_iters=1, device="cpu", loader_threads=1, tracking=False)
-    with pytest.raises(NnsegError, match="training diverged in epoch 1: the training loss is nan.*last good "
-                                         "checkpoint.*epoch 0.*Lower --lr"):
+    with pytest.raises(
+        NnsegError,
+        match="training diverged in epoch 1: the training loss is nan.*last good checkpoint.*epoch 0.*Lower --lr",
+    ):
         train(work, config, show_progress=False)
     assert latest.read_bytes() == good and not (fold / "checkpoint_final.pt").exists()
     assert all(torch.isfinite(v).all() for v in Checkpoint.load(latest).network_state.values())
@@ -244,12 +322,17 @@ def test_nan_weights_are_never_saved(trained_work: Path, tmp_path: Path, monkeyp
 
     monkeypatch.setattr(Trainer, "train_step", poisoned)
     with pytest.raises(NnsegError, match="weights are no longer finite"):
-        train(work, TrainConfig(epochs=1, iters_per_epoch=1, val_iters=0, device="cpu", loader_threads=1,
-                                tracking=False), resume=False, show_progress=False)
+        train(
+            work,
+            TrainConfig(epochs=1, iters_per_epoch=1, val_iters=0, device="cpu", loader_threads=1, tracking=False),
+            resume=False,
+            show_progress=False,
+        )
 
 
-def test_predict_names_each_checkpoint_and_warns_when_not_final(trained_work: Path, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_names_each_checkpoint_and_warns_when_not_final(
+    trained_work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     work = _copy_work(trained_work, tmp_path)
     fold = work / "models" / "3d_fullres" / "fold_0"
     code, output = run_cli(_predict(work, _raw(work) / "imagesTs", tmp_path / "a"), capsys)
@@ -284,18 +367,24 @@ def test_check_warns_about_a_constant_image(ct_dataset: Path, capsys: pytest.Cap
 
 # ------------------------------------------------------------------------------------------ unclear before
 
-def test_missing_model_and_fold_folder_are_told_apart(trained_work: Path, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+
+def test_missing_model_and_fold_folder_are_told_apart(
+    trained_work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     images = _raw(trained_work) / "imagesTs"
-    code, output = run_cli(["predict", "-i", images, "-o", tmp_path / "a", "-m", tmp_path / "nope", "--device",
-                            "cpu"], capsys)
+    code, output = run_cli(
+        ["predict", "-i", images, "-o", tmp_path / "a", "-m", tmp_path / "nope", "--device", "cpu"], capsys
+    )
     assert code == 2 and "nope: not found" in output
     fold = trained_work / "models" / "3d_fullres" / "fold_0"
-    code, output = run_cli(["predict", "-i", images, "-o", tmp_path / "b", "-m", fold, "--device", "cpu",
-                            "--no-tta"], capsys)
+    code, output = run_cli(
+        ["predict", "-i", images, "-o", tmp_path / "b", "-m", fold, "--device", "cpu", "--no-tta"], capsys
+    )
     assert code == 0 and (tmp_path / "b" / "case_006.nii.gz").is_file()
-    code, output = run_cli(["predict", "-i", images, "-o", tmp_path / "c", "-m", trained_work, "-c", "3d_lowres",
-                            "--device", "cpu"], capsys)
+    code, output = run_cli(
+        ["predict", "-i", images, "-o", tmp_path / "c", "-m", trained_work, "-c", "3d_lowres", "--device", "cpu"],
+        capsys,
+    )
     assert code == 2 and "no trained 3d_lowres model" in output
 
 
@@ -308,8 +397,9 @@ def test_evaluate_prints_its_warnings(trained_work: Path, tmp_path: Path, capsys
     assert code == 0 and "warning" in output and "have no reference" in output
 
 
-def test_an_input_far_from_the_training_spacing_is_announced(trained_work: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_input_far_from_the_training_spacing_is_announced(
+    trained_work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     def finer(data: np.ndarray, affine: np.ndarray):  # (coarser works the same, but upsampling is slow in a test)
         affine[:3, :3] /= 5.0
         return data, affine
@@ -321,8 +411,10 @@ def test_an_input_far_from_the_training_spacing_is_announced(trained_work: Path,
 
 # ------------------------------------------------------------------------------------------ tracebacks before
 
-def test_predict_output_that_is_a_file_or_read_only(trained_work: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+
+def test_predict_output_that_is_a_file_or_read_only(
+    trained_work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     images = _raw(trained_work) / "imagesTs"
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
@@ -338,16 +430,23 @@ def test_train_work_folder_that_is_read_only(capsys: pytest.CaptureFixture[str])
     assert code == 2 and "--work" in output and "cannot write" in output
 
 
-@pytest.mark.parametrize("text, message", [
-    ("{oops", "not valid JSON"),
-    ("[1, 2]", "must hold a JSON object"),
-    ('{"configurations": ["3d_fullres"]}', "missing 'postprocessing'"),
-    ('{"configurations": ["3d_fullres"], "postprocessing": {"foreground_largest_component": 1, '
-     '"class_largest_component": []}}', "expected true or false"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{oops", "not valid JSON"),
+        ("[1, 2]", "must hold a JSON object"),
+        ('{"configurations": ["3d_fullres"]}', "missing 'postprocessing'"),
+        (
+            '{"configurations": ["3d_fullres"], "postprocessing": {"foreground_largest_component": 1, '
+            '"class_largest_component": []}}',
+            "expected true or false",
+        ),
+    ],
+)
 @pytest.mark.parametrize("command", ["predict", "postprocess"])
-def test_a_damaged_inference_json_is_named_with_its_fix(trained_work: Path, tmp_path: Path, text: str, message: str,
-                                                        command: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_damaged_inference_json_is_named_with_its_fix(
+    trained_work: Path, tmp_path: Path, text: str, message: str, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     work = _copy_work(trained_work, tmp_path)
     (work / "inference.json").write_text(text)
     images = _raw(work) / "imagesTs"
@@ -361,30 +460,40 @@ def test_a_damaged_inference_json_is_named_with_its_fix(trained_work: Path, tmp_
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("edit, field", [
-    (lambda c: c.update(patch_size=[4000, 4000, 4000]), "patch_size"),
-    (lambda c: c["network"].update(features_per_stage=[-f for f in c["network"]["features_per_stage"]]),
-     "features_per_stage"),
-    (lambda c: c.update(spacing=[float("nan")] * 3), "spacing"),
-    (lambda c: c["normalization"][0].update(mean=float("inf")), "mean"),
-])
-def test_an_impossible_plan_is_refused_naming_the_field(trained_work: Path, tmp_path: Path, edit, field: str,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (lambda c: c.update(patch_size=[4000, 4000, 4000]), "patch_size"),
+        (
+            lambda c: c["network"].update(features_per_stage=[-f for f in c["network"]["features_per_stage"]]),
+            "features_per_stage",
+        ),
+        (lambda c: c.update(spacing=[float("nan")] * 3), "spacing"),
+        (lambda c: c["normalization"][0].update(mean=float("inf")), "mean"),
+    ],
+)
+def test_an_impossible_plan_is_refused_naming_the_field(
+    trained_work: Path, tmp_path: Path, edit, field: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     work = _copy_work(trained_work, tmp_path)
     plan = json.loads((work / "plans.json").read_text())
     edit(plan["configurations"]["3d_fullres"])
     (work / "plans.json").write_text(json.dumps(plan))
-    for args in (["train", "--work", work, "--fresh", "--no-tracking", "--device", "cpu"],
-                 ["preprocess", "--work", work, "--workers", 1]):
+    for args in (
+        ["train", "--work", work, "--fresh", "--no-tracking", "--device", "cpu"],
+        ["preprocess", "--work", work, "--workers", 1],
+    ):
         code, output = run_cli(args, capsys)
         assert code == 2 and "Traceback" not in output
-        assert "plans.json" in output and f"configurations.3d_fullres" in output and field in output
+        assert "plans.json" in output and "configurations.3d_fullres" in output and field in output
 
 
 # ------------------------------------------------------------------------------------------ leftovers
 
-def test_a_stage_removes_its_own_stale_temporaries_only(trained_work: Path, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+
+def test_a_stage_removes_its_own_stale_temporaries_only(
+    trained_work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     out.mkdir()
     dead = out / ".case_006.nii.gz.99999999.tmp.nii.gz"  # no such process: left by a kill -9
@@ -398,6 +507,7 @@ def test_a_stage_removes_its_own_stale_temporaries_only(trained_work: Path, tmp_
 
 # ------------------------------------------------------------------------------------------ security
 
+
 class _Payload:
     marker = Path("/nonexistent")
 
@@ -405,8 +515,9 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_a_crafted_checkpoint_is_refused_and_its_payload_never_runs(trained_work: Path, tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_crafted_checkpoint_is_refused_and_its_payload_never_runs(
+    trained_work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from nnseg.checkpoint import Checkpoint, CheckpointError
 
     marker = tmp_path / "PWNED"
@@ -417,8 +528,10 @@ def test_a_crafted_checkpoint_is_refused_and_its_payload_never_runs(trained_work
     torch.save({"format": 2, "network_state": {}, "x": payload}, path)
     with pytest.raises(CheckpointError, match="refused: the file holds pickled Python objects.*system"):
         Checkpoint.load(path)
-    code, output = run_cli(["predict", "-i", _raw(trained_work) / "imagesTs", "-o", tmp_path / "out", "-m", path,
-                            "--device", "cpu"], capsys)
+    code, output = run_cli(
+        ["predict", "-i", _raw(trained_work) / "imagesTs", "-o", tmp_path / "out", "-m", path, "--device", "cpu"],
+        capsys,
+    )
     assert code == 2 and "refused" in output
     assert not marker.exists()
 

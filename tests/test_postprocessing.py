@@ -47,7 +47,7 @@ def test_keeps_the_big_blob_and_removes_the_small_far_one() -> None:
     out = keep_largest_component(labels, 1)
     np.testing.assert_array_equal(labels, before)  # input untouched
     assert out.dtype == labels.dtype
-    assert np.count_nonzero(out == 1) == 8 ** 3
+    assert np.count_nonzero(out == 1) == 8**3
     assert not out[16:18, 18:20, 22:24].any()
     np.testing.assert_array_equal(out == 2, labels == 2)  # other labels untouched
 
@@ -66,7 +66,7 @@ def test_components_are_26_connected() -> None:
 def test_region_values_are_one_mask() -> None:
     labels = _blobs()
     out = keep_largest_component(labels, (1, 2))
-    assert np.count_nonzero(out == 1) == 8 ** 3  # the small far label-1 box is gone
+    assert np.count_nonzero(out == 1) == 8**3  # the small far label-1 box is gone
     assert np.count_nonzero(out == 2) == 8  # the touching label-2 box stays, the far voxel goes
     assert out[18, 2, 25] == 0
     only_two = keep_largest_component(labels, 2)
@@ -87,7 +87,7 @@ def test_largest_component_mask_returns_the_box() -> None:
     assert found is not None
     component, box = found
     assert tuple((b.start, b.stop) for b in box) == ((2, 18), (2, 20), (2, 24))
-    assert np.count_nonzero(component) == 8 ** 3
+    assert np.count_nonzero(component) == 8**3
 
 
 # --- PostprocessingRule --------------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ def test_largest_component_mask_returns_the_box() -> None:
 def test_rule_applies_foreground_then_classes() -> None:
     labels = _blobs()
     foreground = PostprocessingRule(foreground_largest_component=True).apply(labels)
-    assert np.count_nonzero(foreground == 1) == 8 ** 3 and np.count_nonzero(foreground == 2) == 8
+    assert np.count_nonzero(foreground == 1) == 8**3 and np.count_nonzero(foreground == 2) == 8
     per_class = PostprocessingRule(class_largest_component=(2,)).apply(labels)
     assert np.count_nonzero(per_class == 1) == np.count_nonzero(labels == 1)
     assert per_class[18, 2, 25] == 0
@@ -116,14 +116,17 @@ def test_rule_round_trips_through_json() -> None:
     assert PostprocessingRule().describe() == "no postprocessing"
 
 
-@pytest.mark.parametrize("data", [
-    {"foreground_largest_component": True},
-    {"foreground_largest_component": "yes", "class_largest_component": []},
-    {"foreground_largest_component": False, "class_largest_component": [1.5]},
-    {"foreground_largest_component": False, "class_largest_component": [0]},
-    {"foreground_largest_component": False, "class_largest_component": [], "extra": 1},
-    [],
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"foreground_largest_component": True},
+        {"foreground_largest_component": "yes", "class_largest_component": []},
+        {"foreground_largest_component": False, "class_largest_component": [1.5]},
+        {"foreground_largest_component": False, "class_largest_component": [0]},
+        {"foreground_largest_component": False, "class_largest_component": [], "extra": 1},
+        [],
+    ],
+)
 def test_rule_from_bad_dict_raises_schema_error(data: object) -> None:
     with pytest.raises(SchemaError):
         PostprocessingRule.from_dict(data)  # type: ignore[arg-type]
@@ -186,8 +189,9 @@ def test_decide_rejects_foreground_lcc_when_a_class_gets_worse_and_picks_the_cla
     cases = []
     for _ in range(2):
         ref = _two_kidneys()
-        pred = _with_specks(ref, 2, [(0, 23, 0), (0, 23, 3), (0, 20, 0), (3, 23, 0), (19, 0, 0), (19, 0, 4),
-                                     (19, 4, 0), (16, 0, 0)])
+        pred = _with_specks(
+            ref, 2, [(0, 23, 0), (0, 23, 3), (0, 20, 0), (3, 23, 0), (19, 0, 0), (19, 0, 4), (19, 4, 0), (16, 0, 0)]
+        )
         cases.append((pred, ref, SPACING))
     rule, report = decide_postprocessing(cases, {"kidney": 1, "tumour": 2})
     first = report["steps"][0]

@@ -42,8 +42,14 @@ def _assert_png(path: Path) -> None:
 
 
 def test_overlay_writes_a_png(phantom, tmp_path: Path) -> None:
-    out = overlay_png(phantom.images[0], phantom.labels, phantom.geometry.spacing, tmp_path / "sub" / "a.png",
-                      title="case", label_names={1: "organ", 2: "lesion"})
+    out = overlay_png(
+        phantom.images[0],
+        phantom.labels,
+        phantom.geometry.spacing,
+        tmp_path / "sub" / "a.png",
+        title="case",
+        label_names={1: "organ", 2: "lesion"},
+    )
     assert out == tmp_path / "sub" / "a.png"
     _assert_png(out)
     height, width = _png_shape(out)[:2]
@@ -125,7 +131,8 @@ def test_overlay_case_reads_files(phantom, tmp_path: Path) -> None:
     out_dir = tmp_path / "png"
     _assert_png(overlay_case(image_path, label_path, out_dir / "a.png", label_names={1: "organ"}))
     _assert_png(overlay_case(tmp_path / "img4d.nii.gz", label_path, out_dir / "b.png", title=""))
-    other = write_volume(tmp_path / "other.nii.gz", phantom.labels[:-1], geometry.with_shape(phantom.labels[:-1].shape),
-                         is_label=True)
+    other = write_volume(
+        tmp_path / "other.nii.gz", phantom.labels[:-1], geometry.with_shape(phantom.labels[:-1].shape), is_label=True
+    )
     with pytest.raises(NnsegError, match="voxel grid differs"):
         overlay_case(image_path, other, out_dir / "c.png")

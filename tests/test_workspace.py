@@ -9,20 +9,43 @@ import nnseg
 from nnseg.workspace import FoldPaths, Workspace, fold_folders
 
 ARTIFACT_NAMES = {
-    "fingerprint.json", "plans.json", "splits.json", "check_report.json", "inference.json", "mlflow.db",
-    "mlartifacts", "preprocessed", "models", "checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt",
-    "curves.png", "validation", "summary.json", "tracking_fallback.jsonl", "fold_", "fold_all", "fold_*",
+    "fingerprint.json",
+    "plans.json",
+    "splits.json",
+    "check_report.json",
+    "inference.json",
+    "mlflow.db",
+    "mlartifacts",
+    "preprocessed",
+    "models",
+    "checkpoint_latest.pt",
+    "checkpoint_best.pt",
+    "checkpoint_final.pt",
+    "curves.png",
+    "validation",
+    "summary.json",
+    "tracking_fallback.jsonl",
+    "fold_",
+    "fold_all",
+    "fold_*",
     "fold_[0-9]*",
 }
 
 
 def _string_constants(tree: ast.AST) -> list[tuple[int, str]]:
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                  and node.body and isinstance(node.body[0], ast.Expr)
-                  and isinstance(node.body[0].value, ast.Constant)}
-    return [(node.lineno, node.value) for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
 
 
 def test_no_module_but_workspace_spells_an_artifact_name() -> None:

@@ -80,13 +80,13 @@ class CheckReport:
         """Raise a DatasetError listing every error (used by stages that need a clean dataset)."""
         if not self.ok:
             listed = "\n".join(f"  {p}" for p in self.errors)
-            raise DatasetError(f"{self.dataset}: dataset failed the integrity check:\n{listed}\n"
-                               f"run `nnseg check {self.dataset}` for the full report")
+            raise DatasetError(
+                f"{self.dataset}: dataset failed the integrity check:\n{listed}\n"
+                f"run `nnseg check {self.dataset}` for the full report"
+            )
 
 
-def check_dataset(
-    dataset: Dataset | str | os.PathLike, *, workers: int = 1, show_progress: bool = True
-) -> CheckReport:
+def check_dataset(dataset: Dataset | str | os.PathLike, *, workers: int = 1, show_progress: bool = True) -> CheckReport:
     """Verify a dataset's files against each other and against dataset.json.
 
     Args:
@@ -110,8 +110,13 @@ def check_dataset(
     report = CheckReport(str(dataset.root), len(dataset.cases), list(dataset.problems))
     report.problems += _dataset_level_problems(dataset)
     tasks = [(dataset, case) for case in dataset.cases] + [(dataset, case) for case in dataset.test_cases]
-    for problems in progress(parallel_map(_check_case_task, tasks, workers=workers), total=len(tasks),
-                             desc="check", unit="case", enabled=show_progress):
+    for problems in progress(
+        parallel_map(_check_case_task, tasks, workers=workers),
+        total=len(tasks),
+        desc="check",
+        unit="case",
+        enabled=show_progress,
+    ):
         report.problems += problems
     return report
 
@@ -119,14 +124,25 @@ def check_dataset(
 def _dataset_level_problems(dataset: Dataset) -> list[Problem]:
     problems = []
     if not dataset.cases:
-        problems.append(Problem("error", "empty_dataset", "imagesTr" if dataset.layout == "nnunet" else "dataset.json",
-                                "no training cases found"))
+        problems.append(
+            Problem(
+                "error",
+                "empty_dataset",
+                "imagesTr" if dataset.layout == "nnunet" else "dataset.json",
+                "no training cases found",
+            )
+        )
     if dataset.num_training is None:
         problems.append(Problem("warning", "num_training", "dataset.json", "numTraining is not declared"))
     elif dataset.num_training != len(dataset.cases):
-        problems.append(Problem("error", "num_training", "dataset.json",
-                                f"numTraining is {dataset.num_training} but {len(dataset.cases)} training case(s) "
-                                "were found"))
+        problems.append(
+            Problem(
+                "error",
+                "num_training",
+                "dataset.json",
+                f"numTraining is {dataset.num_training} but {len(dataset.cases)} training case(s) were found",
+            )
+        )
     return problems
 
 
@@ -145,31 +161,51 @@ def check_case(dataset: Dataset, case: Case) -> list[Problem]:
     missing = case.missing_images
     label_missing = case.label_file is not None and not case.label_file.is_file()
     if len(missing) == len(case.image_files) and case.label_file is not None and not label_missing:
-        add("error", "label_without_image", case.label_file,
-            f"label has no image: expected {', '.join(dataset.relative(p) for p in missing)}")
+        add(
+            "error",
+            "label_without_image",
+            case.label_file,
+            f"label has no image: expected {', '.join(dataset.relative(p) for p in missing)}",
+        )
         return problems
     if case.channels_in_one_file and missing:
         add("error", "missing_image", missing[0], "image file does not exist")
     else:
         for path in missing:
-            add("error", "missing_channel", path,
+            add(
+                "error",
+                "missing_channel",
+                path,
                 f"channel file is missing (dataset.json declares {dataset.num_channels} channel(s): "
-                f"{', '.join(dataset.channel_names)})")
+                f"{', '.join(dataset.channel_names)})",
+            )
     if label_missing and case.label_file is not None:
-        add("error", "missing_label", case.label_file,
-            f"label file is missing for case {case.case_id} (its image exists)")
+        add(
+            "error",
+            "missing_label",
+            case.label_file,
+            f"label file is missing for case {case.case_id} (its image exists)",
+        )
 
     channels = list(_read_channels(dataset, case, add))
     reference = channels[0] if channels else None
     for path, volume in channels[1:]:
         if reference is not None and volume.geometry.shape != reference[1].geometry.shape:
-            add("error", "shape_mismatch", path,
+            add(
+                "error",
+                "shape_mismatch",
+                path,
                 f"shape {volume.geometry.shape} differs from {dataset.relative(reference[0])} "
-                f"{reference[1].geometry.shape}")
+                f"{reference[1].geometry.shape}",
+            )
         elif reference is not None and not _geometry_close(volume, reference[1]):
-            add("error", "geometry_mismatch", path,
+            add(
+                "error",
+                "geometry_mismatch",
+                path,
                 f"geometry differs from {dataset.relative(reference[0])}: "
-                f"{volume.geometry.describe()} vs {reference[1].geometry.describe()}")
+                f"{volume.geometry.describe()} vs {reference[1].geometry.describe()}",
+            )
     if case.label_file is not None and not label_missing:
         problems += _check_label(dataset, case, reference)
     return problems
@@ -197,17 +233,29 @@ def _split_channels(volume: Volume, dataset: Dataset, case: Case, path: Path, ad
     if array.ndim == 3:
         expected = dataset.num_channels if case.channels_in_one_file else 1
         if expected != 1:
-            add("error", "channel_count", path,
-                f"image is 3D (one channel) but dataset.json declares {expected} channels")
+            add(
+                "error",
+                "channel_count",
+                path,
+                f"image is 3D (one channel) but dataset.json declares {expected} channels",
+            )
         return [array]
     if not case.channels_in_one_file:
-        add("error", "dimensionality", path,
+        add(
+            "error",
+            "dimensionality",
+            path,
             f"image is 4D (shape {tuple(reversed(array.shape))}); in the nnU-Net layout each channel is its own "
-            "3D file <case>_<XXXX>")
+            "3D file <case>_<XXXX>",
+        )
         return []
     if array.shape[0] != dataset.num_channels:
-        add("error", "channel_count", path,
-            f"image holds {array.shape[0]} channels but dataset.json declares {dataset.num_channels}")
+        add(
+            "error",
+            "channel_count",
+            path,
+            f"image holds {array.shape[0]} channels but dataset.json declares {dataset.num_channels}",
+        )
     return [array[c] for c in range(array.shape[0])]
 
 
@@ -218,16 +266,24 @@ def _check_finite(array: np.ndarray, path: Path, add) -> bool:
     n_nan = int(np.isnan(array).sum())
     n_inf = int(np.isinf(array).sum())
     if n_nan or n_inf:
-        add("error", "non_finite", path,
-            f"image contains {n_nan} NaN and {n_inf} infinite voxel(s); replace them (e.g. with the background value)")
+        add(
+            "error",
+            "non_finite",
+            path,
+            f"image contains {n_nan} NaN and {n_inf} infinite voxel(s); replace them (e.g. with the background value)",
+        )
     return not (n_nan or n_inf)
 
 
 def _check_not_constant(array: np.ndarray, path: Path, add) -> None:
     if array.size and array.min() == array.max():
-        add("warning", "constant_image", path,
+        add(
+            "warning",
+            "constant_image",
+            path,
             f"constant image (every voxel is {array.flat[0]:g}) carries no information; check the file (an export "
-            "that failed?) or remove the case")
+            "that failed?) or remove the case",
+        )
 
 
 def _check_label(dataset: Dataset, case: Case, reference: tuple[Path, Volume] | None) -> list[Problem]:
@@ -256,9 +312,12 @@ def _check_label(dataset: Dataset, case: Case, reference: tuple[Path, Volume] | 
         fractional = labels != np.round(labels)
         if fractional.any():
             example = float(labels[fractional].flat[0])
-            add("error", "non_integer_label",
+            add(
+                "error",
+                "non_integer_label",
                 f"label map holds non-integer values (e.g. {example:g}) in {int(fractional.sum())} voxel(s); "
-                "labels must be whole numbers (was it resampled with interpolation?)")
+                "labels must be whole numbers (was it resampled with interpolation?)",
+            )
             labels = np.round(labels)
     values = set(np.unique(labels).astype(np.int64).tolist())
     declared = set(dataset.label_values)
@@ -267,21 +326,29 @@ def _check_label(dataset: Dataset, case: Case, reference: tuple[Path, Volume] | 
         hint = ""
         if 255 in undeclared and values <= {0, 255}:
             hint = "; it looks like a binary mask saved as 0/255: store the foreground as 1"
-        add("error", "undeclared_label",
-            f"label values {undeclared} are not declared in dataset.json labels "
-            f"(declared: {sorted(declared)}){hint}")
+        add(
+            "error",
+            "undeclared_label",
+            f"label values {undeclared} are not declared in dataset.json labels (declared: {sorted(declared)}){hint}",
+        )
     if values <= {0}:
         add("warning", "empty_label", "label map is empty (background only)")
     if reference is not None:
         ref_path, ref_volume = reference
         if volume.geometry.shape != ref_volume.geometry.shape:
-            add("error", "shape_mismatch",
+            add(
+                "error",
+                "shape_mismatch",
                 f"label shape {volume.geometry.shape} differs from image {dataset.relative(ref_path)} "
-                f"shape {ref_volume.geometry.shape}")
+                f"shape {ref_volume.geometry.shape}",
+            )
         elif not _geometry_close(volume, ref_volume):
-            add("error", "geometry_mismatch",
+            add(
+                "error",
+                "geometry_mismatch",
                 f"label geometry differs from image {dataset.relative(ref_path)}: "
-                f"{volume.geometry.describe()} vs {ref_volume.geometry.describe()}")
+                f"{volume.geometry.describe()} vs {ref_volume.geometry.describe()}",
+            )
     return problems
 
 
@@ -292,4 +359,4 @@ def _geometry_close(a: Volume, b: Volume) -> bool:
 def _strip_path(message: str, path: Path) -> str:
     """Drop the leading '<path>: ' from a reader message (the problem names the file already)."""
     prefix = f"{path}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
+    return message[len(prefix) :] if message.startswith(prefix) else message

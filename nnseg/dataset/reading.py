@@ -41,14 +41,13 @@ def read_channels(paths: Sequence[str | os.PathLike]) -> Volume:
         if other.shape != geometry.shape:
             raise ImageReadError(f"{path}: shape {other.shape} differs from {first} {geometry.shape}")
         if not other.matches(geometry):
-            raise ImageReadError(f"{path}: geometry differs from {first} "
-                                 f"({other.describe()} vs {geometry.describe()})")
+            raise ImageReadError(f"{path}: geometry differs from {first} ({other.describe()} vs {geometry.describe()})")
     images = np.empty((sum(channels for _, channels in headers), *geometry.shape), dtype=np.float32)
     start = 0
     for path in paths:
         array = read_volume(path, dtype=np.float32).array
         channels = array.reshape((-1, *geometry.shape))
-        images[start:start + len(channels)] = channels
+        images[start : start + len(channels)] = channels
         start += len(channels)
         del array, channels
     return Volume(images, geometry)
@@ -63,8 +62,9 @@ def read_case_images(case: Case, num_channels: int) -> Volume:
     volume = read_channels(case.image_files)  # one file per channel, or one 4D file (MSD)
     images, geometry = volume.array, volume.geometry
     if images.shape[0] != num_channels:
-        raise ImageReadError(f"{case.image_files[0]}: case {case.case_id} has {images.shape[0]} channel(s), "
-                             f"expected {num_channels}")
+        raise ImageReadError(
+            f"{case.image_files[0]}: case {case.case_id} has {images.shape[0]} channel(s), expected {num_channels}"
+        )
     return Volume(images, geometry)
 
 

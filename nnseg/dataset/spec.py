@@ -171,11 +171,11 @@ def read_labels(json_path: str | os.PathLike) -> dict[str, int | tuple[int, ...]
 def _channel_names(raw: dict, json_path: Path) -> tuple[str, ...]:
     mapping = raw.get("channel_names", raw.get("modality"))
     if not isinstance(mapping, dict) or not mapping:
-        raise DatasetError(f"{json_path}: needs \"channel_names\" (or MSD \"modality\"), e.g. {{\"0\": \"CT\"}}")
+        raise DatasetError(f'{json_path}: needs "channel_names" (or MSD "modality"), e.g. {{"0": "CT"}}')
     try:
         indices = sorted(int(k) for k in mapping)
     except ValueError:
-        raise DatasetError(f"{json_path}: channel_names keys must be channel indices \"0\", \"1\", ...") from None
+        raise DatasetError(f'{json_path}: channel_names keys must be channel indices "0", "1", ...') from None
     if indices != list(range(len(indices))):
         raise DatasetError(f"{json_path}: channel_names keys must be 0..{len(indices) - 1}, got {indices}")
     return tuple(str(mapping[str(i)]) for i in indices)
@@ -184,7 +184,7 @@ def _channel_names(raw: dict, json_path: Path) -> tuple[str, ...]:
 def _labels(raw: dict, json_path: Path, *, msd: bool) -> tuple[dict[str, int | tuple[int, ...]], list[Problem]]:
     mapping = raw.get("labels")
     if not isinstance(mapping, dict) or not mapping:
-        raise DatasetError(f"{json_path}: needs \"labels\", e.g. {{\"background\": 0, \"organ\": 1}}")
+        raise DatasetError(f'{json_path}: needs "labels", e.g. {{"background": 0, "organ": 1}}')
     labels: dict[str, int | tuple[int, ...]] = {}
     problems: list[Problem] = []
     if msd and all(_is_int_text(k) for k in mapping):
@@ -193,7 +193,9 @@ def _labels(raw: dict, json_path: Path, *, msd: bool) -> tuple[dict[str, int | t
     else:
         for name, value in mapping.items():
             if isinstance(value, bool) or not isinstance(value, (int, list)):
-                raise DatasetError(f"{json_path}: label {name!r} must map to an integer or a list of integers, got {value!r}")
+                raise DatasetError(
+                    f"{json_path}: label {name!r} must map to an integer or a list of integers, got {value!r}"
+                )
             if isinstance(value, list):
                 if not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
                     raise DatasetError(f"{json_path}: region {name!r} must list integer label values, got {value!r}")
@@ -202,18 +204,37 @@ def _labels(raw: dict, json_path: Path, *, msd: bool) -> tuple[dict[str, int | t
                 labels[name] = value
     plain_values = sorted(v for v in labels.values() if isinstance(v, int))
     if 0 not in plain_values:
-        problems.append(Problem("error", "labels_declaration", "dataset.json",
-                                "labels must declare background as value 0, e.g. \"background\": 0"))
+        problems.append(
+            Problem(
+                "error",
+                "labels_declaration",
+                "dataset.json",
+                'labels must declare background as value 0, e.g. "background": 0',
+            )
+        )
     if plain_values != list(range(len(plain_values))) and 0 in plain_values:
-        problems.append(Problem("error", "labels_declaration", "dataset.json",
-                                f"label values must be consecutive 0, 1, 2, ...; got {plain_values}"))
+        problems.append(
+            Problem(
+                "error",
+                "labels_declaration",
+                "dataset.json",
+                f"label values must be consecutive 0, 1, 2, ...; got {plain_values}",
+            )
+        )
     if any(isinstance(v, tuple) for v in labels.values()) and "regions_class_order" not in raw:
-        problems.append(Problem("error", "labels_declaration", "dataset.json",
-                                "labels declare regions (lists of values) but \"regions_class_order\" is missing; "
-                                "it gives the label value each region writes back, e.g. [1, 2, 3]"))
+        problems.append(
+            Problem(
+                "error",
+                "labels_declaration",
+                "dataset.json",
+                'labels declare regions (lists of values) but "regions_class_order" is missing; '
+                "it gives the label value each region writes back, e.g. [1, 2, 3]",
+            )
+        )
     if len(set(plain_values)) != len(plain_values):
-        problems.append(Problem("error", "labels_declaration", "dataset.json",
-                                f"two label names share a value: {plain_values}"))
+        problems.append(
+            Problem("error", "labels_declaration", "dataset.json", f"two label names share a value: {plain_values}")
+        )
     return labels, problems
 
 
@@ -242,7 +263,7 @@ def _load_nnunet(root: Path, raw: dict) -> Dataset:
     labels, problems = _labels(raw, json_path, msd=False)
     file_ending = raw.get("file_ending")
     if not isinstance(file_ending, str) or not file_ending.startswith("."):
-        raise DatasetError(f"{json_path}: needs \"file_ending\", e.g. \".nii.gz\"")
+        raise DatasetError(f'{json_path}: needs "file_ending", e.g. ".nii.gz"')
     n_channels = len(channel_names)
 
     images, image_problems = _scan_channel_files(root / "imagesTr", root, file_ending, n_channels)
@@ -253,8 +274,14 @@ def _load_nnunet(root: Path, raw: dict) -> Dataset:
         problems.append(Problem("error", "missing_folder", "labelsTr", "folder labelsTr/ is missing"))
     for path in _listing(root / "labelsTr"):
         if not path.name.endswith(file_ending):
-            problems.append(Problem("warning", "stray_file", f"labelsTr/{path.name}",
-                                    f"ignored: does not end with the dataset's file_ending {file_ending!r}"))
+            problems.append(
+                Problem(
+                    "warning",
+                    "stray_file",
+                    f"labelsTr/{path.name}",
+                    f"ignored: does not end with the dataset's file_ending {file_ending!r}",
+                )
+            )
             continue
         label_files[path.name[: -len(file_ending)]] = path
     if not (root / "imagesTr").is_dir():
@@ -270,9 +297,17 @@ def _load_nnunet(root: Path, raw: dict) -> Dataset:
     test_cases = [Case(cid, channel_paths("imagesTs", cid), None) for cid in sorted(test_images)]
     problems += _case_insensitive_duplicates([c.case_id for c in cases], "imagesTr")
     return Dataset(
-        root=root, layout="nnunet", name=str(raw.get("name", root.name)), channel_names=channel_names,
-        labels=labels, file_ending=file_ending, num_training=_num_training(raw, json_path),
-        cases=tuple(cases), test_cases=tuple(test_cases), problems=tuple(problems), raw_json=raw,
+        root=root,
+        layout="nnunet",
+        name=str(raw.get("name", root.name)),
+        channel_names=channel_names,
+        labels=labels,
+        file_ending=file_ending,
+        num_training=_num_training(raw, json_path),
+        cases=tuple(cases),
+        test_cases=tuple(test_cases),
+        problems=tuple(problems),
+        raw_json=raw,
     )
 
 
@@ -283,20 +318,39 @@ def _scan_channel_files(folder: Path, root: Path, file_ending: str, n_channels: 
     rel = folder.relative_to(root)
     for path in _listing(folder):
         if not path.name.endswith(file_ending):
-            problems.append(Problem("warning", "stray_file", f"{rel}/{path.name}",
-                                    f"ignored: does not end with the dataset's file_ending {file_ending!r}"))
+            problems.append(
+                Problem(
+                    "warning",
+                    "stray_file",
+                    f"{rel}/{path.name}",
+                    f"ignored: does not end with the dataset's file_ending {file_ending!r}",
+                )
+            )
             continue
         match = _CHANNEL_STEM.match(path.name[: -len(file_ending)])
         if match is None:
-            problems.append(Problem("error", "bad_file_name", f"{rel}/{path.name}",
-                                    f"image names must be <case>_<XXXX>{file_ending} with a 4-digit channel index, "
-                                    f"e.g. case001_0000{file_ending}"))
+            problems.append(
+                Problem(
+                    "error",
+                    "bad_file_name",
+                    f"{rel}/{path.name}",
+                    f"image names must be <case>_<XXXX>{file_ending} with a 4-digit channel index, "
+                    f"e.g. case001_0000{file_ending}",
+                )
+            )
             continue
         channel = int(match["channel"])
         if channel >= n_channels:
-            problems.append(Problem("error", "extra_channel", f"{rel}/{path.name}",
-                                    f"channel index {channel:04d} but dataset.json declares {n_channels} "
-                                    f"channel(s) (0000..{n_channels - 1:04d})", match["case"]))
+            problems.append(
+                Problem(
+                    "error",
+                    "extra_channel",
+                    f"{rel}/{path.name}",
+                    f"channel index {channel:04d} but dataset.json declares {n_channels} "
+                    f"channel(s) (0000..{n_channels - 1:04d})",
+                    match["case"],
+                )
+            )
             continue
         found.add(match["case"])
     return found, problems
@@ -308,9 +362,16 @@ def _case_insensitive_duplicates(case_ids: list[str], where: str) -> list[Proble
     for case_id in case_ids:
         key = case_id.lower()
         if key in seen:
-            problems.append(Problem("error", "duplicate_case", where,
-                                    f"case ids {seen[key]!r} and {case_id!r} differ only in upper/lower case; "
-                                    "they collide on case-insensitive file systems", case_id))
+            problems.append(
+                Problem(
+                    "error",
+                    "duplicate_case",
+                    where,
+                    f"case ids {seen[key]!r} and {case_id!r} differ only in upper/lower case; "
+                    "they collide on case-insensitive file systems",
+                    case_id,
+                )
+            )
         else:
             seen[key] = case_id
     return problems
@@ -328,39 +389,64 @@ def _load_msd(root: Path, raw: dict) -> Dataset:
     listed_labels: set[Path] = set()
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
-            raise DatasetError(f"{json_path}: training[{index}] must be {{\"image\": ..., \"label\": ...}}")
+            raise DatasetError(f'{json_path}: training[{index}] must be {{"image": ..., "label": ...}}')
         image = (root / entry["image"]).resolve()
         label = (root / entry["label"]).resolve() if isinstance(entry.get("label"), str) else None
         case_id = _msd_case_id(image)
         if case_id in seen:
-            problems.append(Problem("error", "duplicate_case", "dataset.json",
-                                    f"case {case_id!r} is listed twice in \"training\" "
-                                    f"(entries {seen[case_id]} and {index})", case_id))
+            problems.append(
+                Problem(
+                    "error",
+                    "duplicate_case",
+                    "dataset.json",
+                    f'case {case_id!r} is listed twice in "training" (entries {seen[case_id]} and {index})',
+                    case_id,
+                )
+            )
             continue
         seen[case_id] = index
         listed_images.add(image)
         if label is None:
-            raise DatasetError(f"{json_path}: training[{index}] has no \"label\"")
+            raise DatasetError(f'{json_path}: training[{index}] has no "label"')
         listed_labels.add(label)
         cases.append(Case(case_id, (image,), label, channels_in_one_file=True))
     for path in _listing(root / "labelsTr"):
         if path.name.endswith(file_ending) and path.resolve() not in listed_labels:
-            problems.append(Problem("error", "label_without_image", f"labelsTr/{path.name}",
-                                    "label file is not listed in dataset.json \"training\" (no image for it)"))
+            problems.append(
+                Problem(
+                    "error",
+                    "label_without_image",
+                    f"labelsTr/{path.name}",
+                    'label file is not listed in dataset.json "training" (no image for it)',
+                )
+            )
     for path in _listing(root / "imagesTr"):
         if path.name.endswith(file_ending) and path.resolve() not in listed_images:
-            problems.append(Problem("warning", "unlisted_image", f"imagesTr/{path.name}",
-                                    "image is not listed in dataset.json \"training\"; it is ignored"))
+            problems.append(
+                Problem(
+                    "warning",
+                    "unlisted_image",
+                    f"imagesTr/{path.name}",
+                    'image is not listed in dataset.json "training"; it is ignored',
+                )
+            )
     test_cases = []
     for item in raw.get("test", []) or []:
         if isinstance(item, str):
             test_path = (root / item).resolve()
             test_cases.append(Case(_msd_case_id(test_path), (test_path,), None, channels_in_one_file=True))
     return Dataset(
-        root=root, layout="msd", name=str(raw.get("name", root.name)), channel_names=channel_names,
-        labels=labels, file_ending=file_ending, num_training=_num_training(raw, json_path),
-        cases=tuple(sorted(cases, key=lambda c: c.case_id)), test_cases=tuple(test_cases),
-        problems=tuple(problems), raw_json=raw,
+        root=root,
+        layout="msd",
+        name=str(raw.get("name", root.name)),
+        channel_names=channel_names,
+        labels=labels,
+        file_ending=file_ending,
+        num_training=_num_training(raw, json_path),
+        cases=tuple(sorted(cases, key=lambda c: c.case_id)),
+        test_cases=tuple(test_cases),
+        problems=tuple(problems),
+        raw_json=raw,
     )
 
 

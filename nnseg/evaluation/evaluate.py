@@ -82,8 +82,11 @@ def _pair_cases(
     warnings = []
     extra = [predictions[case].name for case in predictions if case not in references]
     if extra:
-        warnings.append(f"{pred_dir}: {len(extra)} predictions have no reference in {ref_dir} and were ignored: "
-                        + ", ".join(extra[:_MAX_LISTED]) + (" ..." if len(extra) > _MAX_LISTED else ""))
+        warnings.append(
+            f"{pred_dir}: {len(extra)} predictions have no reference in {ref_dir} and were ignored: "
+            + ", ".join(extra[:_MAX_LISTED])
+            + (" ..." if len(extra) > _MAX_LISTED else "")
+        )
     pairs = [(case, predictions[case], references[case]) for case in sorted(references)]
     return pairs, warnings
 
@@ -99,11 +102,15 @@ def _check_geometry(pred_path: Path, prediction: Volume, ref_path: Path, referen
             f"{pred_path}: shape {pred_geo.shape} differs from its reference {ref_path} (shape {ref_geo.shape})"
         )
     if not pred_geo.affine_close(ref_geo):
-        differ = [what for what, a, b in (
-            ("spacing", pred_geo.spacing, ref_geo.spacing),
-            ("origin", pred_geo.origin_ras, ref_geo.origin_ras),
-            ("direction", pred_geo.direction_ras, ref_geo.direction_ras),
-        ) if not np.allclose(a, b, rtol=1e-4, atol=1e-3)] or ["affine"]
+        differ = [
+            what
+            for what, a, b in (
+                ("spacing", pred_geo.spacing, ref_geo.spacing),
+                ("origin", pred_geo.origin_ras, ref_geo.origin_ras),
+                ("direction", pred_geo.direction_ras, ref_geo.direction_ras),
+            )
+            if not np.allclose(a, b, rtol=1e-4, atol=1e-3)
+        ] or ["affine"]
         raise NnsegError(
             f"{pred_path}: geometry ({' and '.join(differ)}) differs from its reference {ref_path}: "
             f"prediction {pred_geo.describe()}, reference {ref_geo.describe()}"
@@ -140,8 +147,9 @@ def _evaluate_case(
     if labels is None:
         ref_values, pred_values = _present_values(reference.array), _present_values(prediction.array)
         labels = {str(v): (v,) for v in sorted(ref_values | pred_values)}
-    metrics = compute_metrics(prediction.array, reference.array, reference.geometry.spacing, labels,
-                              nsd_tolerance_mm=nsd_tolerance_mm)
+    metrics = compute_metrics(
+        prediction.array, reference.array, reference.geometry.spacing, labels, nsd_tolerance_mm=nsd_tolerance_mm
+    )
     return CaseResult(case, str(pred_path), str(ref_path), metrics), ref_values, pred_values
 
 
@@ -192,8 +200,15 @@ def evaluate_folders(
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     pairs, warnings = _pair_cases(pred_dir, ref_dir, file_ending)
     job = partial(_evaluate_case, labels=class_labels, nsd_tolerance_mm=nsd_tolerance_mm)
-    outputs = list(progress(parallel_map(job, pairs, workers=workers), total=len(pairs), desc="evaluate",
-                            unit="case", enabled=show_progress))
+    outputs = list(
+        progress(
+            parallel_map(job, pairs, workers=workers),
+            total=len(pairs),
+            desc="evaluate",
+            unit="case",
+            enabled=show_progress,
+        )
+    )
     results = [result for result, _, _ in outputs]
     if class_labels is None:
         class_labels, results = _labels_from_references(outputs, ref_dir, warnings)
@@ -211,15 +226,18 @@ def _labels_from_references(
     """Classes = nonzero values of any reference; each case gets every class (absent ones from both: empty)."""
     ref_values = set().union(*(values for _, values, _ in outputs))
     if not ref_values:
-        raise NnsegError(f"{ref_dir}: no reference holds a nonzero label, so there is nothing to evaluate; "
-                         f"pass the labels to evaluate explicitly")
+        raise NnsegError(
+            f"{ref_dir}: no reference holds a nonzero label, so there is nothing to evaluate; "
+            f"pass the labels to evaluate explicitly"
+        )
     pred_only = sorted(set().union(*(values for _, _, values in outputs)) - ref_values)
     if pred_only:
         warnings.append(f"predictions hold label values that no reference holds, not evaluated: {pred_only}")
     labels: dict[str, tuple[int, ...]] = {str(v): (v,) for v in sorted(ref_values)}
     results = [
-        CaseResult(r.case, r.prediction, r.reference,
-                   {name: r.metrics.get(name) or empty_class_metrics() for name in labels})
+        CaseResult(
+            r.case, r.prediction, r.reference, {name: r.metrics.get(name) or empty_class_metrics() for name in labels}
+        )
         for r, _, _ in outputs
     ]
     return labels, results

@@ -62,8 +62,17 @@ _TIE_MM = 1e-6
 
 #: Metric names in the order tables and CSV files list them.
 METRIC_NAMES = (
-    "dice", "iou", "hd95_mm", "nsd", "volume_pred_ml", "volume_ref_ml", "volume_diff_ml", "volume_diff_rel",
-    "tp", "fp", "fn",
+    "dice",
+    "iou",
+    "hd95_mm",
+    "nsd",
+    "volume_pred_ml",
+    "volume_ref_ml",
+    "volume_diff_ml",
+    "volume_diff_rel",
+    "tp",
+    "fp",
+    "fn",
 )
 
 #: Metrics that need the surface distances (the expensive part).
@@ -234,8 +243,7 @@ def surface_distances(
     box = _joint_box(prediction, reference)
     surface_pred, surface_ref = _surface(prediction[box]), _surface(reference[box])
     scale = np.asarray(spacing, dtype=np.float64)
-    return (_nearest_distances(surface_pred, surface_ref, scale),
-            _nearest_distances(surface_ref, surface_pred, scale))
+    return (_nearest_distances(surface_pred, surface_ref, scale), _nearest_distances(surface_ref, surface_pred, scale))
 
 
 def _hd_percentile(pred_to_ref: np.ndarray, ref_to_pred: np.ndarray, percentile: float) -> float:
@@ -310,9 +318,15 @@ def mask_metrics(
     else:
         relative = (volume_pred - volume_ref) / volume_ref
     values: dict[str, Any] = {  # float, or int for the voxel counts
-        "dice": dice_from_counts(tp, fp, fn), "iou": iou_from_counts(tp, fp, fn),
-        "volume_pred_ml": volume_pred, "volume_ref_ml": volume_ref, "volume_diff_ml": volume_pred - volume_ref,
-        "volume_diff_rel": relative, "tp": tp, "fp": fp, "fn": fn,
+        "dice": dice_from_counts(tp, fp, fn),
+        "iou": iou_from_counts(tp, fp, fn),
+        "volume_pred_ml": volume_pred,
+        "volume_ref_ml": volume_ref,
+        "volume_diff_ml": volume_pred - volume_ref,
+        "volume_diff_rel": relative,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
     }
     if any(name in wanted for name in SURFACE_METRICS):
         if empty_pred and empty_ref:
@@ -321,10 +335,15 @@ def mask_metrics(
             values.update(hd95_mm=math.nan, nsd=0.0)
         else:
             pred_to_ref, ref_to_pred = surface_distances(prediction, reference, spacing)
-            values.update(hd95_mm=_hd_percentile(pred_to_ref, ref_to_pred, 95.0),
-                          nsd=_nsd(pred_to_ref, ref_to_pred, nsd_tolerance_mm))
-    return ClassMetrics(**{name: values[name] if name in wanted else None for name in METRIC_NAMES},
-                        reference_empty=empty_ref, prediction_empty=empty_pred)
+            values.update(
+                hd95_mm=_hd_percentile(pred_to_ref, ref_to_pred, 95.0),
+                nsd=_nsd(pred_to_ref, ref_to_pred, nsd_tolerance_mm),
+            )
+    return ClassMetrics(
+        **{name: values[name] if name in wanted else None for name in METRIC_NAMES},
+        reference_empty=empty_ref,
+        prediction_empty=empty_pred,
+    )
 
 
 def empty_class_metrics(metrics: str | Iterable[str] = METRIC_NAMES) -> ClassMetrics:
@@ -359,8 +378,13 @@ def compute_metrics(
     spacing = _check_pair(prediction, reference, spacing)
     wanted = check_metrics(metrics)
     return {
-        name: mask_metrics(class_mask(prediction, values), class_mask(reference, values), spacing,
-                           metrics=wanted, nsd_tolerance_mm=nsd_tolerance_mm)
+        name: mask_metrics(
+            class_mask(prediction, values),
+            class_mask(reference, values),
+            spacing,
+            metrics=wanted,
+            nsd_tolerance_mm=nsd_tolerance_mm,
+        )
         for name, values in normalize_labels(labels).items()
     }
 

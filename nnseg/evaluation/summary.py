@@ -107,7 +107,8 @@ class CaseResult:
         data = _keys(data, ("case", "prediction", "reference", "mean_dice", "metrics"), where)
         per_class = _keys(data["metrics"], classes, f"{where}.metrics")
         return cls(
-            _text(data["case"], f"{where}.case"), _text(data["prediction"], f"{where}.prediction"),
+            _text(data["case"], f"{where}.case"),
+            _text(data["prediction"], f"{where}.prediction"),
             _text(data["reference"], f"{where}.reference"),
             {name: _class_metrics(per_class[name], metrics, f"{where}.metrics.{name}") for name in classes},
         )
@@ -146,8 +147,9 @@ class ClassSummary:
     @classmethod
     def from_dict(cls, data: object, metrics: tuple[str, ...], where: str) -> ClassSummary:
         """Inverse of :meth:`to_dict`; SchemaError names the bad key."""
-        data = _keys(data, ("labels", "num_cases", "num_reference_empty", "num_prediction_empty", "mean",
-                            "count"), where)
+        data = _keys(
+            data, ("labels", "num_cases", "num_reference_empty", "num_prediction_empty", "mean", "count"), where
+        )
         mean = _keys(data["mean"], metrics, f"{where}.mean")
         count = _keys(data["count"], metrics, f"{where}.count")
         return cls(
@@ -160,22 +162,37 @@ class ClassSummary:
         )
 
 
-def summarize_class(values: tuple[int, ...], results: Sequence[ClassMetrics],
-                    metrics: Iterable[str] = METRIC_NAMES) -> ClassSummary:
+def summarize_class(
+    values: tuple[int, ...], results: Sequence[ClassMetrics], metrics: Iterable[str] = METRIC_NAMES
+) -> ClassSummary:
     """NaN-aware means (with counts) of one class's ``metrics`` over cases."""
     mean: dict[str, float] = {}
     count: dict[str, int] = {}
     for metric in check_metrics(metrics):
         mean[metric], count[metric] = _mean_and_count(getattr(r, metric) for r in results)
     return ClassSummary(
-        labels=values, mean=mean, count=count, num_cases=len(results),
+        labels=values,
+        mean=mean,
+        count=count,
+        num_cases=len(results),
         num_reference_empty=sum(r.reference_empty for r in results),
         num_prediction_empty=sum(r.prediction_empty for r in results),
     )
 
 
-_SUMMARY_KEYS = ("prediction_folder", "reference_folder", "labels", "metrics", "nsd_tolerance_mm", "num_cases",
-                 "mean_dice", "mean_dice_per_class", "per_class", "cases", "warnings")
+_SUMMARY_KEYS = (
+    "prediction_folder",
+    "reference_folder",
+    "labels",
+    "metrics",
+    "nsd_tolerance_mm",
+    "num_cases",
+    "mean_dice",
+    "mean_dice_per_class",
+    "per_class",
+    "cases",
+    "warnings",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -211,19 +228,24 @@ class EvaluationSummary:
 
     def to_dict(self) -> dict:
         """JSON-ready representation (undefined values, NaN, become None); the schema is in the module doc."""
-        return cast(dict, json_safe({
-            "prediction_folder": self.prediction_folder,
-            "reference_folder": self.reference_folder,
-            "labels": {name: list(values) for name, values in self.labels.items()},
-            "metrics": list(self.metrics),
-            "nsd_tolerance_mm": self.nsd_tolerance_mm,
-            "num_cases": len(self.cases),
-            "mean_dice": self.mean_dice,
-            "mean_dice_per_class": self.mean_dice_per_class,
-            "per_class": {name: summary.to_dict() for name, summary in self.per_class.items()},
-            "cases": [case.to_dict() for case in self.cases],
-            "warnings": list(self.warnings),
-        }))
+        return cast(
+            dict,
+            json_safe(
+                {
+                    "prediction_folder": self.prediction_folder,
+                    "reference_folder": self.reference_folder,
+                    "labels": {name: list(values) for name, values in self.labels.items()},
+                    "metrics": list(self.metrics),
+                    "nsd_tolerance_mm": self.nsd_tolerance_mm,
+                    "num_cases": len(self.cases),
+                    "mean_dice": self.mean_dice,
+                    "mean_dice_per_class": self.mean_dice_per_class,
+                    "per_class": {name: summary.to_dict() for name, summary in self.per_class.items()},
+                    "cases": [case.to_dict() for case in self.cases],
+                    "warnings": list(self.warnings),
+                }
+            ),
+        )
 
     @classmethod
     def from_dict(cls, data: object) -> EvaluationSummary:
@@ -285,11 +307,16 @@ class EvaluationSummary:
         for case in self.cases:
             for name, metrics in case.metrics.items():
                 values = [getattr(metrics, metric) for metric in self.metrics]
-                writer.writerow([
-                    case.case, name, "+".join(str(v) for v in self.labels[name]),
-                    *("" if isinstance(v, float) and math.isnan(v) else v for v in values),
-                    metrics.reference_empty, metrics.prediction_empty,
-                ])
+                writer.writerow(
+                    [
+                        case.case,
+                        name,
+                        "+".join(str(v) for v in self.labels[name]),
+                        *("" if isinstance(v, float) and math.isnan(v) else v for v in values),
+                        metrics.reference_empty,
+                        metrics.prediction_empty,
+                    ]
+                )
         return buffer.getvalue()
 
     def write(self, out_dir: str | os.PathLike) -> tuple[Path, Path]:
@@ -320,8 +347,10 @@ class EvaluationSummary:
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        intro = (f"{len(self.cases)} cases, {len(self.per_class)} classes; "
-                 f"{self.prediction_folder} vs {self.reference_folder}")
+        intro = (
+            f"{len(self.cases)} cases, {len(self.per_class)} classes; "
+            f"{self.prediction_folder} vs {self.reference_folder}"
+        )
         footer = f"mean Dice over {len(self.per_class)} foreground classes: {_format(self.mean_dice)}"
         return "\n".join([intro, *lines, footer])
 
@@ -332,8 +361,13 @@ class MetricAccumulator:
     Only per case × class metric values are kept, never the arrays, so cases can be streamed.
     """
 
-    def __init__(self, labels: Mapping[str, int | Sequence[int]], *, metrics: str | Iterable[str] = METRIC_NAMES,
-                 nsd_tolerance_mm: float = 1.0) -> None:
+    def __init__(
+        self,
+        labels: Mapping[str, int | Sequence[int]],
+        *,
+        metrics: str | Iterable[str] = METRIC_NAMES,
+        nsd_tolerance_mm: float = 1.0,
+    ) -> None:
         """
         Args:
             labels: class name -> label value, or tuple of values for a region.
@@ -352,11 +386,20 @@ class MetricAccumulator:
         self._cases: dict[str, CaseResult] = {}
         self._warnings: list[str] = []
 
-    def add(self, case: str, prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float], *,
-            prediction_path: str = "", reference_path: str = "") -> CaseResult:
+    def add(
+        self,
+        case: str,
+        prediction: np.ndarray,
+        reference: np.ndarray,
+        spacing: Sequence[float],
+        *,
+        prediction_path: str = "",
+        reference_path: str = "",
+    ) -> CaseResult:
         """Score one case's label maps (array order, ``spacing`` in mm) and keep its metrics."""
-        metrics = compute_metrics(prediction, reference, spacing, self.labels, metrics=self.metrics,
-                                  nsd_tolerance_mm=self.nsd_tolerance_mm)
+        metrics = compute_metrics(
+            prediction, reference, spacing, self.labels, metrics=self.metrics, nsd_tolerance_mm=self.nsd_tolerance_mm
+        )
         return self.add_result(CaseResult(case, prediction_path, reference_path, metrics))
 
     def add_result(self, result: CaseResult) -> CaseResult:
@@ -379,13 +422,21 @@ class MetricAccumulator:
     def summary(self, prediction_folder: str = "", reference_folder: str = "") -> EvaluationSummary:
         """The summary of the cases added so far (sorted by case name)."""
         cases = tuple(self._cases[name] for name in sorted(self._cases))
-        per_class = {name: summarize_class(values, [case.metrics[name] for case in cases], self.metrics)
-                     for name, values in self.labels.items()}
+        per_class = {
+            name: summarize_class(values, [case.metrics[name] for case in cases], self.metrics)
+            for name, values in self.labels.items()
+        }
         mean_dice = _mean_and_count(summary.mean["dice"] for summary in per_class.values())[0]
         return EvaluationSummary(
-            prediction_folder=str(prediction_folder), reference_folder=str(reference_folder), labels=self.labels,
-            metrics=self.metrics, nsd_tolerance_mm=self.nsd_tolerance_mm, cases=cases, per_class=per_class,
-            mean_dice=mean_dice, warnings=tuple(self._warnings),
+            prediction_folder=str(prediction_folder),
+            reference_folder=str(reference_folder),
+            labels=self.labels,
+            metrics=self.metrics,
+            nsd_tolerance_mm=self.nsd_tolerance_mm,
+            cases=cases,
+            per_class=per_class,
+            mean_dice=mean_dice,
+            warnings=tuple(self._warnings),
         )
 
 
@@ -461,7 +512,11 @@ def _class_metrics(data: object, metrics: tuple[str, ...], where: str) -> ClassM
     for flag in _FLAGS:
         if not isinstance(data[flag], bool):
             raise SchemaError(f"{where}.{flag}: expected true or false, got {data[flag]!r}")
-    values: dict[str, Any] = {name: (_integer if name in _COUNT_METRICS else _number)(data[name], f"{where}.{name}")
-                              for name in metrics}
-    return ClassMetrics(**{name: values.get(name) for name in METRIC_NAMES},
-                        reference_empty=data["reference_empty"], prediction_empty=data["prediction_empty"])
+    values: dict[str, Any] = {
+        name: (_integer if name in _COUNT_METRICS else _number)(data[name], f"{where}.{name}") for name in metrics
+    }
+    return ClassMetrics(
+        **{name: values.get(name) for name in METRIC_NAMES},
+        reference_empty=data["reference_empty"],
+        prediction_empty=data["prediction_empty"],
+    )

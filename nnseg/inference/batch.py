@@ -53,8 +53,10 @@ def find_input_cases(inputs: str | os.PathLike) -> list[InputCase]:
         endings[case_id] = ending
     if not grouped:
         raise NnsegError(f"{path}: no image files (.nii.gz, .nii, .mha, .nrrd, ...) found")
-    return [InputCase(case_id, tuple(channels[c] for c in sorted(channels)), endings[case_id])
-            for case_id, channels in sorted(grouped.items())]
+    return [
+        InputCase(case_id, tuple(channels[c] for c in sorted(channels)), endings[case_id])
+        for case_id, channels in sorted(grouped.items())
+    ]
 
 
 @dataclass
@@ -103,8 +105,10 @@ def predict_folder(
     if output.exists() and not output.is_dir():
         raise NnsegError(f"{output}: the output is a file, not a folder; choose a folder for the label maps")
     if Path(inputs).is_dir() and output.resolve() == Path(inputs).resolve():
-        raise NnsegError(f"{output}: the output folder is the input folder; predictions would mix with (and could "
-                         "overwrite) the images: choose another output folder")
+        raise NnsegError(
+            f"{output}: the output folder is the input folder; predictions would mix with (and could "
+            "overwrite) the images: choose another output folder"
+        )
     cases = find_input_cases(inputs)
     input_files = {f.resolve() for case in cases for f in case.files}
     output.mkdir(parents=True, exist_ok=True)

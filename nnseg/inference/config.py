@@ -14,8 +14,13 @@ class PredictConfig:
 
     configuration: str = option("3d_fullres", "configuration", flag=("-c", "--config"), metavar="NAME")
     folds: tuple[int | str, ...] | None = option(
-        None, "folds to average (default: every cross-validation fold found; fold_all only when named or alone)",
-        flag=("-f", "--folds"), validate=options.fold, metavar="K", many=True)
+        None,
+        "folds to average (default: every cross-validation fold found; fold_all only when named or alone)",
+        flag=("-f", "--folds"),
+        validate=options.fold,
+        metavar="K",
+        many=True,
+    )
     step_size: float = option(0.5, "window step as a fraction of the patch, in (0, 1]", validate=options.fraction)
     mirror: bool = option(True, "disable mirroring test-time augmentation", flag="--no-tta")
     save_probabilities: bool = option(False, "also write <case>.npz probabilities (for nnseg ensemble)")

@@ -16,16 +16,15 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nnseg.atomic import atomic_path
 from nnseg import options
+from nnseg.atomic import atomic_path
 from nnseg.checkpoint import Checkpoint
 from nnseg.dataset.reading import read_channels
 from nnseg.errors import NnsegError
@@ -37,13 +36,12 @@ from nnseg.preprocessing.preprocess import preprocess_case
 from nnseg.preprocessing.restore import probabilities_to_labels, restore_probabilities
 from nnseg.workspace import FoldPaths, fold_folder_name, fold_folders
 
-
 #: Warn when an input's voxel size differs from the model's by more than this factor along an axis.
 SPACING_WARNING_FACTOR = 2.0
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else as torch understands it, checked to exist."""
+    """ "auto" -> cuda when available, else cpu; anything else as torch understands it, checked to exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -71,8 +69,10 @@ def find_checkpoints(model_dir: str | os.PathLike, folds: Sequence[int | str] | 
     if model_dir.is_file():
         return [model_dir]
     if not model_dir.is_dir():
-        raise NnsegError(f"{model_dir}: model not found; give a work folder (holding plans.json and models/), a "
-                         "models/<config> folder, a fold_<k> folder or a checkpoint file")
+        raise NnsegError(
+            f"{model_dir}: model not found; give a work folder (holding plans.json and models/), a "
+            "models/<config> folder, a fold_<k> folder or a checkpoint file"
+        )
     if FoldPaths(model_dir).is_fold:
         fold_dirs = [FoldPaths(model_dir)]
     elif folds:
@@ -80,15 +80,17 @@ def find_checkpoints(model_dir: str | os.PathLike, folds: Sequence[int | str] | 
     else:
         fold_dirs = fold_folders(model_dir, cross_validation_only=True) or fold_folders(model_dir)
     if not fold_dirs:
-        raise NnsegError(f"{model_dir}: no fold_*/ folders; train a fold first (nnseg train) or point -m at "
-                         "a checkpoint file")
+        raise NnsegError(
+            f"{model_dir}: no fold_*/ folders; train a fold first (nnseg train) or point -m at a checkpoint file"
+        )
     found = []
     for fold in fold_dirs:
         candidates = [path for path in fold.checkpoints_by_preference if path.is_file()]
         if not candidates:
             what = "folder not found" if not fold.root.is_dir() else "no checkpoint in it"
-            raise NnsegError(f"{fold.root}: {what} (expected one of "
-                             f"{', '.join(p.name for p in fold.checkpoints_by_preference)})")
+            raise NnsegError(
+                f"{fold.root}: {what} (expected one of {', '.join(p.name for p in fold.checkpoints_by_preference)})"
+            )
         found.append(candidates[0])
     return found
 
@@ -110,9 +112,11 @@ class CheckpointSource:
         """Why this checkpoint may not be what the user wants, or None."""
         if self.checkpoint.finished and self.path == FoldPaths(self.path.parent).final:
             return None
-        return (f"{self.path}: not the final checkpoint of a finished training ({self.checkpoint.epochs_trained} "
-                "epoch(s) done); predictions may be worse than the finished model's. Finish training with "
-                "nnseg train (it resumes) or choose the folds with -f")
+        return (
+            f"{self.path}: not the final checkpoint of a finished training ({self.checkpoint.epochs_trained} "
+            "epoch(s) done); predictions may be worse than the finished model's. Finish training with "
+            "nnseg train (it resumes) or choose the folds with -f"
+        )
 
 
 @dataclass
@@ -131,9 +135,18 @@ class StageTimes:
 class Predictor:
     """Segment images with one or more checkpoints of the same plan and configuration."""
 
-    def __init__(self, plan: Plan, configuration: str, states: list[dict], *, device: str = "auto",
-                 mirror: bool = True, step_size: float = 0.5, window_batch: int = 2,
-                 deep_supervision_heads: bool = True) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        configuration: str,
+        states: list[dict],
+        *,
+        device: str = "auto",
+        mirror: bool = True,
+        step_size: float = 0.5,
+        window_batch: int = 2,
+        deep_supervision_heads: bool = True,
+    ) -> None:
         self.plan = plan
         self.config_plan: ConfigurationPlan = plan.configuration(configuration)
         self.device = resolve_device(options.device("device", device))
@@ -143,8 +156,12 @@ class Predictor:
         self.networks = []
         for state in states:
             # the heads exist in the weights; in eval mode the network returns only the full-resolution output
-            network = build_network(self.config_plan.network, len(plan.channel_names), plan.num_classes,
-                                    deep_supervision=deep_supervision_heads)
+            network = build_network(
+                self.config_plan.network,
+                len(plan.channel_names),
+                plan.num_classes,
+                deep_supervision=deep_supervision_heads,
+            )
             network.load_state_dict(state)
             self.networks.append(network.to(self.device).eval())
         self.times = StageTimes()
@@ -153,8 +170,13 @@ class Predictor:
         self.on_warning: Callable[[str], None] = _warn
 
     @classmethod
-    def from_checkpoints(cls, paths: str | os.PathLike | Sequence[str | os.PathLike], *,
-                         folds: Sequence[int | str] | None = None, **kwargs) -> Predictor:
+    def from_checkpoints(
+        cls,
+        paths: str | os.PathLike | Sequence[str | os.PathLike],
+        *,
+        folds: Sequence[int | str] | None = None,
+        **kwargs,
+    ) -> Predictor:
         """Load checkpoint files, or every ``fold_*`` of a model folder; they must share plan and configuration."""
         if isinstance(paths, (str, os.PathLike)):
             files = find_checkpoints(paths, folds)
@@ -165,8 +187,13 @@ class Predictor:
         for path, checkpoint in zip(files[1:], checkpoints[1:]):
             if checkpoint.configuration != first.configuration or checkpoint.plan != first.plan:
                 raise NnsegError(f"{path}: checkpoint was trained with another plan/configuration than {files[0]}")
-        predictor = cls(first.plan, first.configuration, [c.network_state for c in checkpoints],
-                        deep_supervision_heads=first.deep_supervision, **kwargs)
+        predictor = cls(
+            first.plan,
+            first.configuration,
+            [c.network_state for c in checkpoints],
+            deep_supervision_heads=first.deep_supervision,
+            **kwargs,
+        )
         predictor.sources = [CheckpointSource(path, c) for path, c in zip(files, checkpoints)]
         return predictor
 
@@ -180,15 +207,23 @@ class Predictor:
                 with torch.autocast("cuda", dtype=torch.float16):
                     return network(batch)
             return network(batch)
+
         return predict
 
     def _probabilities_3d(self, data: torch.Tensor, body: torch.Tensor | None) -> torch.Tensor:
         total = torch.zeros(0)
         for index, network in enumerate(self.networks):
             logits = predict_sliding_window(
-                self._forward(network), data, self.config_plan.patch_size, self.plan.num_classes,
-                step_size=self.step_size, mirror_axes=self.mirror_axes, window_batch=self.window_batch,
-                body_mask=body, device=self.device)
+                self._forward(network),
+                data,
+                self.config_plan.patch_size,
+                self.plan.num_classes,
+                step_size=self.step_size,
+                mirror_axes=self.mirror_axes,
+                window_batch=self.window_batch,
+                body_mask=body,
+                device=self.device,
+            )
             probabilities = torch.softmax(logits, 0)
             total = probabilities if index == 0 else total + probabilities
         return total / len(self.networks)
@@ -200,12 +235,15 @@ class Predictor:
             slices.append(self._probabilities_3d(data[:, z], mask))
         return torch.stack(slices, dim=1)
 
-    def predict_array(self, images: np.ndarray, geometry: Geometry, *, case_id: str = "case",
-                      return_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict_array(
+        self, images: np.ndarray, geometry: Geometry, *, case_id: str = "case", return_probabilities: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Label map (and optionally probabilities) for ``images`` ``(c, k, j, i)`` in the input grid."""
         if images.shape[0] != len(self.plan.channel_names):
-            raise NnsegError(f"{case_id}: {images.shape[0]} channel(s) given, the model expects "
-                             f"{len(self.plan.channel_names)} ({', '.join(self.plan.channel_names)})")
+            raise NnsegError(
+                f"{case_id}: {images.shape[0]} channel(s) given, the model expects "
+                f"{len(self.plan.channel_names)} ({', '.join(self.plan.channel_names)})"
+            )
         self.check_input(images, geometry, case_id)
         started = time.perf_counter()
         case = preprocess_case(images, geometry, None, self.plan, self.config_plan, case_id=case_id)
@@ -233,10 +271,12 @@ class Predictor:
             # slab by slab: a full-size boolean would cost a quarter of the image
             bad = images.size - sum(int(np.count_nonzero(np.isfinite(images[:, k]))) for k in range(images.shape[1]))
             if bad:
-                raise NnsegError(f"{case_id}: {bad} of {images.size} voxels are NaN or infinite; nnseg does not "
-                                 "guess values for them. Fix the image (e.g. replace them with the background "
-                                 "intensity) and predict again")
-        spacing = [float(geometry.spacing[a]) for a in self.plan.transpose_forward][-self.config_plan.dimensions:]
+                raise NnsegError(
+                    f"{case_id}: {bad} of {images.size} voxels are NaN or infinite; nnseg does not "
+                    "guess values for them. Fix the image (e.g. replace them with the background "
+                    "intensity) and predict again"
+                )
+        spacing = [float(geometry.spacing[a]) for a in self.plan.transpose_forward][-self.config_plan.dimensions :]
         factors = [max(s / t, t / s) for s, t in zip(spacing, self.config_plan.spacing)]
         if max(factors) > SPACING_WARNING_FACTOR:
             zoom = float(np.prod([s / t for s, t in zip(spacing, self.config_plan.spacing)]))
@@ -244,22 +284,28 @@ class Predictor:
             self.on_warning(
                 f"{case_id}: voxel size {_mm(spacing)} mm is up to {max(factors):.1f}x off the model's "
                 f"{_mm(self.config_plan.spacing)} mm (its training data); the image is resampled to the model's grid"
-                f"{cost}. Results may be poor: check the header's spacing")
+                f"{cost}. Results may be poor: check the header's spacing"
+            )
 
-    def predict_files(self, files: Sequence[str | os.PathLike], *, return_probabilities: bool = False
-                      ) -> Prediction:
+    def predict_files(self, files: Sequence[str | os.PathLike], *, return_probabilities: bool = False) -> Prediction:
         """Segment one case given as its channel files (or one 4D file), in the input's grid."""
         paths = [Path(p) for p in files]
         started = time.perf_counter()
         volume = read_channels(paths)
         self.times.add("read", time.perf_counter() - started)
-        labels, probabilities = self.predict_array(volume.array, volume.geometry, case_id=paths[0].name,
-                                                   return_probabilities=return_probabilities)
+        labels, probabilities = self.predict_array(
+            volume.array, volume.geometry, case_id=paths[0].name, return_probabilities=return_probabilities
+        )
         return Prediction(labels, probabilities, volume.geometry)
 
-    def predict(self, inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike | None = None,
-                *, save_probabilities: bool = False) -> np.ndarray:
-        """Segment one case (its channel files, or one file); write ``output`` (and ``.npz`` probabilities) when given."""
+    def predict(
+        self,
+        inputs: str | os.PathLike | Sequence[str | os.PathLike],
+        output: str | os.PathLike | None = None,
+        *,
+        save_probabilities: bool = False,
+    ) -> np.ndarray:
+        """Segment one case (its channel files, or one file); write ``output`` (and ``.npz``) when given."""
         files = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
         prediction = self.predict_files(files, return_probabilities=save_probabilities)
         if output is not None:
@@ -295,4 +341,3 @@ def _save_probabilities(output: Path, probabilities: np.ndarray, plan: Plan) -> 
             name = name[: -len(suffix)]
     with atomic_path(output.with_name(f"{name}.npz"), suffix=".npz") as tmp:
         np.savez_compressed(tmp, probabilities=probabilities.astype(np.float16), labels=np.array(list(plan.labels)))
-

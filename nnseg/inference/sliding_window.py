@@ -97,8 +97,10 @@ def predict_sliding_window(
     weights = gaussian_importance(patch)
     logits = torch.zeros((num_classes, *padded), dtype=torch.float32)
     counts = torch.zeros(padded, dtype=torch.float32)
-    windows = [tuple(slice(s, s + p) for s, p in zip(start, patch))
-               for start in itertools.product(*window_starts(padded, patch, step_size))]
+    windows = [
+        tuple(slice(s, s + p) for s, p in zip(start, patch))
+        for start in itertools.product(*window_starts(padded, patch, step_size))
+    ]
     if body_mask is not None:
         windows = [w for w in windows if bool(body_mask[w].any())] or windows[:1]
     flips = mirror_combinations(mirror_axes)
@@ -108,7 +110,7 @@ def predict_sliding_window(
     partial: dict[int, torch.Tensor] = {}
     mirrors_done: dict[int, int] = {}
     for first in range(0, len(jobs), window_batch):
-        chunk = jobs[first:first + window_batch]
+        chunk = jobs[first : first + window_batch]
         batch = torch.stack([_flip(image[(slice(None), *windows[index])], flip) for index, flip in chunk])
         outputs = predict(batch.to(device, non_blocking=True)).float()
         finished = 0

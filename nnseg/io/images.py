@@ -57,9 +57,7 @@ def split_suffix(path: str | os.PathLike) -> tuple[str, str]:
     for suffix in IMAGE_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)], suffix
-    raise ImageReadError(
-        f"{path}: unsupported file type; nnseg reads {', '.join(IMAGE_SUFFIXES)}"
-    )
+    raise ImageReadError(f"{path}: unsupported file type; nnseg reads {', '.join(IMAGE_SUFFIXES)}")
 
 
 def _is_nifti(path: Path) -> bool:
@@ -77,7 +75,11 @@ def _nifti_geometry(img: nib.Nifti1Image | nib.Nifti2Image, spatial_shape: tuple
     if qform_code:
         pixdim = header["pixdim"]
         qform_params = tuple(float(header[f]) for f in _QFORM_FIELDS) + (
-            float(pixdim[0]), float(pixdim[1]), float(pixdim[2]), float(pixdim[3]))
+            float(pixdim[0]),
+            float(pixdim[1]),
+            float(pixdim[2]),
+            float(pixdim[3]),
+        )
     return Geometry(
         affine=img.affine,
         shape=tuple(reversed(spatial_shape)),
@@ -121,7 +123,7 @@ def _nifti_data(img: nib.Nifti1Image | nib.Nifti2Image, path: Path, dtype: np.dt
                     raise OSError(f"expected {planes.size * stored.itemsize} voxel bytes, the file ends earlier")
                 done += read
             raw = raw.reshape((shape[0], shape[1], count), order="F")
-            planes[:, :, start:start + count] = apply_read_scaling(raw, slope, inter)
+            planes[:, :, start : start + count] = apply_read_scaling(raw, slope, inter)
     return out
 
 
@@ -138,8 +140,9 @@ def _load_nifti(path: Path, *, with_data: bool, dtype: np.dtype | None = None) -
     if len(shape) < 3:
         raise ImageReadError(f"{path}: image is {len(shape)}D (shape {shape}); nnseg needs 3D volumes")
     if len(shape) > 4:
-        raise ImageReadError(f"{path}: image is {len(shape)}D (shape {shape}); "
-                             "nnseg reads 3D volumes or 4D channel stacks")
+        raise ImageReadError(
+            f"{path}: image is {len(shape)}D (shape {shape}); nnseg reads 3D volumes or 4D channel stacks"
+        )
     geometry = _nifti_geometry(img, shape[:3])
     if not with_data:
         return Volume(np.empty((0,)), geometry)

@@ -13,7 +13,9 @@ from torch import nn
 from nnseg.planning.plan import NetworkPlan
 
 
-def build_unet(plan: NetworkPlan, in_channels: int, num_classes: int, *, deep_supervision: bool | None = None) -> nn.Module:
+def build_unet(
+    plan: NetworkPlan, in_channels: int, num_classes: int, *, deep_supervision: bool | None = None
+) -> nn.Module:
     """A DynUNet matching ``plan``.
 
     Args:
@@ -25,8 +27,10 @@ def build_unet(plan: NetworkPlan, in_channels: int, num_classes: int, *, deep_su
     from monai.networks.nets import DynUNet
 
     if set(plan.n_conv_per_stage) != {2} or set(plan.n_conv_per_stage_decoder) - {2}:
-        raise ValueError("the DynUNet builder supports 2 convolutions per stage; got "
-                         f"{plan.n_conv_per_stage} / {plan.n_conv_per_stage_decoder}")
+        raise ValueError(
+            "the DynUNet builder supports 2 convolutions per stage; got "
+            f"{plan.n_conv_per_stage} / {plan.n_conv_per_stage_decoder}"
+        )
     use_ds = plan.deep_supervision if deep_supervision is None else deep_supervision
     # nnU-Net supervises every decoder level but the lowest; with fewer than 4 stages that leaves only the top one
     use_ds = use_ds and plan.n_stages >= 4

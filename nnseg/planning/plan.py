@@ -197,8 +197,10 @@ class Plan:
     def validate(self) -> None:
         """Check the plan's internal consistency; raise PlanError naming the first bad field."""
         if self.schema_version != PLAN_SCHEMA_VERSION:
-            raise PlanError(f"schema_version {self.schema_version} is not supported (expected {PLAN_SCHEMA_VERSION}); "
-                            "re-run nnseg plan")
+            raise PlanError(
+                f"schema_version {self.schema_version} is not supported (expected {PLAN_SCHEMA_VERSION}); "
+                "re-run nnseg plan"
+            )
         if sorted(self.transpose_forward) != [0, 1, 2]:
             raise PlanError(f"transpose_forward must be a permutation of 0, 1, 2; got {list(self.transpose_forward)}")
         if [self.transpose_forward[i] for i in self.transpose_backward] != [0, 1, 2]:
@@ -238,14 +240,17 @@ def _validate_configuration(plan: Plan, name: str, config: ConfigurationPlan) ->
         if not all(math.isfinite(v) and v > 0 for v in value):
             raise PlanError(f"{where}.{field_name} must hold positive finite numbers, got {list(value)}")
     if math.prod(config.patch_size) > MAX_PATCH_VOXELS[dims]:
-        raise PlanError(f"{where}.patch_size {list(config.patch_size)} has {math.prod(config.patch_size):,} voxels, "
-                        f"more than any accelerator can train ({MAX_PATCH_VOXELS[dims]:,}); re-run nnseg plan or "
-                        "choose a smaller patch")
+        raise PlanError(
+            f"{where}.patch_size {list(config.patch_size)} has {math.prod(config.patch_size):,} voxels, "
+            f"more than any accelerator can train ({MAX_PATCH_VOXELS[dims]:,}); re-run nnseg plan or "
+            "choose a smaller patch"
+        )
     if config.batch_size < 1:
         raise PlanError(f"{where}.batch_size must be >= 1, got {config.batch_size}")
     if len(config.normalization) != len(plan.channel_names):
-        raise PlanError(f"{where}.normalization has {len(config.normalization)} entries for "
-                        f"{len(plan.channel_names)} channels")
+        raise PlanError(
+            f"{where}.normalization has {len(config.normalization)} entries for {len(plan.channel_names)} channels"
+        )
     for index, norm in enumerate(config.normalization):
         for bound in ("clip_low", "clip_high", "mean", "std"):
             number = getattr(norm, bound)
@@ -255,8 +260,12 @@ def _validate_configuration(plan: Plan, name: str, config: ConfigurationPlan) ->
             raise PlanError(f"{where}.normalization[{index}]: scheme ct needs clip_low, clip_high, mean and std")
         if norm.scheme == "ct" and norm.std is not None and norm.std <= 0:
             raise PlanError(f"{where}.normalization[{index}].std must be positive, got {norm.std}")
-    stage_lists = {"features_per_stage": net.features_per_stage, "kernel_sizes": net.kernel_sizes,
-                   "strides": net.strides, "n_conv_per_stage": net.n_conv_per_stage}
+    stage_lists = {
+        "features_per_stage": net.features_per_stage,
+        "kernel_sizes": net.kernel_sizes,
+        "strides": net.strides,
+        "n_conv_per_stage": net.n_conv_per_stage,
+    }
     if net.n_stages < 1:
         raise PlanError(f"{where}.network.n_stages must be >= 1, got {net.n_stages}")
     for field_name in ("features_per_stage", "n_conv_per_stage", "n_conv_per_stage_decoder"):
@@ -272,13 +281,16 @@ def _validate_configuration(plan: Plan, name: str, config: ConfigurationPlan) ->
     for field_name in ("kernel_sizes", "strides"):
         for stage, per_axis in enumerate(getattr(net, field_name)):
             if len(per_axis) != dims or any(v < 1 for v in per_axis):
-                raise PlanError(f"{where}.network.{field_name}[{stage}] must hold {dims} positive values, "
-                                f"got {list(per_axis)}")
+                raise PlanError(
+                    f"{where}.network.{field_name}[{stage}] must hold {dims} positive values, got {list(per_axis)}"
+                )
     for axis in range(dims):
         divisor = math.prod(s[axis] for s in net.strides)
         if config.patch_size[axis] % divisor:
-            raise PlanError(f"{where}.patch_size[{axis}] = {config.patch_size[axis]} must be divisible by "
-                            f"{divisor} (the product of the strides along that axis)")
+            raise PlanError(
+                f"{where}.patch_size[{axis}] = {config.patch_size[axis]} must be divisible by "
+                f"{divisor} (the product of the strides along that axis)"
+            )
     for link in (config.previous_stage, config.next_stage):
         if link is not None and link not in plan.configurations and link != "3d_cascade_fullres":
             raise PlanError(f"{where} links to unknown configuration {link!r}")

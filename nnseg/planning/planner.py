@@ -33,7 +33,11 @@ from nnseg.planning.topology import (
 
 #: Channel names (case-insensitive) that select a normalization explicitly; anything else is z-score.
 CHANNEL_NAME_SCHEMES: dict[str, NormalizationScheme] = {
-    "ct": "ct", "nonorm": "none", "zscore": "zscore", "rescale_to_0_1": "rescale_to_0_1", "rgb_to_0_1": "rgb_to_0_1",
+    "ct": "ct",
+    "nonorm": "none",
+    "zscore": "zscore",
+    "rescale_to_0_1": "rescale_to_0_1",
+    "rgb_to_0_1": "rgb_to_0_1",
 }
 #: Schemes that can restrict themselves to the nonzero mask (leaving the outside at 0).
 MASKABLE_SCHEMES = {"zscore"}
@@ -70,8 +74,9 @@ def transpose_for(spacing: Sequence[float] | np.ndarray) -> tuple[tuple[int, ...
     return forward, backward
 
 
-def resampled_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float] | np.ndarray
-                    ) -> np.ndarray:
+def resampled_shape(
+    shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float] | np.ndarray
+) -> np.ndarray:
     """Shape after resampling from ``spacing`` to ``new_spacing`` (rounded to the nearest voxel)."""
     return np.array([int(round(s / n * d)) for s, n, d in zip(spacing, new_spacing, shape)])
 
@@ -83,10 +88,17 @@ def channel_normalization(fingerprint: Fingerprint, nonzero_mask_threshold: floa
     for name, stats in zip(fingerprint.channel_names, fingerprint.intensity):
         scheme = CHANNEL_NAME_SCHEMES.get(name.casefold(), "zscore")
         if scheme == "ct":
-            result.append(ChannelNormalization(
-                channel=name, scheme="ct", use_nonzero_mask=False, clip_low=stats.percentile_00_5,
-                clip_high=stats.percentile_99_5, mean=stats.mean, std=stats.std,
-            ))
+            result.append(
+                ChannelNormalization(
+                    channel=name,
+                    scheme="ct",
+                    use_nonzero_mask=False,
+                    clip_low=stats.percentile_00_5,
+                    clip_high=stats.percentile_99_5,
+                    mean=stats.mean,
+                    std=stats.std,
+                )
+            )
         else:
             result.append(ChannelNormalization(name, scheme, use_mask and scheme in MASKABLE_SCHEMES))
     return tuple(result)
@@ -108,8 +120,9 @@ class _Candidate:
     samples_that_fit: float  # how many samples of this patch fit the budget in one step
 
 
-def _network_for(topology: Topology, preset: PlannerPreset, dims: int) -> tuple[tuple[int, ...], tuple[int, ...],
-                                                                              tuple[int, ...]]:
+def _network_for(
+    topology: Topology, preset: PlannerPreset, dims: int
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     cap = preset.max_features_3d if dims == 3 else preset.max_features_2d
     n = topology.n_stages
     features = features_per_stage(n, preset.base_features, cap)
@@ -121,15 +134,22 @@ def samples_that_fit(topology: Topology, preset: PlannerPreset, dims: int, in_ch
     features, n_conv, n_conv_dec = _network_for(topology, preset, dims)
     budget = preset.budget
     if isinstance(budget, GpuMemoryBudget):
-        footprint = feature_map_voxels(topology.patch_size, topology.strides, features, n_conv, n_conv_dec,
-                                       num_classes)
+        footprint = feature_map_voxels(topology.patch_size, topology.strides, features, n_conv, n_conv_dec, num_classes)
         reference = budget.reference_value_3d if dims == 3 else budget.reference_value_2d
         reference_batch = budget.reference_batch_size_3d if dims == 3 else budget.reference_batch_size_2d
         scaled = reference * budget.gpu_memory_gb / budget.reference_gpu_memory_gb
         return scaled / footprint * reference_batch
     if isinstance(budget, StepTimeBudget):
-        flops = conv_flops(topology.patch_size, topology.strides, topology.kernel_sizes, features, n_conv,
-                           n_conv_dec, in_channels, num_classes)
+        flops = conv_flops(
+            topology.patch_size,
+            topology.strides,
+            topology.kernel_sizes,
+            features,
+            n_conv,
+            n_conv_dec,
+            in_channels,
+            num_classes,
+        )
         seconds_per_sample = flops * budget.backward_factor / (budget.effective_gflops * 1e9)
         return budget.step_seconds / seconds_per_sample
     raise TypeError(f"unknown budget {budget!r}")
@@ -164,8 +184,9 @@ def fit_patch_to_budget(
 def batch_size_for(candidate: _Candidate, preset: PlannerPreset, dataset_voxels: float) -> int:
     """As many samples as fit, at most the dataset fraction, at least ``min_batch_size``."""
     fits = round(candidate.samples_that_fit)
-    coverage_cap = round(dataset_voxels * preset.max_batch_fraction_of_dataset
-                         / np.prod(candidate.topology.patch_size, dtype=np.float64))
+    coverage_cap = round(
+        dataset_voxels * preset.max_batch_fraction_of_dataset / np.prod(candidate.topology.patch_size, dtype=np.float64)
+    )
     return int(max(min(fits, coverage_cap), preset.min_batch_size))
 
 
@@ -182,8 +203,9 @@ def plan_configuration(
 ) -> ConfigurationPlan:
     """Patch, batch and network for one configuration at ``spacing`` (planning order)."""
     dims = len(spacing)
-    candidate = fit_patch_to_budget([float(s) for s in spacing], [float(s) for s in median_shape], preset,
-                                    len(normalization), num_classes)
+    candidate = fit_patch_to_budget(
+        [float(s) for s in spacing], [float(s) for s in median_shape], preset, len(normalization), num_classes
+    )
     batch_size = batch_size_for(candidate, preset, dataset_voxels)
     topology = candidate.topology
     n = topology.n_stages
@@ -230,8 +252,14 @@ def _lowres_configuration(
         scaled_shape = fullres_spacing / spacing * median_shape
         median_voxels = float(np.prod(scaled_shape, dtype=np.float64))
         lowres = plan_configuration(
-            "3d_lowres", spacing, tuple(round(float(s)) for s in scaled_shape), median_voxels * num_cases,
-            preset, normalization, num_classes, batch_dice=False,
+            "3d_lowres",
+            spacing,
+            tuple(round(float(s)) for s in scaled_shape),
+            median_voxels * num_cases,
+            preset,
+            normalization,
+            num_classes,
+            batch_dice=False,
         )
         patch_voxels = float(np.prod(lowres.patch_size, dtype=np.float64))
     if lowres is None or np.prod(median_shape, dtype=np.float64) / median_voxels < preset.lowres_min_size_ratio:
@@ -271,11 +299,13 @@ def make_plan(
     configurations: dict[str, ConfigurationPlan] = {}
     wants = set(preset.configurations)
     if "2d" in wants:
-        configurations["2d"] = plan_configuration("2d", spacing_t[1:], median_shape[1:], dataset_voxels, preset,
-                                                  normalization, num_classes, batch_dice=True)
+        configurations["2d"] = plan_configuration(
+            "2d", spacing_t[1:], median_shape[1:], dataset_voxels, preset, normalization, num_classes, batch_dice=True
+        )
     if "3d_fullres" in wants and median_shape[0] != 1:
-        fullres = plan_configuration("3d_fullres", spacing_t, median_shape, dataset_voxels, preset, normalization,
-                                     num_classes, batch_dice=False)
+        fullres = plan_configuration(
+            "3d_fullres", spacing_t, median_shape, dataset_voxels, preset, normalization, num_classes, batch_dice=False
+        )
         lowres = None
         if "3d_lowres" in wants:
             lowres = _lowres_configuration(fullres, preset, num_cases, normalization, num_classes)

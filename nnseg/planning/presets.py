@@ -104,16 +104,22 @@ class PlannerPreset:
 
     def __post_init__(self) -> None:
         positive = {
-            "base_features": self.base_features, "max_features_3d": self.max_features_3d,
-            "max_features_2d": self.max_features_2d, "feature_map_min_edge": self.feature_map_min_edge,
-            "conv_per_stage_encoder": self.conv_per_stage_encoder, "min_batch_size": self.min_batch_size,
-            "initial_patch_edge_3d": self.initial_patch_edge_3d, "initial_patch_edge_2d": self.initial_patch_edge_2d,
+            "base_features": self.base_features,
+            "max_features_3d": self.max_features_3d,
+            "max_features_2d": self.max_features_2d,
+            "feature_map_min_edge": self.feature_map_min_edge,
+            "conv_per_stage_encoder": self.conv_per_stage_encoder,
+            "min_batch_size": self.min_batch_size,
+            "initial_patch_edge_3d": self.initial_patch_edge_3d,
+            "initial_patch_edge_2d": self.initial_patch_edge_2d,
         }
         for key, value in positive.items():
             if value < 1:
                 raise ValueError(f"{key} must be >= 1, got {value}")
         if not 0 < self.max_batch_fraction_of_dataset <= 1:
-            raise ValueError(f"max_batch_fraction_of_dataset must be in (0, 1], got {self.max_batch_fraction_of_dataset}")
+            raise ValueError(
+                f"max_batch_fraction_of_dataset must be in (0, 1], got {self.max_batch_fraction_of_dataset}"
+            )
         if self.lowres_spacing_step <= 1:
             raise ValueError(f"lowres_spacing_step must be > 1, got {self.lowres_spacing_step}")
         unknown = set(self.configurations) - {"2d", "3d_fullres", "3d_lowres"}
@@ -147,8 +153,10 @@ def load_preset(name_or_path: str | os.PathLike, *, gpu_memory_gb: float | None 
     if not (text.endswith(".json") or os.sep in text):
         path = presets_dir() / f"{text}.json"
         if not path.is_file():
-            raise NnsegError(f"unknown preset {text!r}; available: {', '.join(available_presets())} "
-                             "(or give a path to a preset .json)")
+            raise NnsegError(
+                f"unknown preset {text!r}; available: {', '.join(available_presets())} "
+                "(or give a path to a preset .json)"
+            )
     try:
         preset = load_dataclass(PlannerPreset, read_json(path, "planner preset"))
     except SchemaError as exc:

@@ -14,7 +14,9 @@ DEFAULT_FOLDS = 5
 DEFAULT_SEED = 12345
 
 
-def make_splits(case_ids: list[str], n_folds: int = DEFAULT_FOLDS, seed: int = DEFAULT_SEED) -> list[dict[str, list[str]]]:
+def make_splits(
+    case_ids: list[str], n_folds: int = DEFAULT_FOLDS, seed: int = DEFAULT_SEED
+) -> list[dict[str, list[str]]]:
     """K-fold split of the sorted case ids with a seeded shuffle (the same folds as nnU-Net's KFold(5, 12345)).
 
     The first ``n % n_folds`` folds get one extra validation case.
@@ -29,15 +31,17 @@ def make_splits(case_ids: list[str], n_folds: int = DEFAULT_FOLDS, seed: int = D
     sizes[: len(ids) % n_folds] += 1
     splits, start = [], 0
     for size in sizes:
-        val = set(order[start:start + size].tolist())
-        splits.append({"train": [ids[i] for i in range(len(ids)) if i not in val],
-                       "val": [ids[i] for i in sorted(val)]})
+        val = set(order[start : start + size].tolist())
+        splits.append(
+            {"train": [ids[i] for i in range(len(ids)) if i not in val], "val": [ids[i] for i in sorted(val)]}
+        )
         start += size
     return splits
 
 
-def load_or_create_splits(path: str | os.PathLike, case_ids: list[str], *, n_folds: int = DEFAULT_FOLDS,
-                          seed: int = DEFAULT_SEED) -> list[dict[str, list[str]]]:
+def load_or_create_splits(
+    path: str | os.PathLike, case_ids: list[str], *, n_folds: int = DEFAULT_FOLDS, seed: int = DEFAULT_SEED
+) -> list[dict[str, list[str]]]:
     """Read ``splits.json`` when it exists (validating it against the cases), else create and write it."""
     path = Path(path)
     if not path.is_file():
@@ -47,10 +51,10 @@ def load_or_create_splits(path: str | os.PathLike, case_ids: list[str], *, n_fol
     splits = read_json(path, "splits file")
     known = set(case_ids)
     if not isinstance(splits, list) or not splits:
-        raise NnsegError(f"{path}: must be a list of {{\"train\": [...], \"val\": [...]}} folds")
+        raise NnsegError(f'{path}: must be a list of {{"train": [...], "val": [...]}} folds')
     for index, fold in enumerate(splits):
         if not isinstance(fold, dict) or set(fold) != {"train", "val"}:
-            raise NnsegError(f"{path}: fold {index} must be {{\"train\": [...], \"val\": [...]}}")
+            raise NnsegError(f'{path}: fold {index} must be {{"train": [...], "val": [...]}}')
         unknown = sorted((set(fold["train"]) | set(fold["val"])) - known)
         if unknown:
             raise NnsegError(f"{path}: fold {index} names cases that are not preprocessed: {unknown[:5]}")

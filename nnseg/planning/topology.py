@@ -158,7 +158,7 @@ def conv_flops(
         size = _downsample(size, stride)
         stage_sizes.append(size)
         kernel = math.prod(kernel_sizes[stage])
-        for conv in range(n_conv_encoder[stage]):
+        for _ in range(n_conv_encoder[stage]):
             flops += 2.0 * kernel * channels * features[stage] * math.prod(size)
             channels = features[stage]
     n_decoder = len(strides) - 1
@@ -168,7 +168,7 @@ def conv_flops(
         flops += 2.0 * math.prod(strides[stage + 1]) * features[stage + 1] * features[stage] * voxels  # transposed
         kernel = math.prod(kernel_sizes[stage])
         channels = 2 * features[stage]
-        for conv in range(n_conv_decoder[step]):
+        for _ in range(n_conv_decoder[step]):
             flops += 2.0 * kernel * channels * features[stage] * voxels
             channels = features[stage]
     flops += 2.0 * features[0] * num_classes * math.prod(stage_sizes[0])

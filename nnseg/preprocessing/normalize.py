@@ -45,8 +45,9 @@ def normalize_channel(channel: np.ndarray, plan: ChannelNormalization, inside: n
     return image
 
 
-def channel_normalizer(plans: Sequence[ChannelNormalization], inside: np.ndarray | None,
-                       channels: int) -> Callable[[int, np.ndarray], np.ndarray]:
+def channel_normalizer(
+    plans: Sequence[ChannelNormalization], inside: np.ndarray | None, channels: int
+) -> Callable[[int, np.ndarray], np.ndarray]:
     """``(c, channel) -> normalize_channel(channel, plans[c], inside)`` for a ``channels``-channel image.
 
     E.g. ``resample_image(..., prepare=channel_normalizer(...))`` normalizes each channel in the resampler's

@@ -145,12 +145,19 @@ def preprocess_case(
     target = target_spacing_for(config, spacing)
     new_shape = new_shape_for(cropped.shape[1:], spacing, target)
     axis = separate_axis(spacing, target, config.resampling)
-    body = None if cropped_labels is not None else \
-        resample_labels(inside.view(np.int8), new_shape, axis=axis).astype(bool)
+    body = (
+        None if cropped_labels is not None else resample_labels(inside.view(np.int8), new_shape, axis=axis).astype(bool)
+    )
     normalizer = channel_normalizer(config.normalization, inside, cropped.shape[0])
     del inside  # the full-size mask lives on only if the normalizer needs it
-    data = resample_image(cropped, new_shape, order=config.resampling.image_order, axis=axis,
-                          axis_order=config.resampling.separate_axis_order, prepare=normalizer)
+    data = resample_image(
+        cropped,
+        new_shape,
+        order=config.resampling.image_order,
+        axis=axis,
+        axis_order=config.resampling.separate_axis_order,
+        prepare=normalizer,
+    )
     seg = None
     classes: tuple[int, ...] = ()
     locations = np.zeros((0, 4), dtype=np.int32)
@@ -240,9 +247,12 @@ def is_done(folder: Path, case_id: str, plan_hash: str) -> bool:
     paths = _paths(folder, case_id)
     spatial = tuple(properties.shape)
     data_shape = _npy_shape(paths["data"])
-    return (data_shape is not None and data_shape[1:] == spatial
-            and _npy_shape(paths["seg"]) == spatial
-            and (_npy_shape(paths["locations"]) or (0, 0))[1:] == (1 + len(spatial),))
+    return (
+        data_shape is not None
+        and data_shape[1:] == spatial
+        and _npy_shape(paths["seg"]) == spatial
+        and (_npy_shape(paths["locations"]) or (0, 0))[1:] == (1 + len(spatial),)
+    )
 
 
 def _npy_shape(path: Path) -> tuple[int, ...] | None:
@@ -250,8 +260,9 @@ def _npy_shape(path: Path) -> tuple[int, ...] | None:
     try:
         with open(path, "rb") as handle:
             version = np.lib.format.read_magic(handle)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, _, dtype = read_header(handle)
             expected = handle.tell() + int(np.prod(shape)) * dtype.itemsize
         return tuple(shape) if path.stat().st_size == expected else None
@@ -329,8 +340,10 @@ def preprocess_dataset(
     root = Path(dataset_root) if dataset_root is not None else Path(plan.dataset_root)
     dataset = load_dataset(root)
     if plan.channel_names != dataset.channel_names:
-        raise NnsegError(f"{root}: channels {list(dataset.channel_names)} differ from the plan's "
-                         f"{list(plan.channel_names)}; re-run nnseg plan")
+        raise NnsegError(
+            f"{root}: channels {list(dataset.channel_names)} differ from the plan's "
+            f"{list(plan.channel_names)}; re-run nnseg plan"
+        )
     names = configurations or list(plan.configurations)
     summaries = []
     for name in names:
@@ -342,8 +355,13 @@ def preprocess_dataset(
         todo = [i for i, c in enumerate(dataset.cases) if not is_done(folder, c.case_id, plan_hash)]
         tasks = [(dataset, i, plan, name, folder) for i in todo]
         n_workers = workers or default_workers(largest_case_bytes(dataset) * 12 + 300 * 2**20)  # + resampling
-        for _ in progress(parallel_map(_preprocess_task, tasks, workers=n_workers), total=len(tasks),
-                          desc=f"preprocess {name}", unit="case", enabled=show_progress):
+        for _ in progress(
+            parallel_map(_preprocess_task, tasks, workers=n_workers),
+            total=len(tasks),
+            desc=f"preprocess {name}",
+            unit="case",
+            enabled=show_progress,
+        ):
             pass
         summaries.append(PreprocessSummary(name, folder, len(todo), len(dataset.cases) - len(todo)))
     return summaries

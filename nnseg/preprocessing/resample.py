@@ -83,15 +83,16 @@ def _zoom(volume: np.ndarray, new_shape: Sequence[int], order: int) -> np.ndarra
 def _fill_edge_padding(padded: np.ndarray, pad: int) -> None:
     """Fill the ``pad`` border voxels of every axis with the nearest inner voxel, as ``np.pad(mode="edge")``."""
     for axis, size in enumerate(padded.shape):
-        inner = tuple(slice(pad, n - pad) for n in padded.shape[axis + 1:])
+        inner = tuple(slice(pad, n - pad) for n in padded.shape[axis + 1 :])
         before = (slice(None),) * axis
         low, high = (slice(0, pad), slice(pad, pad + 1)), (slice(size - pad, size), slice(size - pad - 1, size - pad))
         for border, edge in (low, high):
             padded[(*before, border, *inner)] = padded[(*before, edge, *inner)]
 
 
-def _spline_zoom(source: np.ndarray, new_shape: tuple[int, ...], order: int,
-                 prepare: Callable[[np.ndarray], object] | None) -> np.ndarray:
+def _spline_zoom(
+    source: np.ndarray, new_shape: tuple[int, ...], order: int, prepare: Callable[[np.ndarray], object] | None
+) -> np.ndarray:
     """``ndimage.zoom(source, order=order, mode="nearest", grid_mode=True)`` as float32, in a third of the memory.
 
     The channel is copied once into an edge-padded float32 buffer (``prepare`` changes the copy in place,
@@ -110,12 +111,14 @@ def _spline_zoom(source: np.ndarray, new_shape: tuple[int, ...], order: int,
     scale = np.divide(np.array(source.shape, dtype=np.float64), np.array(new_shape, dtype=np.float64))
     # zoom's grid-mode source coordinate ((o + 0.5) * scale - 0.5), shifted into the padded buffer
     offset = 0.5 * scale - 0.5 + SPLINE_PAD
-    return ndimage.affine_transform(padded, scale, offset=offset, output_shape=new_shape, order=order,
-                                    mode="nearest", prefilter=False)
+    return ndimage.affine_transform(
+        padded, scale, offset=offset, output_shape=new_shape, order=order, mode="nearest", prefilter=False
+    )
 
 
-def _zoom_separately(channel: np.ndarray, new_shape: tuple[int, ...], order: int, axis: int,
-                     axis_order: int) -> np.ndarray:
+def _zoom_separately(
+    channel: np.ndarray, new_shape: tuple[int, ...], order: int, axis: int, axis_order: int
+) -> np.ndarray:
     """Slices across ``axis`` at ``order``, then ``axis`` itself at ``axis_order``."""
     in_plane_shape = [n for a, n in enumerate(new_shape) if a != axis]
     moved = np.moveaxis(channel, axis, 0)
@@ -126,7 +129,12 @@ def _zoom_separately(channel: np.ndarray, new_shape: tuple[int, ...], order: int
 
 
 def resample_image(
-    image: np.ndarray, new_shape: Sequence[int], *, order: int, axis: int | None, axis_order: int = 0,
+    image: np.ndarray,
+    new_shape: Sequence[int],
+    *,
+    order: int,
+    axis: int | None,
+    axis_order: int = 0,
     prepare: PrepareChannel | None = None,
 ) -> np.ndarray:
     """Resample ``image`` ``(c, *spatial)`` to ``new_shape`` (spline ``order``; ``axis`` separately); float32.
@@ -150,8 +158,11 @@ def resample_image(
             channel = np.array(image[c], dtype=np.float32, order="C")
             if hook is not None:
                 hook(channel)
-            out[c] = _zoom(channel, new_shape, order) if axis is None else \
-                _zoom_separately(channel, new_shape, order, axis, axis_order)
+            out[c] = (
+                _zoom(channel, new_shape, order)
+                if axis is None
+                else _zoom_separately(channel, new_shape, order, axis, axis_order)
+            )
             del channel
     return out
 
@@ -197,8 +208,9 @@ def _nearest_indices(size: int, new_size: int) -> np.ndarray:
     return np.minimum(np.floor(centers).astype(np.int64), size - 1)
 
 
-def _lerp(a: torch.Tensor, b: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor,
-          out: torch.Tensor | None = None) -> torch.Tensor:
+def _lerp(
+    a: torch.Tensor, b: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """``a * wa + b * wb`` rounded as PyTorch's linear kernel: ``fma(a, wa, b * wb)`` (``addcmul`` fuses alike)."""
     return torch.addcmul(b * wb, a, wa, out=out)
 
@@ -213,12 +225,22 @@ def _resample_axis(x: torch.Tensor, dim: int, new_size: int, nearest: bool) -> t
     first, second, w_first, w_second = _linear_weights(size, new_size)
     shape = [1] * x.ndim
     shape[dim] = new_size
-    return _lerp(x.index_select(dim, torch.from_numpy(first)), x.index_select(dim, torch.from_numpy(second)),
-                 torch.from_numpy(w_first).view(shape), torch.from_numpy(w_second).view(shape))
+    return _lerp(
+        x.index_select(dim, torch.from_numpy(first)),
+        x.index_select(dim, torch.from_numpy(second)),
+        torch.from_numpy(w_first).view(shape),
+        torch.from_numpy(w_second).view(shape),
+    )
 
 
-def _argmax_by_slabs(values: Sequence[int], rows_of: ScoreRows, source_shape: Sequence[int],
-                     new_shape: tuple[int, ...], axis: int | None, dtype: torch.dtype) -> torch.Tensor:
+def _argmax_by_slabs(
+    values: Sequence[int],
+    rows_of: ScoreRows,
+    source_shape: Sequence[int],
+    new_shape: tuple[int, ...],
+    axis: int | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
     """Value of the largest resampled score map per voxel (ties: the earlier map), one output slab at a time.
 
     Map ``i`` (scoring ``values[i]``) is resampled linearly (nearest-exact along ``axis``) exactly as
@@ -247,8 +269,13 @@ def _argmax_by_slabs(values: Sequence[int], rows_of: ScoreRows, source_shape: Se
                 planes = _resample_axis(planes, dim, new_shape[dim], nearest=dim == axis)
             for row in range(start, stop):  # a row at a time: views of the planes, no gathered copies
                 if linear:
-                    _lerp(planes[at_first[row]], planes[at_second[row]], w_first[row], w_second[row],
-                          out=score[row - start])
+                    _lerp(
+                        planes[at_first[row]],
+                        planes[at_second[row]],
+                        w_first[row],
+                        w_second[row],
+                        out=score[row - start],
+                    )
                 else:
                     score[row - start] = planes[at_first[row]]
             best.masked_fill_(score > best_score, value)
@@ -256,8 +283,13 @@ def _argmax_by_slabs(values: Sequence[int], rows_of: ScoreRows, source_shape: Se
     return result
 
 
-def resampled_argmax(scores: Iterable[tuple[int, torch.Tensor]], new_shape: Sequence[int], *,
-                     axis: int | None, dtype: torch.dtype = torch.int16) -> torch.Tensor:
+def resampled_argmax(
+    scores: Iterable[tuple[int, torch.Tensor]],
+    new_shape: Sequence[int],
+    *,
+    axis: int | None,
+    dtype: torch.dtype = torch.int16,
+) -> torch.Tensor:
     """Argmax over ``(value, score map)`` pairs after resampling each map linearly to ``new_shape``.
 
     Slab by slab (see :func:`_argmax_by_slabs`): memory is the result plus small temporaries whatever the
@@ -267,14 +299,20 @@ def resampled_argmax(scores: Iterable[tuple[int, torch.Tensor]], new_shape: Sequ
     maps = [score for _, score in pairs]
     if any(tuple(m.shape) != tuple(maps[0].shape) for m in maps):
         raise ValueError(f"score maps differ in shape: {[tuple(m.shape) for m in maps]}")
-    return _argmax_by_slabs([value for value, _ in pairs], lambda i, rows: maps[i][torch.from_numpy(rows)],
-                            tuple(maps[0].shape), tuple(int(s) for s in new_shape), axis, dtype)
+    return _argmax_by_slabs(
+        [value for value, _ in pairs],
+        lambda i, rows: maps[i][torch.from_numpy(rows)],
+        tuple(maps[0].shape),
+        tuple(int(s) for s in new_shape),
+        axis,
+        dtype,
+    )
 
 
 def _unique_values(labels: np.ndarray) -> np.ndarray:
     """``np.unique(labels)``, a slab at a time (no sorted full-size copy)."""
     rows = max(1, 8 * SLAB_VOXELS // max(int(np.prod(labels.shape[1:])), 1))
-    found = [np.unique(labels[start:start + rows]) for start in range(0, labels.shape[0], rows)]
+    found = [np.unique(labels[start : start + rows]) for start in range(0, labels.shape[0], rows)]
     return np.unique(np.concatenate(found))
 
 
@@ -300,8 +338,9 @@ def resample_labels(labels: np.ndarray, new_shape: Sequence[int], *, axis: int |
     return resampled.numpy().astype(labels.dtype, copy=False)
 
 
-def resample_probabilities(probabilities: np.ndarray | torch.Tensor, new_shape: Sequence[int], *,
-                           axis: int | None) -> torch.Tensor:
+def resample_probabilities(
+    probabilities: np.ndarray | torch.Tensor, new_shape: Sequence[int], *, axis: int | None
+) -> torch.Tensor:
     """Resample ``(classes, *spatial)`` probabilities linearly (nearest along ``axis``); returns a float tensor."""
     tensor = torch.as_tensor(probabilities).float()
     if tuple(tensor.shape[1:]) == tuple(new_shape):

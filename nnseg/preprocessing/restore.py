@@ -69,8 +69,11 @@ def restore_probabilities(
     probabilities = torch.as_tensor(probabilities).float()
     axis = separate_axis(properties.spacing, _original_planning_spacing(properties, plan), resampling)
     shape = properties.shape_after_crop
-    resampled = probabilities if tuple(probabilities.shape[1:]) == tuple(shape) else \
-        interpolate_linear(probabilities, shape, axis)
+    resampled = (
+        probabilities
+        if tuple(probabilities.shape[1:]) == tuple(shape)
+        else interpolate_linear(probabilities, shape, axis)
+    )
     full = np.zeros((resampled.shape[0], *properties.original_geometry.shape), dtype=np.float32)
     full[0] = 1.0
     return _paste(resampled.numpy(), properties, plan, full)

@@ -15,7 +15,7 @@ RUN_STATUSES: tuple[str, ...] = ("FINISHED", "FAILED", "KILLED")
 
 
 class TrackingError(NnsegError):
-    """A tracking store cannot be used (unreachable server, deleted experiment); a FallbackTracker turns it into a fallback."""
+    """A tracking store cannot be used (unreachable server, deleted experiment); FallbackTracker falls back."""
 
 
 class TrackingWarning(UserWarning):
@@ -36,8 +36,9 @@ class Tracker(Protocol):
         """The MLflow run id, or None when there is no MLflow run (yet)."""
         ...
 
-    def start(self, run_name: str, tags: Mapping[str, Any] | None = None,
-              resume_run_id: str | None = None) -> str | None:
+    def start(
+        self, run_name: str, tags: Mapping[str, Any] | None = None, resume_run_id: str | None = None
+    ) -> str | None:
         """Open a run (or reopen ``resume_run_id``); return its id, or None when it has none."""
         ...
 
@@ -69,8 +70,9 @@ class NullTracker:
     def run_id(self) -> str | None:
         return None
 
-    def start(self, run_name: str, tags: Mapping[str, Any] | None = None,
-              resume_run_id: str | None = None) -> str | None:
+    def start(
+        self, run_name: str, tags: Mapping[str, Any] | None = None, resume_run_id: str | None = None
+    ) -> str | None:
         return None
 
     def log_params(self, params: Mapping[str, Any]) -> None:

@@ -19,11 +19,11 @@ from nnseg.tracking.base import (
     now_ms,
 )
 from nnseg.tracking.jsonl import JsonlTracker
-from nnseg.workspace import FoldPaths
 from nnseg.tracking.mlflow_tracker import MLflowTracker
 from nnseg.tracking.probe import PROBE_TIMEOUT_S
 from nnseg.tracking.uri import default_tracking_uri
 from nnseg.tracking.values import clean_tags, flatten_params, split_metrics
+from nnseg.workspace import FoldPaths
 
 RETRY_INTERVAL_S = 30.0
 
@@ -70,8 +70,14 @@ class FallbackTracker:
     Not thread-safe: use one tracker per thread.
     """
 
-    def __init__(self, primary: Tracker, backup: Tracker, *, retry_interval_s: float = RETRY_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        primary: Tracker,
+        backup: Tracker,
+        *,
+        retry_interval_s: float = RETRY_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if retry_interval_s < 0:
             raise ValueError(f"FallbackTracker: retry_interval_s must be >= 0, got {retry_interval_s}")
         self.primary = primary
@@ -103,8 +109,9 @@ class FallbackTracker:
         """How many calls wait to be back-filled into the primary."""
         return len(self._pending)
 
-    def start(self, run_name: str, tags: Mapping[str, Any] | None = None,
-              resume_run_id: str | None = None) -> str | None:
+    def start(
+        self, run_name: str, tags: Mapping[str, Any] | None = None, resume_run_id: str | None = None
+    ) -> str | None:
         """Open the run in the primary; its id, or None while the primary is unreachable.
 
         Raises:
@@ -184,8 +191,10 @@ class FallbackTracker:
         while self._pending:
             call = self._pending[0]
             if call.method == "log_artifact" and not Path(call.args[0]).exists():
-                self._warn(f"artifact:{call.args[0]}", f"artifact {call.args[0]} was removed before the "
-                                                       f"tracking server came back; not uploaded")
+                self._warn(
+                    f"artifact:{call.args[0]}",
+                    f"artifact {call.args[0]} was removed before the tracking server came back; not uploaded",
+                )
             else:
                 try:
                     call.to(self.primary)
@@ -200,8 +209,11 @@ class FallbackTracker:
         if self.fallback_reason is not None:
             return
         self.fallback_reason = reason = error_summary(exc)
-        self._warn("fallback", f"{self.primary} failed ({reason}); training continues, tracking goes to "
-                               f"{self.backup} and is sent on when it answers again")
+        self._warn(
+            "fallback",
+            f"{self.primary} failed ({reason}); training continues, tracking goes to "
+            f"{self.backup} and is sent on when it answers again",
+        )
         self._event("fallback", {"primary": str(self.primary), "run_id": self.primary.run_id, "error": reason})
 
     def _event(self, kind: str, payload: dict[str, Any]) -> None:
@@ -209,11 +221,19 @@ class FallbackTracker:
             self.backup.record_event(kind, payload)
 
 
-def mlflow_with_fallback(tracking_uri: str | None, experiment: str, local_dir: str | os.PathLike, *,
-                         retry_interval_s: float = RETRY_INTERVAL_S,
-                         probe_timeout_s: float = PROBE_TIMEOUT_S) -> FallbackTracker:
+def mlflow_with_fallback(
+    tracking_uri: str | None,
+    experiment: str,
+    local_dir: str | os.PathLike,
+    *,
+    retry_interval_s: float = RETRY_INTERVAL_S,
+    probe_timeout_s: float = PROBE_TIMEOUT_S,
+) -> FallbackTracker:
     """MLflow at ``tracking_uri`` (None: :func:`default_tracking_uri` of ``local_dir``), backed by
     ``<local_dir>/tracking_fallback.jsonl`` (created only when needed): what training uses."""
     uri = tracking_uri or default_tracking_uri(local_dir)
-    return FallbackTracker(MLflowTracker(uri, experiment, probe_timeout_s=probe_timeout_s),
-                           JsonlTracker(FoldPaths(Path(local_dir)).tracking_fallback), retry_interval_s=retry_interval_s)
+    return FallbackTracker(
+        MLflowTracker(uri, experiment, probe_timeout_s=probe_timeout_s),
+        JsonlTracker(FoldPaths(Path(local_dir)).tracking_fallback),
+        retry_interval_s=retry_interval_s,
+    )

@@ -38,10 +38,12 @@ class JsonlTracker:
     def run_id(self) -> str | None:
         return None
 
-    def start(self, run_name: str, tags: Mapping[str, Any] | None = None,
-              resume_run_id: str | None = None) -> str | None:
-        self.record_event("start", {"run_name": run_name, "tags": clean_tags(tags or {}),
-                                    "resume_run_id": resume_run_id})
+    def start(
+        self, run_name: str, tags: Mapping[str, Any] | None = None, resume_run_id: str | None = None
+    ) -> str | None:
+        self.record_event(
+            "start", {"run_name": run_name, "tags": clean_tags(tags or {}), "resume_run_id": resume_run_id}
+        )
         return None
 
     def log_params(self, params: Mapping[str, Any] | Any) -> None:
@@ -50,8 +52,12 @@ class JsonlTracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int, *, timestamp_ms: int | None = None) -> None:
         """Record metrics at ``step`` (ValueError when a value is not a number)."""
-        self.record_event("metrics", metric_values(metrics), step=int(step),
-                          timestamp=None if timestamp_ms is None else timestamp_ms / 1000)
+        self.record_event(
+            "metrics",
+            metric_values(metrics),
+            step=int(step),
+            timestamp=None if timestamp_ms is None else timestamp_ms / 1000,
+        )
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.record_event("artifact", {"path": str(Path(path).resolve()), "artifact_path": artifact_path})
@@ -63,11 +69,17 @@ class JsonlTracker:
         check_status(status)
         self.record_event("end", {"status": status})
 
-    def record_event(self, kind: str, payload: Any, *, step: int | None = None,
-                     timestamp: float | None = None) -> None:
+    def record_event(self, kind: str, payload: Any, *, step: int | None = None, timestamp: float | None = None) -> None:
         """Append one record; ``timestamp`` in seconds since the epoch (None: now)."""
-        line = json.dumps({"kind": kind, "step": step, "payload": to_jsonable(payload),
-                           "timestamp": time.time() if timestamp is None else timestamp}, default=str)
+        line = json.dumps(
+            {
+                "kind": kind,
+                "step": step,
+                "payload": to_jsonable(payload),
+                "timestamp": time.time() if timestamp is None else timestamp,
+            },
+            default=str,
+        )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as f:

@@ -85,8 +85,7 @@ class MLflowTracker:
         """How to open this run in the MLflow UI (see :func:`~nnseg.tracking.ui_hint`)."""
         return ui_hint(self.tracking_uri, self.experiment_id, self._run_id)
 
-    def start(self, run_name: str, tags: Mapping[str, Any] | None = None,
-              resume_run_id: str | None = None) -> str:
+    def start(self, run_name: str, tags: Mapping[str, Any] | None = None, resume_run_id: str | None = None) -> str:
         """Create a run in the experiment, or reopen ``resume_run_id`` so later steps continue it.
 
         A ``resume_run_id`` unknown to this store (or deleted) gives a warning and a new run tagged
@@ -184,7 +183,7 @@ class MLflowTracker:
     def _log_batch(self, field: str, items: list[Any], size: int) -> None:
         run_id = self._ready()
         for i in range(0, len(items), size):
-            self.client.log_batch(run_id, **{field: items[i:i + size]})
+            self.client.log_batch(run_id, **{field: items[i : i + size]})
 
     def _probe(self) -> None:
         if is_http(self.tracking_uri):
@@ -204,7 +203,8 @@ class MLflowTracker:
         if experiment.lifecycle_stage != "active":
             raise TrackingError(
                 f"experiment {self.experiment!r} (id {experiment.experiment_id}) is deleted; restore it with "
-                f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` or choose another name")
+                f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` or choose another name"
+            )
         return experiment.experiment_id
 
     def _artifact_location(self) -> str | None:
@@ -226,8 +226,11 @@ class MLflowTracker:
                 raise
             run = None
         if run is None or run.info.lifecycle_stage != "active":
-            self._warn("resume", f"cannot resume MLflow run {run_id} at {self.tracking_uri}: "
-                                 f"{'not found' if run is None else 'deleted'}; starting a new run")
+            self._warn(
+                "resume",
+                f"cannot resume MLflow run {run_id} at {self.tracking_uri}: "
+                f"{'not found' if run is None else 'deleted'}; starting a new run",
+            )
             return None
         self.client.update_run(run_id, status="RUNNING")
         if tags:

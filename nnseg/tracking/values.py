@@ -100,7 +100,7 @@ def changed_params(logged: Mapping[str, str], flat: Mapping[str, str]) -> dict[s
         while held is not None and held != value:
             n += 1
             suffix = f".changed{n}"
-            candidate = key[:MAX_KEY_LENGTH - len(suffix)] + suffix
+            candidate = key[: MAX_KEY_LENGTH - len(suffix)] + suffix
             held = logged.get(candidate, pending.get(candidate))
         if held is None:
             pending[key if n == 0 else candidate] = value

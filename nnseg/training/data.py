@@ -45,8 +45,17 @@ class PatchSampler:
         seed: random seed.
     """
 
-    def __init__(self, folder: Path, case_ids: Sequence[str], region_size: Sequence[int], batch_size: int, *,
-                 oversample_foreground: float = 1 / 3, dimensions: int = 3, seed: int = 0) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        case_ids: Sequence[str],
+        region_size: Sequence[int],
+        batch_size: int,
+        *,
+        oversample_foreground: float = 1 / 3,
+        dimensions: int = 3,
+        seed: int = 0,
+    ) -> None:
         if not case_ids:
             raise ValueError("no cases to sample from")
         self.cases: list[CachedCase] = [open_case(folder, c) for c in case_ids]
@@ -75,8 +84,10 @@ class PatchSampler:
             start[axis] = int(np.clip(start[axis], 0, n - s)) if n >= s else -((s - n) // 2)
         stop = start + np.array(size)
         src = tuple(slice(int(max(0, a)), int(min(n, b))) for a, b, n in zip(start, stop, shape))
-        dst = tuple(slice(int(max(0, a) - a), int(max(0, a) - a + (min(n, b) - max(0, a))))
-                    for a, b, n in zip(start, stop, shape))
+        dst = tuple(
+            slice(int(max(0, a) - a), int(max(0, a) - a + (min(n, b) - max(0, a))))
+            for a, b, n in zip(start, stop, shape)
+        )
         image = np.zeros((self.num_channels, *size), dtype=np.float32)
         seg = np.zeros((1, *size), dtype=np.int16)
         image[(slice(None), *dst)] = case.data[(slice(None), *src)]
@@ -111,8 +122,9 @@ class Prefetcher:
     def __init__(self, sampler: PatchSampler, *, threads: int = 2, depth: int = 4) -> None:
         self.queue: queue.Queue[Batch | BaseException] = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
-        self.samplers = [sampler] + [sampler.spawn([int(sampler.rng.integers(2**31)), index])
-                                     for index in range(1, max(1, threads))]
+        self.samplers = [sampler] + [
+            sampler.spawn([int(sampler.rng.integers(2**31)), index]) for index in range(1, max(1, threads))
+        ]
         self.threads = [threading.Thread(target=self._work, args=(s,), daemon=True) for s in self.samplers]
         for thread in self.threads:
             thread.start()

@@ -33,9 +33,9 @@ from nnseg.inference.predictor import resolve_device
 from nnseg.networks import build_network
 from nnseg.planning.plan import ConfigurationPlan, Plan
 from nnseg.planning.splits import load_or_create_splits
-from nnseg.schema import to_jsonable
 from nnseg.preprocessing.preprocess import is_done, preprocessing_hash
 from nnseg.progress import progress
+from nnseg.schema import to_jsonable
 from nnseg.training.augment import TrainingAugmentation, center_crop
 from nnseg.training.config import TrainConfig
 from nnseg.training.data import Batch, PatchSampler, Prefetcher
@@ -66,8 +66,9 @@ def poly_lr(initial: float, epoch: int, epochs: int, exponent: float) -> float:
 class Trainer:
     """Holds the state of one training run; :meth:`run` is the epoch loop."""
 
-    def __init__(self, work: str | os.PathLike | None, config: TrainConfig, *, resume: bool = True,
-                 show_progress: bool = True) -> None:
+    def __init__(
+        self, work: str | os.PathLike | None, config: TrainConfig, *, resume: bool = True, show_progress: bool = True
+    ) -> None:
         self.train_config = config
         self.workspace = Workspace.at(work)
         self.plan = Plan.load(self.workspace.plans)
@@ -89,8 +90,9 @@ class Trainer:
         random.seed(config.seed + self.dist.rank)
 
         self.num_channels = len(self.plan.channel_names)
-        network = build_network(self.config_plan.network, self.num_channels, self.plan.num_classes,
-                                deep_supervision=config.deep_supervision)
+        network = build_network(
+            self.config_plan.network, self.num_channels, self.plan.num_classes, deep_supervision=config.deep_supervision
+        )
         self.network = network.to(self.device)
         self.model: torch.nn.Module = self.network
         if config.compile:
@@ -98,8 +100,13 @@ class Trainer:
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
-        self.optimizer = torch.optim.SGD(self.network.parameters(), lr=config.initial_lr, momentum=config.momentum,
-                                         nesterov=True, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            self.network.parameters(),
+            lr=config.initial_lr,
+            momentum=config.momentum,
+            nesterov=True,
+            weight_decay=config.weight_decay,
+        )
         self.use_amp = config.mixed_precision and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.loss = SegmentationLoss(batch_dice=self.config_plan.batch_dice)
@@ -121,13 +128,19 @@ class Trainer:
         plan_hash = preprocessing_hash(self.plan, self.config_plan)
         found = sorted(p.stem for p in self.data_dir.glob("*.json") if not p.name.startswith("."))
         cases = [c for c in found if is_done(self.data_dir, c, plan_hash)]
-        fix = f"run `nnseg preprocess --work {self.workspace.root} --config {self.train_config.configuration}` (it redoes them)"
+        fix = (
+            f"run `nnseg preprocess --work {self.workspace.root} --config {self.train_config.configuration}` "
+            "(it redoes them)"
+        )
         if not cases:
             raise NnsegError(f"{self.data_dir}: no preprocessed cases for {self.train_config.configuration}; {fix}")
         broken = sorted(set(found) - set(cases))
         if broken or len(cases) < self.plan.num_training_cases:
-            what = (f"{len(broken)} case(s) damaged or made with another plan ({', '.join(broken[:5])})" if broken
-                    else f"only {len(cases)} of the plan's {self.plan.num_training_cases} cases are preprocessed")
+            what = (
+                f"{len(broken)} case(s) damaged or made with another plan ({', '.join(broken[:5])})"
+                if broken
+                else f"only {len(cases)} of the plan's {self.plan.num_training_cases} cases are preprocessed"
+            )
             raise NnsegError(f"{self.data_dir}: {what}; {fix}")
         if self.dist.is_main:
             splits = load_or_create_splits(self.workspace.splits, cases)
@@ -137,7 +150,9 @@ class Trainer:
         if self.train_config.fold == "all":
             return cases, cases
         if self.train_config.fold >= len(splits):  # type: ignore[operator]
-            raise NnsegError(f"{self.workspace.splits}: has {len(splits)} folds, fold {self.train_config.fold} requested")
+            raise NnsegError(
+                f"{self.workspace.splits}: has {len(splits)} folds, fold {self.train_config.fold} requested"
+            )
         fold = splits[self.train_config.fold]  # type: ignore[index]
         return list(fold["train"]), list(fold["val"])
 
@@ -148,11 +163,21 @@ class Trainer:
             return NullTracker()
         uri = self.train_config.tracking_uri or default_tracking_uri(self.workspace.root)
         tracker = mlflow_with_fallback(uri, self.train_config.experiment or self.plan.dataset_name, self.fold_dir)
-        tags = {"dataset": self.plan.dataset_name, "configuration": self.train_config.configuration,
-                "fold": str(self.train_config.fold), "nnseg.version": self.plan.nnseg_version}
+        tags = {
+            "dataset": self.plan.dataset_name,
+            "configuration": self.train_config.configuration,
+            "fold": str(self.train_config.fold),
+            "nnseg.version": self.plan.nnseg_version,
+        }
         resumed = self.run_id
-        self.run_id = tracker.start(f"{self.plan.dataset_name}/{self.train_config.configuration}/{self.train_config.fold_name}",
-                                    tags, resume_run_id=resumed) or resumed  # server down: keep the id to resume
+        self.run_id = (
+            tracker.start(
+                f"{self.plan.dataset_name}/{self.train_config.configuration}/{self.train_config.fold_name}",
+                tags,
+                resume_run_id=resumed,
+            )
+            or resumed
+        )  # server down: keep the id to resume
         if resumed is None:
             self._log_params(tracker)
         return tracker
@@ -163,29 +188,45 @@ class Trainer:
             data = json.loads(self.workspace.fingerprint.read_text())
             spacings = np.array([c["spacing"] for c in data["cases"]])
             shapes = np.array([c["shape_after_crop"] for c in data["cases"]])
-            fingerprint = {"cases": len(data["cases"]), "median_spacing": np.median(spacings, 0).round(4).tolist(),
-                           "median_shape_after_crop": np.median(shapes, 0).tolist(),
-                           "median_relative_size_after_crop": data["median_relative_size_after_crop"]}
+            fingerprint = {
+                "cases": len(data["cases"]),
+                "median_spacing": np.median(spacings, 0).round(4).tolist(),
+                "median_shape_after_crop": np.median(shapes, 0).tolist(),
+                "median_relative_size_after_crop": data["median_relative_size_after_crop"],
+            }
         config = asdict(self.config_plan)
         config.pop("normalization")
-        tracker.log_params({
-            "plan": {"preset": self.plan.preset, **config,
-                     "normalization": [n.scheme for n in self.config_plan.normalization]},
-            "trainer": {**asdict(self.train_config), "train_cases": len(self.train_ids), "val_cases": len(self.val_ids),
-                        "world_size": self.dist.world_size},
-            "fingerprint": fingerprint,
-            "nnseg_version": self.plan.nnseg_version,
-        })
+        tracker.log_params(
+            {
+                "plan": {
+                    "preset": self.plan.preset,
+                    **config,
+                    "normalization": [n.scheme for n in self.config_plan.normalization],
+                },
+                "trainer": {
+                    **asdict(self.train_config),
+                    "train_cases": len(self.train_ids),
+                    "val_cases": len(self.val_ids),
+                    "world_size": self.dist.world_size,
+                },
+                "fingerprint": fingerprint,
+                "nnseg_version": self.plan.nnseg_version,
+            }
+        )
 
     def _restore(self, path: Path) -> None:
         checkpoint = Checkpoint.load(path, map_location=self.device)
-        if checkpoint.configuration != self.train_config.configuration or str(checkpoint.fold) != str(self.train_config.fold):
+        if checkpoint.configuration != self.train_config.configuration or str(checkpoint.fold) != str(
+            self.train_config.fold
+        ):
             raise NnsegError(f"{path}: belongs to {checkpoint.configuration} fold {checkpoint.fold}")
         changed = plan_differences(checkpoint.plan, self.plan, self.train_config.configuration)
         if changed:
-            raise NnsegError(f"{path}: {self.workspace.plans} changed since this fold was trained "
-                             f"({'; '.join(changed[:3])}); resuming would continue old weights on another plan. "
-                             "Rerun with --fresh to start this fold over (its checkpoints are replaced)")
+            raise NnsegError(
+                f"{path}: {self.workspace.plans} changed since this fold was trained "
+                f"({'; '.join(changed[:3])}); resuming would continue old weights on another plan. "
+                "Rerun with --fresh to start this fold over (its checkpoints are replaced)"
+            )
         state = checkpoint.training
         if state is None:
             raise NnsegError(f"{path}: holds no training state to resume from; rerun with --fresh to start over")
@@ -208,14 +249,28 @@ class Trainer:
         training = None
         if with_training:
             training = TrainingState(
-                epoch=epoch, history=self.history, ema=self.ema, best_ema=self.best_ema, run_id=self.run_id,
+                epoch=epoch,
+                history=self.history,
+                ema=self.ema,
+                best_ema=self.best_ema,
+                run_id=self.run_id,
                 optimizer=self.optimizer.state_dict(),
                 scaler=self.scaler.state_dict() if self.use_amp else None,
-                rng=capture_rng_state(), generator=self.generator.get_state(), train_config=asdict(self.train_config))
-        return Checkpoint(plan=self.plan, configuration=self.train_config.configuration, fold=self.train_config.fold,
-                          network_state=self.network.state_dict(), deep_supervision=self.train_config.deep_supervision,
-                          finished=finished, epochs_trained=epoch + 1, nnseg_version=__version__,
-                          training=training)
+                rng=capture_rng_state(),
+                generator=self.generator.get_state(),
+                train_config=asdict(self.train_config),
+            )
+        return Checkpoint(
+            plan=self.plan,
+            configuration=self.train_config.configuration,
+            fold=self.train_config.fold,
+            network_state=self.network.state_dict(),
+            deep_supervision=self.train_config.deep_supervision,
+            finished=finished,
+            epochs_trained=epoch + 1,
+            nnseg_version=__version__,
+            training=training,
+        )
 
     # ------------------------------------------------------------------------------------------ steps
 
@@ -265,13 +320,26 @@ class Trainer:
         per_rank = max(1, math.ceil(batch / self.dist.world_size))
         region = self.augment.sampling_patch_size
         seed = self.train_config.seed + 1000 * self.dist.rank + self.epoch
-        train = PatchSampler(self.data_dir, self.train_ids, region, per_rank, dimensions=self.config_plan.dimensions,
-                             oversample_foreground=self.train_config.oversample_foreground, seed=seed)
+        train = PatchSampler(
+            self.data_dir,
+            self.train_ids,
+            region,
+            per_rank,
+            dimensions=self.config_plan.dimensions,
+            oversample_foreground=self.train_config.oversample_foreground,
+            seed=seed,
+        )
         val = None
         if self.train_config.val_iters and self.val_ids:
-            val = PatchSampler(self.data_dir, self.val_ids, self.config_plan.patch_size, per_rank,
-                               dimensions=self.config_plan.dimensions, oversample_foreground=self.train_config.oversample_foreground,
-                               seed=seed + 1)
+            val = PatchSampler(
+                self.data_dir,
+                self.val_ids,
+                self.config_plan.patch_size,
+                per_rank,
+                dimensions=self.config_plan.dimensions,
+                oversample_foreground=self.train_config.oversample_foreground,
+                seed=seed + 1,
+            )
         threads = max(1, self.train_config.loader_threads)
         return Prefetcher(train, threads=threads), (Prefetcher(val, threads=1) if val else None)
 
@@ -284,10 +352,15 @@ class Trainer:
             train_loader, val_loader = self._samplers()
             while self.epoch < self.train_config.epochs:
                 self._epoch(train_loader, val_loader)
-                if self.train_config.max_wall_time_s and time.perf_counter() - started > self.train_config.max_wall_time_s:
+                if (
+                    self.train_config.max_wall_time_s
+                    and time.perf_counter() - started > self.train_config.max_wall_time_s
+                ):
                     if self.dist.is_main:
-                        print(f"stopping after epoch {self.epoch - 1}: wall-time budget of "
-                              f"{self.train_config.max_wall_time_s:.0f} s reached")
+                        print(
+                            f"stopping after epoch {self.epoch - 1}: wall-time budget of "
+                            f"{self.train_config.max_wall_time_s:.0f} s reached"
+                        )
                     break
             validation = self._finish()
             status = "FINISHED"
@@ -304,13 +377,20 @@ class Trainer:
 
     def _epoch(self, train_loader: Prefetcher, val_loader: Prefetcher | None) -> None:
         epoch_start = time.perf_counter()
-        lr = poly_lr(self.train_config.initial_lr, self.epoch, self.train_config.epochs, self.train_config.poly_exponent)
+        lr = poly_lr(
+            self.train_config.initial_lr, self.epoch, self.train_config.epochs, self.train_config.poly_exponent
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
         losses = []
-        bar = progress(range(self.train_config.iters_per_epoch), total=self.train_config.iters_per_epoch,
-                       desc=f"epoch {self.epoch}/{self.train_config.epochs}", unit="it", enabled=self.show_progress)
+        bar = progress(
+            range(self.train_config.iters_per_epoch),
+            total=self.train_config.iters_per_epoch,
+            desc=f"epoch {self.epoch}/{self.train_config.epochs}",
+            unit="it",
+            enabled=self.show_progress,
+        )
         for iteration in bar:
             losses.append(self.train_step(next(train_loader)))
             if not math.isfinite(losses[-1]):
@@ -331,8 +411,12 @@ class Trainer:
             dice = (2 * tp / torch.clamp(2 * tp + fp + fn, min=1)).tolist()
             mean_dice = float(np.mean(dice))
             self.ema = mean_dice if self.ema is None else EMA_DECAY * self.ema + (1 - EMA_DECAY) * mean_dice
-            record.update(val_loss=float(self.dist.sum(torch.tensor(np.mean(val_losses))) / self.dist.world_size),
-                          pseudo_dice=dice, mean_pseudo_dice=mean_dice, ema_pseudo_dice=self.ema)
+            record.update(
+                val_loss=float(self.dist.sum(torch.tensor(np.mean(val_losses))) / self.dist.world_size),
+                pseudo_dice=dice,
+                mean_pseudo_dice=mean_dice,
+                ema_pseudo_dice=self.ema,
+            )
         record["epoch_time_s"] = time.perf_counter() - epoch_start
         self.history.append(record)
         if self.dist.is_main:
@@ -344,8 +428,11 @@ class Trainer:
         # whereas the other order could leave a checkpointed epoch whose metrics never reach MLflow
         metrics = {"train_loss": record["train_loss"], "lr": record["lr"], "epoch_time_s": record["epoch_time_s"]}
         if "val_loss" in record:
-            metrics.update(val_loss=record["val_loss"], mean_pseudo_dice=record["mean_pseudo_dice"],
-                           ema_pseudo_dice=record["ema_pseudo_dice"])
+            metrics.update(
+                val_loss=record["val_loss"],
+                mean_pseudo_dice=record["mean_pseudo_dice"],
+                ema_pseudo_dice=record["ema_pseudo_dice"],
+            )
             for name, value in zip(self._class_names(), record["pseudo_dice"]):
                 metrics[f"pseudo_dice_{name}"] = value
         self.tracker.log_metrics(metrics, step=record["epoch"])
@@ -366,10 +453,15 @@ class Trainer:
             self._diverged("the network weights are no longer finite")
 
     def _diverged(self, what: str) -> None:
-        kept = (f"the last good checkpoint ({self.fold_paths.latest}, epoch {self.epoch - 1}) is kept"
-                if self.epoch > 0 else "no checkpoint was written")
-        raise NnsegError(f"training diverged in epoch {self.epoch}: {what}; {kept}. Lower --lr (now "
-                         f"{self.train_config.initial_lr}) and rerun with --fresh")
+        kept = (
+            f"the last good checkpoint ({self.fold_paths.latest}, epoch {self.epoch - 1}) is kept"
+            if self.epoch > 0
+            else "no checkpoint was written"
+        )
+        raise NnsegError(
+            f"training diverged in epoch {self.epoch}: {what}; {kept}. Lower --lr (now "
+            f"{self.train_config.initial_lr}) and rerun with --fresh"
+        )
 
     def _class_names(self) -> list[str]:
         return [name for name, value in self.plan.labels.items() if value != 0]
@@ -381,10 +473,21 @@ class Trainer:
             if self.train_config.final_validation and self.train_config.fold != "all" and self.val_ids:
                 from nnseg.training.validation import validate_fold
 
-                validation = validate_fold(self.plan, self.train_config.configuration, self.fold_dir, self.val_ids,
-                                           device=str(self.device), show_progress=self.show_progress)
-            for path in (self.workspace.plans, self.workspace.fingerprint, self.workspace.splits,
-                         self.fold_paths.curves, self.fold_paths.validation_summary):
+                validation = validate_fold(
+                    self.plan,
+                    self.train_config.configuration,
+                    self.fold_dir,
+                    self.val_ids,
+                    device=str(self.device),
+                    show_progress=self.show_progress,
+                )
+            for path in (
+                self.workspace.plans,
+                self.workspace.fingerprint,
+                self.workspace.splits,
+                self.fold_paths.curves,
+                self.fold_paths.validation_summary,
+            ):
                 if path.is_file():
                     self.tracker.log_artifact(path)
             self.tracker.log_artifact(self.fold_paths.final, artifact_path="model")
@@ -396,15 +499,22 @@ class Trainer:
 
 def plan_differences(trained: Plan, current: Plan, configuration: str) -> list[str]:
     """``field: old -> new`` for every plan field that determines the weights or their data and differs."""
+
     def relevant(plan: Plan) -> dict[str, Any]:
         config = plan.configurations.get(configuration)
-        return {"channel_names": plan.channel_names, "labels": plan.labels,
-                "transpose_forward": plan.transpose_forward,
-                f"configurations.{configuration}": None if config is None else config}
+        return {
+            "channel_names": plan.channel_names,
+            "labels": plan.labels,
+            "transpose_forward": plan.transpose_forward,
+            f"configurations.{configuration}": None if config is None else config,
+        }
 
     old, new = _flatten(to_jsonable(relevant(trained))), _flatten(to_jsonable(relevant(current)))
-    return [f"{key}: {old.get(key)} -> {new.get(key)}" for key in sorted(set(old) | set(new))
-            if old.get(key) != new.get(key) and not key.endswith(".budget_used")]
+    return [
+        f"{key}: {old.get(key)} -> {new.get(key)}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key) and not key.endswith(".budget_used")
+    ]
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -416,7 +526,8 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-def train(work: str | os.PathLike | None, config: TrainConfig, *, resume: bool = True,
-          show_progress: bool = True) -> TrainResult:
+def train(
+    work: str | os.PathLike | None, config: TrainConfig, *, resume: bool = True, show_progress: bool = True
+) -> TrainResult:
     """Train one fold (see the module docstring). Resumes from ``checkpoint_latest.pt`` when ``resume``."""
     return Trainer(work, config, resume=resume, show_progress=show_progress).run()

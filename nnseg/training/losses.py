@@ -19,14 +19,22 @@ def deep_supervision_weights(levels: int) -> torch.Tensor:
 
 
 class SegmentationLoss(nn.Module):
-    """Dice + CE on logits ``(B, C, *spatial)`` (or ``(B, L, C, *spatial)`` with deep supervision) and labels ``(B, 1, *spatial)``."""
+    """Dice + CE on logits ``(B, C, *spatial)`` (``(B, L, C, ...)`` with deep supervision), labels ``(B, 1, ...)``."""
 
     def __init__(self, *, batch_dice: bool) -> None:
         super().__init__()
         from monai.losses import DiceCELoss
 
-        self.loss = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=batch_dice,
-                               smooth_nr=1e-5, smooth_dr=1e-5, lambda_dice=1.0, lambda_ce=1.0)
+        self.loss = DiceCELoss(
+            include_background=False,
+            to_onehot_y=True,
+            softmax=True,
+            batch=batch_dice,
+            smooth_nr=1e-5,
+            smooth_dr=1e-5,
+            lambda_dice=1.0,
+            lambda_ce=1.0,
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.long()

@@ -23,8 +23,12 @@ def plot_curves(history: list[dict[str, Any]], path: str | os.PathLike, class_na
     if any("val_loss" in h for h in history):
         ax_loss.plot(epochs, [h.get("val_loss", float("nan")) for h in history], label="val loss")
         for index, name in enumerate(class_names):
-            ax_dice.plot(epochs, [h["pseudo_dice"][index] if "pseudo_dice" in h else float("nan") for h in history],
-                         label=f"pseudo-Dice {name}", alpha=0.6)
+            ax_dice.plot(
+                epochs,
+                [h["pseudo_dice"][index] if "pseudo_dice" in h else float("nan") for h in history],
+                label=f"pseudo-Dice {name}",
+                alpha=0.6,
+            )
         ax_dice.plot(epochs, [h.get("ema_pseudo_dice", float("nan")) for h in history], label="EMA mean", lw=2)
         ax_dice.set_ylim(0, 1)
         ax_dice.legend(loc="lower right")

@@ -193,10 +193,29 @@ def malformed_json(root: Path) -> tuple[str, str]:
 
 
 CORRUPTIONS: list[Callable[[Path], tuple[str, str]]] = [
-    missing_label, label_without_image, missing_channel, channel_shape_mismatch, label_shape_mismatch,
-    spacing_mismatch, origin_mismatch, undeclared_label, non_integer_label, nan_in_image, inf_in_image,
-    truncated_file, garbage_file, two_d_image, five_d_image, four_d_channel_file, num_training_mismatch,
-    empty_dataset, duplicate_case_ids, extra_channel, bad_file_name, background_missing, malformed_json,
+    missing_label,
+    label_without_image,
+    missing_channel,
+    channel_shape_mismatch,
+    label_shape_mismatch,
+    spacing_mismatch,
+    origin_mismatch,
+    undeclared_label,
+    non_integer_label,
+    nan_in_image,
+    inf_in_image,
+    truncated_file,
+    garbage_file,
+    two_d_image,
+    five_d_image,
+    four_d_channel_file,
+    num_training_mismatch,
+    empty_dataset,
+    duplicate_case_ids,
+    extra_channel,
+    bad_file_name,
+    background_missing,
+    malformed_json,
 ]
 
 
@@ -226,8 +245,12 @@ def test_each_corruption_exits_2_naming_the_file(
 
 
 def test_every_problem_is_listed_not_only_the_first(mr_dataset: Path) -> None:
-    expected = {missing_label(mr_dataset), nan_in_image(mr_dataset), undeclared_label(mr_dataset),
-                num_training_mismatch(mr_dataset)}
+    expected = {
+        missing_label(mr_dataset),
+        nan_in_image(mr_dataset),
+        undeclared_label(mr_dataset),
+        num_training_mismatch(mr_dataset),
+    }
     report = check_dataset(mr_dataset, show_progress=False)
     found = {(p.kind, p.file) for p in report.errors}
     assert expected <= found

@@ -23,6 +23,8 @@ def test_channels_stack_and_mismatches_are_refused(tmp_path: Path) -> None:
     c = write_volume(tmp_path / "c.nii.gz", np.zeros((4, 5, 6), np.float32), Geometry(affine=shifted, shape=(4, 5, 6)))
     with pytest.raises(ImageReadError, match="c.nii.gz: geometry differs from .*a_0000.nii.gz"):
         read_channels([a, c])
-    d = write_volume(tmp_path / "d.nii.gz", np.zeros((4, 5, 7), np.float32), Geometry(affine=np.eye(4), shape=(4, 5, 7)))
+    d = write_volume(
+        tmp_path / "d.nii.gz", np.zeros((4, 5, 7), np.float32), Geometry(affine=np.eye(4), shape=(4, 5, 7))
+    )
     with pytest.raises(ImageReadError, match="d.nii.gz: shape"):
         read_channels([a, d])

@@ -98,8 +98,10 @@ def test_regions_are_parsed(ct_dataset: Path) -> None:
         ('{"channel_names": {"0": "CT"}, "file_ending": ".nii.gz"}', "labels"),
         ('{"channel_names": {"0": "CT"}, "labels": {"background": 0}}', "file_ending"),
         ('{"channel_names": {"1": "CT"}, "labels": {"background": 0}, "file_ending": ".nii.gz"}', "keys must be 0"),
-        ('{"channel_names": {"0": "CT"}, "labels": {"background": "zero"}, "file_ending": ".nii.gz"}',
-         "must map to an integer"),
+        (
+            '{"channel_names": {"0": "CT"}, "labels": {"background": "zero"}, "file_ending": ".nii.gz"}',
+            "must map to an integer",
+        ),
     ],
 )
 def test_malformed_dataset_json_is_an_error_naming_the_file(tmp_path: Path, content: str, expected: str) -> None:

@@ -41,8 +41,9 @@ def _case_arrays(shift: int, *, with_core: bool = True, pred_core: bool = True) 
     return pred, ref
 
 
-def _write_case(pred_dir: Path, ref_dir: Path, case: str, pred: np.ndarray, ref: np.ndarray,
-                pred_geometry: Geometry | None = None) -> None:
+def _write_case(
+    pred_dir: Path, ref_dir: Path, case: str, pred: np.ndarray, ref: np.ndarray, pred_geometry: Geometry | None = None
+) -> None:
     write_volume(ref_dir / f"{case}.nii.gz", ref, _geometry(), is_label=True)
     write_volume(pred_dir / f"{case}.nii.gz", pred, pred_geometry or _geometry(), is_label=True)
 

@@ -31,8 +31,9 @@ def _fabricate_validation(work: Path) -> list[str]:
         rng = np.random.default_rng(seed)
         for index, case_id in enumerate(case_ids):
             reference = read_case_labels(dataset.case(case_id)).array
-            logits = 4.0 * (np.moveaxis(np.eye(num_classes)[reference], -1, 0) + rng.normal(0, 0.3, (
-                num_classes, *reference.shape)))
+            logits = 4.0 * (
+                np.moveaxis(np.eye(num_classes)[reference], -1, 0) + rng.normal(0, 0.3, (num_classes, *reference.shape))
+            )
             probabilities = np.exp(logits - logits.max(0))
             probabilities /= probabilities.sum(0)
             folder = work / "models" / configuration / f"fold_{index % FOLDS}" / "validation"
@@ -88,8 +89,9 @@ def test_find_best_streams_dice_only(preprocessed_work: Path, monkeypatch: pytes
     probabilities, predictions = _Alive(), _Alive()
     real_load, real_ensemble = ensembling.load_probabilities, ensembling._ensemble
     monkeypatch.setattr(ensembling, "_ensemble", lambda loaded, combo: predictions.track(real_ensemble(loaded, combo)))
-    monkeypatch.setattr(ensembling, "load_probabilities",
-                        lambda path: loads.append(path) or probabilities.track(real_load(path)))
+    monkeypatch.setattr(
+        ensembling, "load_probabilities", lambda path: loads.append(path) or probabilities.track(real_load(path))
+    )
     result = ensembling.find_best(preprocessed_work, show_progress=False)
 
     assert result["num_cases"] == len(case_ids) == 6

@@ -49,8 +49,9 @@ def _monai_hd95(pred: np.ndarray, ref: np.ndarray, spacing) -> float:
     metrics = pytest.importorskip("monai.metrics")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        value = metrics.compute_hausdorff_distance(_onehot(pred), _onehot(ref), include_background=True,
-                                                   percentile=95, spacing=list(spacing))
+        value = metrics.compute_hausdorff_distance(
+            _onehot(pred), _onehot(ref), include_background=True, percentile=95, spacing=list(spacing)
+        )
     return float(value[0, 0])
 
 
@@ -58,8 +59,9 @@ def _monai_nsd(pred: np.ndarray, ref: np.ndarray, spacing, tolerance_mm: float) 
     metrics = pytest.importorskip("monai.metrics")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        value = metrics.compute_surface_dice(_onehot(pred), _onehot(ref), [tolerance_mm], include_background=True,
-                                             spacing=list(spacing))
+        value = metrics.compute_surface_dice(
+            _onehot(pred), _onehot(ref), [tolerance_mm], include_background=True, spacing=list(spacing)
+        )
     return float(value[0, 0])
 
 
@@ -89,7 +91,8 @@ def test_volume_difference_sign_and_relative():
 
 
 def test_cube_shift_hausdorff_is_the_shift_in_mm():
-    # every surface voxel is within 2 voxels along i (0.5 mm each) of the other surface; the far faces are exactly that far
+    # every surface voxel is within 2 voxels along i (0.5 mm each) of the other surface;
+    # the far faces are exactly that far
     ref, pred = _cube(), _cube(start=(2, 2, 4))
     assert hausdorff_distance(pred, ref, SPACING, percentile=100) == pytest.approx(1.0, abs=1e-9)
     assert hausdorff_distance(pred, ref, SPACING) == pytest.approx(_monai_hd95(pred, ref, SPACING), abs=1e-3)
@@ -116,7 +119,8 @@ def test_offset_spheres_hd95_and_nsd_match_monai(offset):
     assert hausdorff_distance(pred, ref, spacing) == pytest.approx(_monai_hd95(pred, ref, spacing), abs=1e-3)
     for tolerance in (0.5, 1.0, 2.0, 3.0):
         assert normalized_surface_dice(pred, ref, spacing, tolerance) == pytest.approx(
-            _monai_nsd(pred, ref, spacing, tolerance), abs=1e-6)
+            _monai_nsd(pred, ref, spacing, tolerance), abs=1e-6
+        )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -253,8 +257,10 @@ def test_dice_only_computes_no_surface_distance(monkeypatch):
     for name, metrics in dice_only.items():
         assert metrics.dice == full[name].dice
         assert metrics.hd95_mm is None and metrics.nsd is None and metrics.tp is None and metrics.iou is None
-        assert (metrics.reference_empty, metrics.prediction_empty) == (full[name].reference_empty,
-                                                                       full[name].prediction_empty)
+        assert (metrics.reference_empty, metrics.prediction_empty) == (
+            full[name].reference_empty,
+            full[name].prediction_empty,
+        )
         assert set(metrics.to_dict()) == {"dice", "reference_empty", "prediction_empty"}
     overlap = mask_metrics(pred == 2, ref == 2, SPACING, metrics=("iou", "tp", "volume_diff_rel"))
     assert (overlap.iou, overlap.tp, overlap.volume_diff_rel) == (full["core"].iou, 32, full["core"].volume_diff_rel)

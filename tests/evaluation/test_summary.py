@@ -28,7 +28,7 @@ def _case(shift: int, *, lesion_in_ref: bool = True, lesion_in_pred: bool = True
     if lesion_in_ref:
         ref[4:6, 4:6, 4:6] = 2
     pred = np.zeros_like(ref)
-    pred[2:8, 2:9, 2 + shift:10 + shift] = 1
+    pred[2:8, 2:9, 2 + shift : 10 + shift] = 1
     if lesion_in_pred:
         pred[4:6, 4:6, 5:7] = 2
     return pred, ref
@@ -52,8 +52,9 @@ def test_accumulator_means_counts_and_order():
     assert summary.metrics == METRIC_NAMES and summary.warnings == ("something odd",)
     expected = {name: compute_metrics(*CASES[name], SPACING, LABELS) for name in CASES}
     for case in summary.cases:
-        np.testing.assert_equal({n: m.to_dict() for n, m in case.metrics.items()},
-                                {n: m.to_dict() for n, m in expected[case.case].items()})
+        np.testing.assert_equal(
+            {n: m.to_dict() for n, m in case.metrics.items()}, {n: m.to_dict() for n, m in expected[case.case].items()}
+        )
         assert case.prediction == f"pred/{case.case}.nii.gz" and case.reference == ""
     lesion = summary.per_class["lesion"]
     assert (lesion.num_cases, lesion.num_reference_empty, lesion.num_prediction_empty) == (3, 1, 1)
@@ -108,16 +109,21 @@ def test_accumulator_errors():
         accumulator.add_result(other.summary().cases[0])
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda d: d.pop("mean_dice_per_class"), "mean_dice_per_class: missing"),
-    (lambda d: d.update(extra=1), "extra: unknown key"),
-    (lambda d: d.update(metrics=["dice", "hd"]), "metrics: unknown metric"),
-    (lambda d: d["cases"][0]["metrics"]["organ"].update(dice="high"),
-     r"cases\[0\].metrics.organ.dice: expected a number"),
-    (lambda d: d["cases"][2]["metrics"]["lesion"].pop("nsd"), r"cases\[2\].metrics.lesion.nsd: missing"),
-    (lambda d: d["per_class"]["whole"]["count"].update(tp=1.5), "per_class.whole.count.tp: expected an integer"),
-    (lambda d: d["per_class"].pop("whole"), "per_class.whole: missing"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.pop("mean_dice_per_class"), "mean_dice_per_class: missing"),
+        (lambda d: d.update(extra=1), "extra: unknown key"),
+        (lambda d: d.update(metrics=["dice", "hd"]), "metrics: unknown metric"),
+        (
+            lambda d: d["cases"][0]["metrics"]["organ"].update(dice="high"),
+            r"cases\[0\].metrics.organ.dice: expected a number",
+        ),
+        (lambda d: d["cases"][2]["metrics"]["lesion"].pop("nsd"), r"cases\[2\].metrics.lesion.nsd: missing"),
+        (lambda d: d["per_class"]["whole"]["count"].update(tp=1.5), "per_class.whole.count.tp: expected an integer"),
+        (lambda d: d["per_class"].pop("whole"), "per_class.whole: missing"),
+    ],
+)
 def test_load_names_the_file_and_the_bad_key(tmp_path: Path, change, message):
     data = _accumulate().summary().to_dict()
     change(data)

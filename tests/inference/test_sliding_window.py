@@ -80,6 +80,7 @@ def test_overlapping_windows_are_blended_with_the_gaussian_weights() -> None:
 
 def test_mirroring_averages_the_flipped_predictions() -> None:
     """A network that answers with a ramp along the last axis: mirroring that axis averages the ramp away."""
+
     def ramp(batch: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(batch.shape[0], 2, *batch.shape[2:])
         out[:, 1] = torch.arange(batch.shape[-1], dtype=torch.float32)

@@ -201,8 +201,9 @@ def test_geometry_rejects_singular_affine() -> None:
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".mha"])
 @pytest.mark.parametrize("stored", [np.int16, np.uint8, np.float64])
-def test_reading_with_a_dtype_equals_converting_after_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                              suffix: str, stored) -> None:
+def test_reading_with_a_dtype_equals_converting_after_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str, stored
+) -> None:
     monkeypatch.setattr("nnseg.io.images.READ_CHUNK_BYTES", 100)  # several slabs per file
     geometry = _geometry("oblique_lps")
     path = write_volume(tmp_path / f"x{suffix}", (_image(geometry.shape) * 3).astype(stored), geometry)
@@ -212,8 +213,7 @@ def test_reading_with_a_dtype_equals_converting_after_reading(tmp_path: Path, mo
     np.testing.assert_array_equal(volume.array, expected)
 
 
-def test_scaled_big_endian_4d_nifti_reads_as_nibabel_scales_it(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_scaled_big_endian_4d_nifti_reads_as_nibabel_scales_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("nnseg.io.images.READ_CHUNK_BYTES", 1000)
     data = (np.random.default_rng(1).normal(size=(9, 8, 7, 2)) * 300).astype(">i2")
     img = nib.Nifti1Image(data, np.eye(4))

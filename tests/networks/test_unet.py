@@ -43,13 +43,23 @@ def _plan(spacing, median_shape) -> NetworkPlan:
     candidate = fit_patch_to_budget(spacing, median_shape, preset, 1, 3)
     topology = candidate.topology
     n = topology.n_stages
-    return NetworkPlan(n_stages=n, features_per_stage=candidate.features, kernel_sizes=topology.kernel_sizes,
-                       strides=topology.strides, n_conv_per_stage=(2,) * n, n_conv_per_stage_decoder=(2,) * (n - 1))
+    return NetworkPlan(
+        n_stages=n,
+        features_per_stage=candidate.features,
+        kernel_sizes=topology.kernel_sizes,
+        strides=topology.strides,
+        n_conv_per_stage=(2,) * n,
+        n_conv_per_stage_decoder=(2,) * (n - 1),
+    )
 
 
 @pytest.mark.parametrize(
     ("spacing", "median_shape", "reference"),
-    [((1.0, 1.0, 1.0), (200, 200, 200), 31_196_399), ((1.0, 1.0), (512, 512), None), ((3.5, 0.8, 0.8), (40, 256, 256), None)],
+    [
+        ((1.0, 1.0, 1.0), (200, 200, 200), 31_196_399),
+        ((1.0, 1.0), (512, 512), None),
+        ((3.5, 0.8, 0.8), (40, 256, 256), None),
+    ],
 )
 def test_parameter_count_within_one_percent_of_plain_conv_unet(spacing, median_shape, reference) -> None:
     plan = _plan(spacing, median_shape)
@@ -64,9 +74,14 @@ def test_parameter_count_within_one_percent_of_plain_conv_unet(spacing, median_s
 def test_forward_shapes_and_deep_supervision(dims: int) -> None:
     patch = (32, 32, 32)[-dims:]
     plan = _plan((1.0,) * dims, patch)
-    plan = NetworkPlan(n_stages=plan.n_stages, features_per_stage=(4, 8, 16, 32)[: plan.n_stages],
-                       kernel_sizes=plan.kernel_sizes, strides=plan.strides, n_conv_per_stage=plan.n_conv_per_stage,
-                       n_conv_per_stage_decoder=plan.n_conv_per_stage_decoder)
+    plan = NetworkPlan(
+        n_stages=plan.n_stages,
+        features_per_stage=(4, 8, 16, 32)[: plan.n_stages],
+        kernel_sizes=plan.kernel_sizes,
+        strides=plan.strides,
+        n_conv_per_stage=plan.n_conv_per_stage,
+        n_conv_per_stage_decoder=plan.n_conv_per_stage_decoder,
+    )
     net = build_network(plan, 2, 3)
     x = torch.randn(2, 2, *patch)
     net.train()
@@ -78,16 +93,27 @@ def test_forward_shapes_and_deep_supervision(dims: int) -> None:
 
 
 @pytest.mark.parametrize("architecture", available_architectures())
-@pytest.mark.parametrize("dims, kernels, strides, patch", [
-    (3, ((1, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3)), ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2)), (8, 32, 24)),
-    (2, ((3, 3),) * 4, ((1, 1), (2, 2), (2, 2), (2, 2)), (24, 40)),
-])
-def test_every_registered_architecture_keeps_the_network_contract(architecture: str, dims: int, kernels, strides,
-                                                                  patch) -> None:
+@pytest.mark.parametrize(
+    "dims, kernels, strides, patch",
+    [
+        (3, ((1, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3)), ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2)), (8, 32, 24)),
+        (2, ((3, 3),) * 4, ((1, 1), (2, 2), (2, 2), (2, 2)), (24, 40)),
+    ],
+)
+def test_every_registered_architecture_keeps_the_network_contract(
+    architecture: str, dims: int, kernels, strides, patch
+) -> None:
     """Training: full-resolution logits first (deep-supervision heads after); eval: one tensor; backward runs;
     the plan's kernels, strides and widths are what gets built (anisotropic first kernel, odd channel counts)."""
-    plan = NetworkPlan(n_stages=4, features_per_stage=(5, 10, 20, 40), kernel_sizes=kernels, strides=strides,
-                       n_conv_per_stage=(2,) * 4, n_conv_per_stage_decoder=(2,) * 3, architecture=architecture)
+    plan = NetworkPlan(
+        n_stages=4,
+        features_per_stage=(5, 10, 20, 40),
+        kernel_sizes=kernels,
+        strides=strides,
+        n_conv_per_stage=(2,) * 4,
+        n_conv_per_stage_decoder=(2,) * 3,
+        architecture=architecture,
+    )
     torch.manual_seed(0)
     net = build_network(plan, 3, 5)
     x = torch.randn(2, 3, *patch)
@@ -107,8 +133,14 @@ def test_every_registered_architecture_keeps_the_network_contract(architecture: 
 
 
 def test_an_unknown_architecture_lists_the_choices() -> None:
-    plan = NetworkPlan(n_stages=2, features_per_stage=(4, 8), kernel_sizes=((3, 3),) * 2, strides=((1, 1), (2, 2)),
-                       n_conv_per_stage=(2, 2), n_conv_per_stage_decoder=(2,))
+    plan = NetworkPlan(
+        n_stages=2,
+        features_per_stage=(4, 8),
+        kernel_sizes=((3, 3),) * 2,
+        strides=((1, 1), (2, 2)),
+        n_conv_per_stage=(2, 2),
+        n_conv_per_stage_decoder=(2,),
+    )
     object.__setattr__(plan, "architecture", "segformer9000")
     with pytest.raises(KeyError, match="segformer9000.*available.*unet"):
         build_network(plan, 1, 2)

@@ -39,16 +39,22 @@ def test_round_trip(plan_file: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d["configurations"]["3d_fullres"].update(patch_size=[48, 100, 160]),
-         r"configurations.3d_fullres.patch_size\[1\] = 100 must be divisible by"),
-        (lambda d: d["configurations"]["3d_fullres"].update(batch_size="two"),
-         "configurations.3d_fullres.batch_size: expected an integer"),
+        (
+            lambda d: d["configurations"]["3d_fullres"].update(patch_size=[48, 100, 160]),
+            r"configurations.3d_fullres.patch_size\[1\] = 100 must be divisible by",
+        ),
+        (
+            lambda d: d["configurations"]["3d_fullres"].update(batch_size="two"),
+            "configurations.3d_fullres.batch_size: expected an integer",
+        ),
         (lambda d: d["configurations"]["2d"].pop("network"), "configurations.2d.network: missing"),
         (lambda d: d["configurations"]["2d"].update(patchsize=[1, 2]), "configurations.2d.patchsize: unknown key"),
         (lambda d: d.update(transpose_forward=[0, 0, 1]), "transpose_forward must be a permutation"),
         (lambda d: d["configurations"]["3d_fullres"]["network"].update(n_stages=3), "entries for n_stages=3"),
-        (lambda d: d["configurations"]["3d_fullres"]["normalization"][0].update(scheme="minmax"),
-         r"normalization\[0\].scheme: expected one of"),
+        (
+            lambda d: d["configurations"]["3d_fullres"]["normalization"][0].update(scheme="minmax"),
+            r"normalization\[0\].scheme: expected one of",
+        ),
         (lambda d: d.update(schema_version=99), "schema_version 99 is not supported"),
     ],
 )
@@ -82,8 +88,9 @@ def test_bad_presets_are_refused(tmp_path: Path) -> None:
     with pytest.raises(NnsegError, match="applies to GPU presets"):
         load_preset("cpu", gpu_memory_gb=8)
     broken = tmp_path / "mine.json"
-    broken.write_text(json.dumps({"name": "mine", "description": "", "budget": {"type": "gpu_memory"},
-                                  "base_features": 0}))
+    broken.write_text(
+        json.dumps({"name": "mine", "description": "", "budget": {"type": "gpu_memory"}, "base_features": 0})
+    )
     with pytest.raises(NnsegError, match="base_features must be >= 1"):
         load_preset(broken)
     broken.write_text(json.dumps({"name": "mine", "description": "", "budget": {"type": "tpu"}}))

@@ -23,8 +23,9 @@ from nnseg.planning.planner import (
 from nnseg.schema import to_jsonable
 
 GOLDEN = Path(__file__).parent / "golden"
-STATS = IntensityStats(mean=50.0, std=10.0, min=-100.0, max=300.0, median=48.0, percentile_00_5=10.0,
-                       percentile_99_5=90.0)
+STATS = IntensityStats(
+    mean=50.0, std=10.0, min=-100.0, max=300.0, median=48.0, percentile_00_5=10.0, percentile_99_5=90.0
+)
 
 
 def _fingerprint(spacings, shapes, channels=("CT",), relative=1.0) -> Fingerprint:
@@ -67,8 +68,11 @@ def test_transpose_puts_the_coarsest_axis_first() -> None:
         (("ct",), 1.0, [("ct", False)]),
         (("T1", "T2"), 0.9, [("zscore", False), ("zscore", False)]),
         (("T1", "noNorm"), 0.5, [("zscore", True), ("none", False)]),
-        (("FLAIR", "rescale_to_0_1", "RGB_to_0_1"), 0.6, [("zscore", True), ("rescale_to_0_1", False),
-                                                           ("rgb_to_0_1", False)]),
+        (
+            ("FLAIR", "rescale_to_0_1", "RGB_to_0_1"),
+            0.6,
+            [("zscore", True), ("rescale_to_0_1", False), ("rgb_to_0_1", False)],
+        ),
     ],
 )
 def test_normalization_from_channel_names(names, relative, expected) -> None:
@@ -103,7 +107,9 @@ def test_more_gpu_memory_never_shrinks_the_patch() -> None:
     labels = {"background": 0, "a": 1}
     small = make_plan(fingerprint, labels, load_preset("default", gpu_memory_gb=4), nnseg_version="t")
     large = make_plan(fingerprint, labels, load_preset("default", gpu_memory_gb=24), nnseg_version="t")
-    assert np.prod(large.configurations["3d_fullres"].patch_size) > np.prod(small.configurations["3d_fullres"].patch_size)
+    assert np.prod(large.configurations["3d_fullres"].patch_size) > np.prod(
+        small.configurations["3d_fullres"].patch_size
+    )
 
 
 def test_large_images_get_a_lowres_configuration_and_batch_dice() -> None:
@@ -134,8 +140,10 @@ def _golden_plan(dataset_root: Path, preset: str) -> dict:
     plan = make_plan(fingerprint, dataset.labels, load_preset(preset), nnseg_version="golden")
     data = to_jsonable(plan)
     for config in data["configurations"].values():  # intensity statistics are checked elsewhere
-        config["normalization"] = [{k: v for k, v in n.items() if k in ("channel", "scheme", "use_nonzero_mask")}
-                                   for n in config["normalization"]]
+        config["normalization"] = [
+            {k: v for k, v in n.items() if k in ("channel", "scheme", "use_nonzero_mask")}
+            for n in config["normalization"]
+        ]
     return data
 
 

@@ -102,13 +102,15 @@ def test_missing_plan_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def _run_preprocess(work: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nnseg", "preprocess", "--work", str(work), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nnseg", "preprocess", "--work", str(work), "--workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def test_kill_9_then_rerun_is_byte_identical(tmp_path: Path) -> None:
-    root = generate_dataset(tmp_path / "raw", SynthConfig(num_cases=6, shape=(48, 64, 64), seed=5),
-                            show_progress=False)
+    root = generate_dataset(tmp_path / "raw", SynthConfig(num_cases=6, shape=(48, 64, 64), seed=5), show_progress=False)
     reference = tmp_path / "reference"
     nnseg.plan(root, reference, workers=1, show_progress=False)
     started = time.perf_counter()
@@ -131,8 +133,9 @@ def test_kill_9_then_rerun_is_byte_identical(tmp_path: Path) -> None:
         assert tree_digest(work / "preprocessed") == expected
 
 
-def test_a_large_image_is_preprocessed_in_about_one_padded_copy(preprocessed_work_template: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_large_image_is_preprocessed_in_about_one_padded_copy(
+    preprocessed_work_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Memory (issue 10): a single float32 working copy (edge-padded) beyond the caller's image, as for a big CT."""
     monkeypatch.setattr("nnseg.preprocessing.resample.LEAN_SPLINE_VOXELS", 0)  # take the large-image path
     plan = Plan.load(preprocessed_work_template / "plans.json")

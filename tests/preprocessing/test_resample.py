@@ -108,13 +108,16 @@ def _reference_argmax(scores: torch.Tensor, new_shape: tuple[int, ...], axis: in
 
 
 @pytest.mark.parametrize("axis", [None, 0, 1, 2])
-@pytest.mark.parametrize("source, target", [((7, 9, 11), (23, 30, 13)), ((40, 31, 29), (9, 12, 10)),
-                                            ((12, 8, 30), (12, 17, 7))])
-def test_slab_wise_argmax_equals_resampling_everything_at_once(monkeypatch: pytest.MonkeyPatch, axis, source,
-                                                                target) -> None:
+@pytest.mark.parametrize(
+    "source, target", [((7, 9, 11), (23, 30, 13)), ((40, 31, 29), (9, 12, 10)), ((12, 8, 30), (12, 17, 7))]
+)
+def test_slab_wise_argmax_equals_resampling_everything_at_once(
+    monkeypatch: pytest.MonkeyPatch, axis, source, target
+) -> None:
     monkeypatch.setattr(resample_module, "SLAB_VOXELS", 64)  # many slabs, each reading a few source slices
-    probabilities = torch.from_numpy(np.random.default_rng(3).dirichlet([1, 1, 1, 1], size=source)
-                                     .astype(np.float32)).permute(3, 0, 1, 2)
+    probabilities = torch.from_numpy(
+        np.random.default_rng(3).dirichlet([1, 1, 1, 1], size=source).astype(np.float32)
+    ).permute(3, 0, 1, 2)
     expected = _reference_argmax(probabilities, target, axis)
     labels = resampled_argmax([(v, probabilities[v]) for v in range(4)], target, axis=axis, dtype=torch.uint8)
     assert labels.dtype == torch.uint8
@@ -135,8 +138,13 @@ def test_large_channels_are_zoomed_in_float32_like_scipy(monkeypatch: pytest.Mon
     out = resample_image(view, (9, 40, 12), order=3, axis=None, prepare=lambda c, channel: channel.__imul__(c + 2))
     np.testing.assert_array_equal(image, before)  # the caller's array is never changed
     for c in range(2):
-        expected = ndimage.zoom(view[c] * np.float32(c + 2), [n / o for n, o in zip((9, 40, 12), view.shape[1:])],
-                                order=3, mode="nearest", grid_mode=True)
+        expected = ndimage.zoom(
+            view[c] * np.float32(c + 2),
+            [n / o for n, o in zip((9, 40, 12), view.shape[1:])],
+            order=3,
+            mode="nearest",
+            grid_mode=True,
+        )
         assert out.dtype == np.float32 and out[c].shape == expected.shape
         np.testing.assert_allclose(out[c], expected, rtol=0, atol=1e-6 * np.abs(expected).max())
 

@@ -48,8 +48,7 @@ class FakeStore:
             raise ConnectionError("connection refused")
         self.calls.append(call)
 
-    def start(self, run_name: str, tags: Mapping[str, Any] | None = None,
-              resume_run_id: str | None = None) -> str:
+    def start(self, run_name: str, tags: Mapping[str, Any] | None = None, resume_run_id: str | None = None) -> str:
         self._do("start", run_name)
         self._run_id = "run-1"
         return self._run_id

@@ -20,7 +20,8 @@ from nnseg.tracking import (
 # os.environ[...] (assignment, del, or a read that should be .get), os.environ.<mutator>(...), os.putenv/unsetenv,
 # and the same through a bare `environ` imported from os.
 _ENV_WRITE = re.compile(
-    r"\benviron\s*\[|\benviron\s*\.\s*(update|setdefault|pop|popitem|clear)\s*\(|\b(putenv|unsetenv)\s*\(")
+    r"\benviron\s*\[|\benviron\s*\.\s*(update|setdefault|pop|popitem|clear)\s*\(|\b(putenv|unsetenv)\s*\("
+)
 
 
 def test_null_tracker_and_protocol(tmp_path: Path) -> None:
@@ -34,8 +35,12 @@ def test_null_tracker_and_protocol(tmp_path: Path) -> None:
     null.end("KILLED")
     with pytest.raises(ValueError, match="run status"):
         null.end("DONE")  # type: ignore[arg-type]
-    for tracker in (null, MLflowTracker("sqlite:///x.db", "x"), JsonlTracker(tmp_path / "r.jsonl"),
-                    mlflow_with_fallback(None, "x", tmp_path)):
+    for tracker in (
+        null,
+        MLflowTracker("sqlite:///x.db", "x"),
+        JsonlTracker(tmp_path / "r.jsonl"),
+        mlflow_with_fallback(None, "x", tmp_path),
+    ):
         assert isinstance(tracker, Tracker), type(tracker).__name__
     assert isinstance(mlflow_with_fallback(None, "x", tmp_path), FallbackTracker)
 
@@ -52,8 +57,15 @@ def test_bad_constructor_arguments_raise(tmp_path: Path) -> None:
 
 
 def test_env_write_pattern() -> None:
-    for bad in ('os.environ["A"] = "1"', "os.environ.update(x)", "os.environ.setdefault('A', '1')",
-                "os.environ.pop('A', None)", "del os.environ['A']", "os.putenv('A', '1')", "environ.clear()"):
+    for bad in (
+        'os.environ["A"] = "1"',
+        "os.environ.update(x)",
+        "os.environ.setdefault('A', '1')",
+        "os.environ.pop('A', None)",
+        "del os.environ['A']",
+        "os.putenv('A', '1')",
+        "environ.clear()",
+    ):
         assert _ENV_WRITE.search(bad), bad
     for fine in ('os.environ.get("A", "")', "dict(os.environ)", "{**os.environ, 'A': '1'}"):
         assert not _ENV_WRITE.search(fine), fine
@@ -62,8 +74,10 @@ def test_env_write_pattern() -> None:
 def test_no_environment_writes_in_nnseg() -> None:
     """nnseg reads the environment (``.get``) where documented, and never changes it: no process-wide side channel."""
     root = Path(nnseg.__file__).parent
-    hits = [f"{path.relative_to(root.parent)}:{number}: {line.strip()}"
-            for path in sorted(root.rglob("*.py"))
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-            if _ENV_WRITE.search(line)]
+    hits = [
+        f"{path.relative_to(root.parent)}:{number}: {line.strip()}"
+        for path in sorted(root.rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if _ENV_WRITE.search(line)
+    ]
     assert not hits, "environment writes (or os.environ[...]; use .get to read):\n" + "\n".join(hits)

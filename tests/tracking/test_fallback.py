@@ -31,8 +31,9 @@ from tests.tracking.helpers import (
 
 def _fake(tmp_path: Path, clock: list[float], retry_interval_s: float = 30.0) -> tuple[FallbackTracker, FakeStore]:
     store = FakeStore()
-    tracker = FallbackTracker(store, JsonlTracker(tmp_path / FALLBACK_FILE), retry_interval_s=retry_interval_s,
-                              clock=lambda: clock[0])
+    tracker = FallbackTracker(
+        store, JsonlTracker(tmp_path / FALLBACK_FILE), retry_interval_s=retry_interval_s, clock=lambda: clock[0]
+    )
     return tracker, store
 
 
@@ -60,8 +61,17 @@ def test_unreachable_server_falls_back_fast(tmp_path: Path) -> None:
     assert tracker.fallback_active and tracker.run_id is None
 
     records = read_records(tmp_path / "fold_0" / FALLBACK_FILE)
-    assert [r["kind"] for r in records] == ["fallback", "start", "params", "metrics", "metrics", "metrics",
-                                             "artifact", "tags", "end"]
+    assert [r["kind"] for r in records] == [
+        "fallback",
+        "start",
+        "params",
+        "metrics",
+        "metrics",
+        "metrics",
+        "artifact",
+        "tags",
+        "end",
+    ]
     assert all(set(r) == {"kind", "step", "payload", "timestamp"} for r in records)
     metrics = [r for r in records if r["kind"] == "metrics"]
     assert [r["step"] for r in metrics] == [0, 1, 2]
@@ -117,8 +127,9 @@ def test_failing_server_gives_up_at_once_without_touching_the_environment(tmp_pa
     assert dict(os.environ) == env_before
 
 
-def test_failure_mid_run_switches_to_fallback_once(sqlite_uri: str, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_mid_run_switches_to_fallback_once(
+    sqlite_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tracker = mlflow_with_fallback(sqlite_uri, "mid-run", tmp_path)
     run_id = tracker.start("r")
     tracker.log_metrics({"loss": 1.0}, step=0)
@@ -177,7 +188,12 @@ def test_store_down_at_start_gets_the_whole_run_when_it_returns(sqlite_uri: str,
     assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5)]
     assert history[0].timestamp == 1_700_000_000_000  # back-filled with the time it was measured
     assert [r["kind"] for r in read_records(tmp_path / FALLBACK_FILE)] == [
-        "fallback", "start", "params", "metrics", "recovered"]
+        "fallback",
+        "start",
+        "params",
+        "metrics",
+        "recovered",
+    ]
 
 
 def test_retries_wait_for_the_interval_and_end_forces_one(tmp_path: Path, clock: list[float]) -> None:

@@ -26,11 +26,17 @@ from tests.tracking.helpers import client
 
 def _full_run(uri: str, work: Path, experiment: str) -> MLflowTracker:
     tracker = MLflowTracker(uri, experiment)
-    run_id = tracker.start("3d_fullres_fold0", tags={"dataset": "Dataset001_Phantom", "config": "3d_fullres",
-                                                     "fold": 0})
+    run_id = tracker.start(
+        "3d_fullres_fold0", tags={"dataset": "Dataset001_Phantom", "config": "3d_fullres", "fold": 0}
+    )
     assert run_id is not None and tracker.run_id == run_id
-    tracker.log_params({"plans": {"patch_size": [64, 96, 96], "batch_size": 2, "spacing": {"z": 2.5}},
-                        "optimizer": {"lr": 0.01, "momentum": 0.99}, "long": "x" * 7000})
+    tracker.log_params(
+        {
+            "plans": {"patch_size": [64, 96, 96], "batch_size": 2, "spacing": {"z": 2.5}},
+            "optimizer": {"lr": 0.01, "momentum": 0.99},
+            "long": "x" * 7000,
+        }
+    )
     for step in range(3):
         tracker.log_metrics({"train/loss": 1.0 / (step + 1), "val/dice": 0.3 + 0.1 * step}, step=step)
     artifact = work / "progress.json"
@@ -45,8 +51,10 @@ def _full_run(uri: str, work: Path, experiment: str) -> MLflowTracker:
 def _verify(uri: str, tracker: MLflowTracker) -> None:
     mlflow = client(uri)
     experiment = mlflow.get_experiment_by_name(tracker.experiment)
-    runs = mlflow.search_runs([experiment.experiment_id],
-                              "tags.dataset = 'Dataset001_Phantom' and tags.config = '3d_fullres' and tags.fold = '0'")
+    runs = mlflow.search_runs(
+        [experiment.experiment_id],
+        "tags.dataset = 'Dataset001_Phantom' and tags.config = '3d_fullres' and tags.fold = '0'",
+    )
     assert [r.info.run_id for r in runs] == [tracker.run_id]
     run = runs[0]
     assert run.info.status == "FINISHED"
@@ -117,7 +125,9 @@ def test_embedded_sqlite_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     stored = list((work / "mlartifacts").rglob("progress.json"))
     assert len(stored) == 1 and tracker.run_id in stored[0].parts
     hint = tracker.ui_hint()
-    assert hint.startswith(f"mlflow ui --backend-store-uri {uri} --default-artifact-root {work.resolve() / 'mlartifacts'}")
+    assert hint.startswith(
+        f"mlflow ui --backend-store-uri {uri} --default-artifact-root {work.resolve() / 'mlartifacts'}"
+    )
     assert f"/runs/{tracker.run_id}" in hint
     _resume(uri, "Dataset001_Phantom")
 

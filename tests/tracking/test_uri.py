@@ -33,5 +33,8 @@ def test_ui_hint() -> None:
     assert ui_hint("http://127.0.0.1:5000/") == "http://127.0.0.1:5000"
     assert ui_hint("http://h:5000", "3", "abc") == "http://h:5000/#/experiments/3/runs/abc"
     assert ui_hint("sqlite:////w/mlflow.db") == (
-        "mlflow ui --backend-store-uri sqlite:////w/mlflow.db --default-artifact-root /w/mlartifacts")
-    assert ui_hint("sqlite:////w/mlflow.db", "1", "r").endswith("# then open http://127.0.0.1:5000/#/experiments/1/runs/r")
+        "mlflow ui --backend-store-uri sqlite:////w/mlflow.db --default-artifact-root /w/mlartifacts"
+    )
+    assert ui_hint("sqlite:////w/mlflow.db", "1", "r").endswith(
+        "# then open http://127.0.0.1:5000/#/experiments/1/runs/r"
+    )

@@ -22,8 +22,7 @@ def test_flatten_params() -> None:
         features: tuple[int, ...] = (32, 64)
 
     flat = flatten_params({"arch": Arch(), "train": {"lr": 0.01, "deep": {"x": None}}, "empty": {}, "p": Path("/a b")})
-    assert flat == {"arch.features": "[32, 64]", "train.lr": "0.01", "train.deep.x": "None", "empty": "{}",
-                    "p": "/a b"}
+    assert flat == {"arch.features": "[32, 64]", "train.lr": "0.01", "train.deep.x": "None", "empty": "{}", "p": "/a b"}
     assert flatten_params(flat) == flat  # idempotent: a back-filled call is flattened again unchanged
     assert flatten_params({"v": "y" * 10_000})["v"] == "y" * MAX_PARAM_VALUE_LENGTH
     with pytest.raises(TypeError, match="mapping or a dataclass"):

@@ -18,10 +18,29 @@ from nnseg.training.augment import (
 from nnseg.training.augment.intensity import _blur_axis
 from nnseg.training.augment.spatial import _affine_grid
 
-ALL_OFF = dict(p_rotation=0, p_scaling=0, p_noise=0, p_blur=0, p_brightness=0, p_contrast=0, p_low_res=0,
-               p_gamma_inverted=0, p_gamma=0, p_mirror=0)
-INTENSITY_ON = dict(p_noise=1, p_blur=1, p_blur_per_channel=1, p_brightness=1, p_contrast=1, p_low_res=1,
-                    p_low_res_per_channel=1, p_gamma_inverted=1, p_gamma=1)
+ALL_OFF = dict(
+    p_rotation=0,
+    p_scaling=0,
+    p_noise=0,
+    p_blur=0,
+    p_brightness=0,
+    p_contrast=0,
+    p_low_res=0,
+    p_gamma_inverted=0,
+    p_gamma=0,
+    p_mirror=0,
+)
+INTENSITY_ON = dict(
+    p_noise=1,
+    p_blur=1,
+    p_blur_per_channel=1,
+    p_brightness=1,
+    p_contrast=1,
+    p_low_res=1,
+    p_low_res_per_channel=1,
+    p_gamma_inverted=1,
+    p_gamma=1,
+)
 
 
 def _batch(shape: tuple[int, ...], batch: int = 2, channels: int = 2, labels: int = 4, seed: int = 0):
@@ -71,8 +90,14 @@ def test_sample_then_apply_is_deterministic() -> None:
 def test_rotation_and_scaling_never_invent_labels(seg_interpolation: str) -> None:
     image, seg = _batch((24, 24, 24), batch=4)
     seg[seg == 2] = 7  # labels {0, 1, 3, 7}: interpolating values would produce 2, 4, 5, ...
-    aug = TrainingAugmentation((16, 16, 16), p_rotation=1, p_scaling=1, seg_interpolation=seg_interpolation,
-                               seg_border_value=0, **{k: 0 for k in ("p_noise", "p_blur", "p_mirror")})
+    aug = TrainingAugmentation(
+        (16, 16, 16),
+        p_rotation=1,
+        p_scaling=1,
+        seg_interpolation=seg_interpolation,
+        seg_border_value=0,
+        **{k: 0 for k in ("p_noise", "p_blur", "p_mirror")},
+    )
     _, out_seg = aug(image, seg, torch.Generator().manual_seed(0))
     assert set(out_seg.unique().tolist()) <= {0, 1, 3, 7}
     assert not torch.equal(out_seg, _center(seg, (16, 16, 16)))  # it did transform
@@ -89,8 +114,9 @@ def test_seg_border_value_fills_outside() -> None:
 
 def test_rotation_by_90_degrees_matches_rot90_for_image_and_seg() -> None:
     image, seg = _batch((16, 16, 16), batch=1)
-    aug = TrainingAugmentation((16, 16, 16), **{**ALL_OFF, "p_rotation": 1}, rotation_axes=(0,),
-                               rotation_range=(math.pi / 2, math.pi / 2))
+    aug = TrainingAugmentation(
+        (16, 16, 16), **{**ALL_OFF, "p_rotation": 1}, rotation_axes=(0,), rotation_range=(math.pi / 2, math.pi / 2)
+    )
     out_image, out_seg = aug(image, seg, torch.Generator().manual_seed(0))
     assert torch.allclose(out_image, torch.rot90(image, -1, (3, 4)), atol=1e-4)
     assert torch.equal(out_seg, torch.rot90(seg, -1, (3, 4)))
@@ -103,8 +129,9 @@ def test_mirroring_flips_image_and_seg_together() -> None:
     out_image, out_seg = aug.apply(image, seg, params)
     for b in range(3):
         z, y, x = 1, 2, 3
-        flipped = [n - 1 - i if params.mirror[b, axis] else i
-                   for axis, (i, n) in enumerate(zip((z, y, x), (8, 10, 12)))]
+        flipped = [
+            n - 1 - i if params.mirror[b, axis] else i for axis, (i, n) in enumerate(zip((z, y, x), (8, 10, 12)))
+        ]
         assert out_image[b, 1, z, y, x] == image[b, 1, flipped[0], flipped[1], flipped[2]]
         assert out_seg[b, 0, z, y, x] == seg[b, 0, flipped[0], flipped[1], flipped[2]]
     assert params.mirror.any()
@@ -135,8 +162,9 @@ def test_intensity_transforms_leave_seg_untouched() -> None:
 @pytest.mark.parametrize("interpolation", ["linear", "cubic"])
 def test_2d_batch(interpolation: str) -> None:
     image, seg = _batch((40, 36), batch=4, channels=3)
-    aug = TrainingAugmentation.for_patch_size((32, 32), p_rotation=1, p_scaling=1, interpolation=interpolation,
-                                              **INTENSITY_ON)
+    aug = TrainingAugmentation.for_patch_size(
+        (32, 32), p_rotation=1, p_scaling=1, interpolation=interpolation, **INTENSITY_ON
+    )
     assert aug.rotation_range == pytest.approx((-math.pi, math.pi))
     out_image, out_seg = aug(image, seg, torch.Generator().manual_seed(0))
     assert out_image.shape == (4, 3, 32, 32) and out_seg.shape == (4, 1, 32, 32)
@@ -146,8 +174,15 @@ def test_2d_batch(interpolation: str) -> None:
 def test_probabilities_are_respected() -> None:
     aug = TrainingAugmentation((8, 8, 8))
     params = aug.sample_params(500, torch.Generator().manual_seed(0), num_channels=2)
-    expected = {"rotate": 0.2, "scale": 0.2, "noise": 0.1, "brightness": 0.15, "contrast": 0.15,
-                "gamma_inverted": 0.1, "gamma": 0.3}
+    expected = {
+        "rotate": 0.2,
+        "scale": 0.2,
+        "noise": 0.1,
+        "brightness": 0.15,
+        "contrast": 0.15,
+        "gamma_inverted": 0.1,
+        "gamma": 0.3,
+    }
     for name, p in expected.items():
         fraction = getattr(params, name).double().mean().item()
         assert p - 0.1 <= fraction <= p + 0.1, (name, fraction)

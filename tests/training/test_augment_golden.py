@@ -15,18 +15,46 @@ import torch
 
 from nnseg.training.augment import TrainingAugmentation
 
-ALL_ON = dict(p_rotation=1.0, p_scaling=1.0, p_noise=1.0, p_blur=1.0, p_blur_per_channel=1.0, p_brightness=1.0,
-              p_contrast=1.0, p_low_res=1.0, p_low_res_per_channel=1.0, p_gamma_inverted=1.0, p_gamma=1.0)
-HALF = dict(p_rotation=0.5, p_scaling=0.5, p_noise=0.5, p_blur=0.5, p_low_res=0.5, p_gamma=0.5,
-            p_gamma_inverted=0.5, p_contrast=0.5, p_brightness=0.5)
+ALL_ON = dict(
+    p_rotation=1.0,
+    p_scaling=1.0,
+    p_noise=1.0,
+    p_blur=1.0,
+    p_blur_per_channel=1.0,
+    p_brightness=1.0,
+    p_contrast=1.0,
+    p_low_res=1.0,
+    p_low_res_per_channel=1.0,
+    p_gamma_inverted=1.0,
+    p_gamma=1.0,
+)
+HALF = dict(
+    p_rotation=0.5,
+    p_scaling=0.5,
+    p_noise=0.5,
+    p_blur=0.5,
+    p_low_res=0.5,
+    p_gamma=0.5,
+    p_gamma_inverted=0.5,
+    p_contrast=0.5,
+    p_brightness=0.5,
+)
 
 #: name -> (augmentation, input spatial shape, batch, channels)
 CASES: dict[str, tuple[Callable[[], TrainingAugmentation], tuple[int, ...], int, int]] = {
-    "3d_all_on_linear_seg": (lambda: TrainingAugmentation((8, 8, 8), seg_interpolation="linear", **ALL_ON),
-                             (11, 10, 12), 3, 2),
+    "3d_all_on_linear_seg": (
+        lambda: TrainingAugmentation((8, 8, 8), seg_interpolation="linear", **ALL_ON),
+        (11, 10, 12),
+        3,
+        2,
+    ),
     "3d_partial": (lambda: TrainingAugmentation.for_patch_size((8, 8, 8), **HALF), (12, 12, 12), 6, 2),
-    "2d_cubic_all_on": (lambda: TrainingAugmentation.for_patch_size((12, 10), interpolation="cubic",
-                                                                    seg_border_value=-1, **ALL_ON), (16, 15), 4, 3),
+    "2d_cubic_all_on": (
+        lambda: TrainingAugmentation.for_patch_size((12, 10), interpolation="cubic", seg_border_value=-1, **ALL_ON),
+        (16, 15),
+        4,
+        3,
+    ),
     "aniso_all_on": (lambda: TrainingAugmentation.for_patch_size((4, 16, 16), **ALL_ON), (4, 19, 19), 3, 1),
 }
 
@@ -38,17 +66,65 @@ GOLDEN: dict[str, tuple[list[float], list[float], list[int]]] = {
         [35426, 34898, 35275],
     ),
     "3d_partial": (
-        [0.05640234, 0.00846079, 0.02581289, -0.01190016, 0.007970768, 0.009337924, -0.06878449, 0.008516187,
-         -0.04049606, 0.02210361, -0.0393789, -0.07578075],
-        [18.85517, -0.4956871, 0.5882234, 6.943625, -1.198332, 4.676221, 9.042376, 2.649961, 7.770176, -4.721535,
-         1.92988, -7.384907],
+        [
+            0.05640234,
+            0.00846079,
+            0.02581289,
+            -0.01190016,
+            0.007970768,
+            0.009337924,
+            -0.06878449,
+            0.008516187,
+            -0.04049606,
+            0.02210361,
+            -0.0393789,
+            -0.07578075,
+        ],
+        [
+            18.85517,
+            -0.4956871,
+            0.5882234,
+            6.943625,
+            -1.198332,
+            4.676221,
+            9.042376,
+            2.649961,
+            7.770176,
+            -4.721535,
+            1.92988,
+            -7.384907,
+        ],
         [35913, 35149, 36209, 33817, 38022, 35543],
     ),
     "2d_cubic_all_on": (
-        [-0.04608842, 0.2581955, 0.008002515, -0.1286182, -0.01247791, 0.1473755, -0.04783552, -0.1085822,
-         -0.118668, -0.208603, -0.05472217, 0.0505661],
-        [-0.6705399, -0.7228556, 1.427524, -2.487085, 0.06686828, -0.7815779, -2.540563, -1.604748, -0.07980018,
-         1.315345, 0.2575656, -0.7570117],
+        [
+            -0.04608842,
+            0.2581955,
+            0.008002515,
+            -0.1286182,
+            -0.01247791,
+            0.1473755,
+            -0.04783552,
+            -0.1085822,
+            -0.118668,
+            -0.208603,
+            -0.05472217,
+            0.0505661,
+        ],
+        [
+            -0.6705399,
+            -0.7228556,
+            1.427524,
+            -2.487085,
+            0.06686828,
+            -0.7815779,
+            -2.540563,
+            -1.604748,
+            -0.07980018,
+            1.315345,
+            0.2575656,
+            -0.7570117,
+        ],
         [8514, 6684, 7831, 7331],
     ),
     "aniso_all_on": (
@@ -63,8 +139,11 @@ def _summarize(image: torch.Tensor, seg: torch.Tensor) -> tuple[list[float], lis
     flat = image.double().flatten(2)
     weights = torch.cos(torch.arange(flat.shape[-1], dtype=torch.float64))
     seg_weights = torch.arange(seg[0].numel(), dtype=torch.int64) % 97 + 1
-    return (flat.mean(-1).flatten().tolist(), (flat * weights).sum(-1).flatten().tolist(),
-            (seg.long().flatten(1) * seg_weights).sum(1).tolist())
+    return (
+        flat.mean(-1).flatten().tolist(),
+        (flat * weights).sum(-1).flatten().tolist(),
+        (seg.long().flatten(1) * seg_weights).sum(1).tolist(),
+    )
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -19,10 +19,13 @@ def _subparser(name: str) -> argparse.ArgumentParser:
     return action.choices[name]
 
 
-@pytest.mark.parametrize("command, config_type, required", [
-    ("train", TrainConfig, []),
-    ("predict", PredictConfig, ["-i", "x", "-o", "y", "-m", "z"]),
-])
+@pytest.mark.parametrize(
+    "command, config_type, required",
+    [
+        ("train", TrainConfig, []),
+        ("predict", PredictConfig, ["-i", "x", "-o", "y", "-m", "z"]),
+    ],
+)
 def test_cli_defaults_and_help_come_from_the_config(command: str, config_type: type, required: list[str]) -> None:
     parser = _subparser(command)
     assert config_from_args(config_type, parser.parse_args(required)) == config_type()
@@ -36,20 +39,49 @@ def test_cli_defaults_and_help_come_from_the_config(command: str, config_type: t
 
 
 def test_every_option_reaches_the_config() -> None:
-    args = _subparser("train").parse_args(["--config", "2d", "--fold", "all", "--epochs", "3", "--lr", "0.1",
-                                           "--no-amp", "--no-deep-supervision", "--max-hours", "0.5",
-                                           "--no-tracking", "--momentum", "0.9"])
+    args = _subparser("train").parse_args(
+        [
+            "--config",
+            "2d",
+            "--fold",
+            "all",
+            "--epochs",
+            "3",
+            "--lr",
+            "0.1",
+            "--no-amp",
+            "--no-deep-supervision",
+            "--max-hours",
+            "0.5",
+            "--no-tracking",
+            "--momentum",
+            "0.9",
+        ]
+    )
     config = config_from_args(TrainConfig, args)
     assert (config.configuration, config.fold, config.epochs, config.initial_lr) == ("2d", "all", 3, 0.1)
     assert not config.mixed_precision and not config.deep_supervision and not config.tracking
     assert config.max_wall_time_s == 1800 and config.momentum == 0.9
-    predict = config_from_args(PredictConfig, _subparser("predict").parse_args(
-        ["-i", "x", "-o", "y", "-m", "z", "-f", "0", "all", "--no-tta", "--step-size", "0.25"]))
+    predict = config_from_args(
+        PredictConfig,
+        _subparser("predict").parse_args(
+            ["-i", "x", "-o", "y", "-m", "z", "-f", "0", "all", "--no-tta", "--step-size", "0.25"]
+        ),
+    )
     assert predict.folds == (0, "all") and not predict.mirror and predict.step_size == 0.25
 
 
-@pytest.mark.parametrize("values", [{"epochs": 0}, {"initial_lr": float("nan")}, {"fold": -1}, {"device": "gpu"},
-                                    {"max_hours": -1.0}, {"batch_size": 0}])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"epochs": 0},
+        {"initial_lr": float("nan")},
+        {"fold": -1},
+        {"device": "gpu"},
+        {"max_hours": -1.0},
+        {"batch_size": 0},
+    ],
+)
 def test_the_python_api_applies_the_same_checks(values: dict) -> None:
     with pytest.raises(OptionError):
         TrainConfig(**values)

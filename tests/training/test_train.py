@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from nnseg.checkpoint import Checkpoint, TrainingState
 from nnseg.training.config import TrainConfig
@@ -55,8 +54,13 @@ def _config(**overrides) -> TrainConfig:
 def test_short_training_with_embedded_mlflow(preprocessed_work: Path) -> None:
     result = train(preprocessed_work, _config(), show_progress=False)
     fold = preprocessed_work / "models" / "3d_fullres" / "fold_0"
-    for name in ("checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt", "curves.png",
-                 "validation/summary.json"):
+    for name in (
+        "checkpoint_latest.pt",
+        "checkpoint_best.pt",
+        "checkpoint_final.pt",
+        "curves.png",
+        "validation/summary.json",
+    ):
         assert (fold / name).is_file(), name
     assert (preprocessed_work / "splits.json").is_file()
     final, latest = Checkpoint.load(fold / "checkpoint_final.pt"), Checkpoint.load(fold / "checkpoint_latest.pt")
@@ -76,23 +80,39 @@ def test_training_against_a_live_mlflow_server(preprocessed_work: Path, mlflow_s
 
 def test_unreachable_tracking_server_does_not_stop_training(preprocessed_work: Path) -> None:
     with pytest.warns(UserWarning, match="127.0.0.1:9"):
-        result = train(preprocessed_work, _config(epochs=1, tracking_uri="http://127.0.0.1:9",
-                                                  final_validation=False), show_progress=False)
+        result = train(
+            preprocessed_work,
+            _config(epochs=1, tracking_uri="http://127.0.0.1:9", final_validation=False),
+            show_progress=False,
+        )
     fold = preprocessed_work / "models" / "3d_fullres" / "fold_0"
     assert result.epochs_done == 1 and (fold / "checkpoint_final.pt").is_file()
     assert (fold / "tracking_fallback.jsonl").is_file()
 
 
 def test_2d_configuration_and_fold_all(preprocessed_work: Path) -> None:
-    result = train(preprocessed_work, _config(configuration="2d", fold="all", epochs=1, tracking=False),
-                   show_progress=False)
+    result = train(
+        preprocessed_work, _config(configuration="2d", fold="all", epochs=1, tracking=False), show_progress=False
+    )
     assert (preprocessed_work / "models" / "2d" / "fold_all" / "checkpoint_final.pt").is_file()
     assert result.validation is None
 
 
 def _train_command(work: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "nnseg", "train", "--work", str(work), "--device", "cpu", "--loader-threads", "1",
-            "--no-final-validation", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "nnseg",
+        "train",
+        "--work",
+        str(work),
+        "--device",
+        "cpu",
+        "--loader-threads",
+        "1",
+        "--no-final-validation",
+        *extra,
+    ]
 
 
 def test_kill_9_mid_epoch_then_resume_in_the_same_run(preprocessed_work: Path) -> None:
@@ -120,19 +140,44 @@ def test_kill_9_mid_epoch_then_resume_in_the_same_run(preprocessed_work: Path) -
     assert [h["epoch"] for h in final.history] == list(range(6))  # continued, nothing repeated or lost
     assert final.run_id == before.run_id
     history = _client(f"sqlite:///{(preprocessed_work / 'mlflow.db').resolve()}").get_metric_history(
-        before.run_id, "train_loss")
+        before.run_id, "train_loss"
+    )
     assert sorted({m.step for m in history}) == list(range(6))
 
 
 def test_torchrun_two_cpu_processes(preprocessed_work: Path) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "nnseg",
-               "train", "--work", str(preprocessed_work), "--device", "cpu", "--epochs", "2",
-               "--iters-per-epoch", "2", "--val-iters", "1", "--loader-threads", "1", "--no-tracking"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "nnseg",
+        "train",
+        "--work",
+        str(preprocessed_work),
+        "--device",
+        "cpu",
+        "--epochs",
+        "2",
+        "--iters-per-epoch",
+        "2",
+        "--val-iters",
+        "1",
+        "--loader-threads",
+        "1",
+        "--no-tracking",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     fold = preprocessed_work / "models" / "3d_fullres" / "fold_0"
-    assert sorted(p.name for p in fold.glob("checkpoint_*.pt")) == ["checkpoint_best.pt", "checkpoint_final.pt",
-                                                                      "checkpoint_latest.pt"]
+    assert sorted(p.name for p in fold.glob("checkpoint_*.pt")) == [
+        "checkpoint_best.pt",
+        "checkpoint_final.pt",
+        "checkpoint_latest.pt",
+    ]
     assert not list(fold.glob(".*.tmp"))
     assert [h["epoch"] for h in _training(fold / "checkpoint_latest.pt").history] == [0, 1]
 

@@ -55,12 +55,13 @@ def check_batch(image: Tensor, seg: Tensor, patch_size: tuple[int, ...]) -> None
     if not image.dtype.is_floating_point:
         raise ValueError(f"image must be floating point, got {image.dtype}")
     if seg.ndim != image.ndim or seg.shape[0] != image.shape[0] or seg.shape[2:] != image.shape[2:]:
-        raise ValueError(f"seg shape {tuple(seg.shape)} does not match image shape {tuple(image.shape)} "
-                         "(expected (B, S, *spatial) with the same B and spatial size)")
+        raise ValueError(
+            f"seg shape {tuple(seg.shape)} does not match image shape {tuple(image.shape)} "
+            "(expected (B, S, *spatial) with the same B and spatial size)"
+        )
     if seg.dtype.is_floating_point or seg.dtype == torch.bool or seg.dtype.is_complex:
         raise ValueError(f"seg must be an integer tensor, got {seg.dtype}")
     if seg.device != image.device:
         raise ValueError(f"image is on {image.device} but seg is on {seg.device}")
     if any(s < p for s, p in zip(image.shape[2:], patch_size)):
         raise ValueError(f"input spatial size {tuple(image.shape[2:])} is smaller than patch_size {patch_size}")
-

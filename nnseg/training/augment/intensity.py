@@ -26,8 +26,9 @@ def add_noise(image: Tensor, mask: Tensor, std: Tensor, seed: int) -> None:
         return
     generator = torch.Generator(device=image.device)
     generator.manual_seed(seed)
-    field = torch.randn((index.numel(), 1, *image.shape[2:]), generator=generator, device=image.device,
-                        dtype=image.dtype)
+    field = torch.randn(
+        (index.numel(), 1, *image.shape[2:]), generator=generator, device=image.device, dtype=image.dtype
+    )
     image[index] += field * expand(std[mask].to(image.device, image.dtype), image.ndim)
 
 

@@ -160,10 +160,18 @@ class TrainingAugmentation:
         self.seg_border_value = int(seg_border_value)
 
         probabilities = {
-            "p_rotation": p_rotation, "p_scaling": p_scaling, "p_noise": p_noise, "p_blur": p_blur,
-            "p_blur_per_channel": p_blur_per_channel, "p_brightness": p_brightness, "p_contrast": p_contrast,
-            "p_low_res": p_low_res, "p_low_res_per_channel": p_low_res_per_channel,
-            "p_gamma_inverted": p_gamma_inverted, "p_gamma": p_gamma, "p_mirror": p_mirror,
+            "p_rotation": p_rotation,
+            "p_scaling": p_scaling,
+            "p_noise": p_noise,
+            "p_blur": p_blur,
+            "p_blur_per_channel": p_blur_per_channel,
+            "p_brightness": p_brightness,
+            "p_contrast": p_contrast,
+            "p_low_res": p_low_res,
+            "p_low_res_per_channel": p_low_res_per_channel,
+            "p_gamma_inverted": p_gamma_inverted,
+            "p_gamma": p_gamma,
+            "p_mirror": p_mirror,
         }
         for name, value in probabilities.items():
             if not 0.0 <= value <= 1.0:
@@ -199,8 +207,12 @@ class TrainingAugmentation:
         if len(patch) == 2:
             settings["rotation_range"] = _symmetric_degrees(15.0 if max(patch) / min(patch) > 1.5 else 180.0)
         elif max(patch) / patch[0] > ANISOTROPY_THRESHOLD:
-            settings.update(rotation_range=_symmetric_degrees(180.0), rotation_axes=(0,), scale_axes=(1, 2),
-                            low_res_ignore_axes=(0,))
+            settings.update(
+                rotation_range=_symmetric_degrees(180.0),
+                rotation_axes=(0,),
+                scale_axes=(1, 2),
+                low_res_ignore_axes=(0,),
+            )
         else:
             settings["rotation_range"] = _symmetric_degrees(30.0)
         settings.update(overrides)
@@ -209,11 +221,13 @@ class TrainingAugmentation:
     @property
     def sampling_patch_size(self) -> tuple[int, ...]:
         """The larger region the data loader should sample so that rotated corners hold data (nnU-Net's rule)."""
-        return sampling_patch_size(self.patch_size, max(abs(a) for a in self.rotation_range), self.rotation_axes,
-                                   self.scale_axes)
+        return sampling_patch_size(
+            self.patch_size, max(abs(a) for a in self.rotation_range), self.rotation_axes, self.scale_axes
+        )
 
-    def sample_params(self, batch_size: int, generator: torch.Generator, *, num_channels: int = 1
-                      ) -> AugmentationParams:
+    def sample_params(
+        self, batch_size: int, generator: torch.Generator, *, num_channels: int = 1
+    ) -> AugmentationParams:
         """Draw every random quantity for a batch from ``generator`` (the only source of randomness)."""
         if batch_size < 1 or num_channels < 1:
             raise ValueError(f"batch_size and num_channels must be >= 1, got {batch_size} and {num_channels}")
@@ -259,11 +273,25 @@ class TrainingAugmentation:
         mirror = (rand(b, dims) < self.p_mirror) & allowed
 
         params = dict(
-            rotate=rotate, angles=angles, scale=scale, scales=scales, noise=noise, noise_std=noise_std,
-            blur=blur, blur_sigma=blur_sigma, brightness=brightness, brightness_factor=brightness_factor,
-            contrast=contrast, contrast_factor=contrast_factor, low_res=low_res, low_res_zoom=low_res_zoom,
-            gamma_inverted=gamma_inverted, gamma_inverted_value=gamma_inverted_value, gamma=gamma,
-            gamma_value=gamma_value, mirror=mirror,
+            rotate=rotate,
+            angles=angles,
+            scale=scale,
+            scales=scales,
+            noise=noise,
+            noise_std=noise_std,
+            blur=blur,
+            blur_sigma=blur_sigma,
+            brightness=brightness,
+            brightness_factor=brightness_factor,
+            contrast=contrast,
+            contrast_factor=contrast_factor,
+            low_res=low_res,
+            low_res_zoom=low_res_zoom,
+            gamma_inverted=gamma_inverted,
+            gamma_inverted_value=gamma_inverted_value,
+            gamma=gamma,
+            gamma_value=gamma_value,
+            mirror=mirror,
         )
         return AugmentationParams(noise_seed=noise_seed, **{k: v.cpu() for k, v in params.items()})
 
@@ -275,15 +303,28 @@ class TrainingAugmentation:
         """
         check_batch(image, seg, self.patch_size)
         if params.batch_size != image.shape[0] or params.num_channels != image.shape[1]:
-            raise ValueError(f"params were sampled for batch {params.batch_size} x {params.num_channels} channels; "
-                             f"image has {image.shape[0]} x {image.shape[1]}")
+            raise ValueError(
+                f"params were sampled for batch {params.batch_size} x {params.num_channels} channels; "
+                f"image has {image.shape[0]} x {image.shape[1]}"
+            )
         if params.mirror.shape[1] != len(self.patch_size):
-            raise ValueError(f"params were sampled for {params.mirror.shape[1]}D patches, this augmentation is "
-                             f"{len(self.patch_size)}D")
+            raise ValueError(
+                f"params were sampled for {params.mirror.shape[1]}D patches, this augmentation is "
+                f"{len(self.patch_size)}D"
+            )
         image, seg = spatial.spatial_transform(
-            image, seg, params.spatial, params.angles, params.scales, patch_size=self.patch_size,
-            rotation_axes=self.rotation_axes, scale_axes=self.scale_axes, interpolation=self.interpolation,
-            seg_interpolation=self.seg_interpolation, seg_border_value=self.seg_border_value)
+            image,
+            seg,
+            params.spatial,
+            params.angles,
+            params.scales,
+            patch_size=self.patch_size,
+            rotation_axes=self.rotation_axes,
+            scale_axes=self.scale_axes,
+            interpolation=self.interpolation,
+            seg_interpolation=self.seg_interpolation,
+            seg_border_value=self.seg_border_value,
+        )
         intensity.add_noise(image, params.noise, params.noise_std, params.noise_seed)
         intensity.blur(image, params.blur, params.blur_sigma)
         intensity.scale_brightness(image, params.brightness, params.brightness_factor)

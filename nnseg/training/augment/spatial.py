@@ -33,7 +33,7 @@ def center_crop(tensor: Tensor, patch_size: Sequence[int]) -> Tensor:
     patch = tuple(int(p) for p in patch_size)
     if not patch or any(p < 1 for p in patch):
         raise ValueError(f"patch_size needs positive sizes, got {list(patch_size)}")
-    spatial = tuple(tensor.shape[-len(patch):])
+    spatial = tuple(tensor.shape[-len(patch) :])
     if tensor.ndim < len(patch) or any(s < p for s, p in zip(spatial, patch)):
         raise ValueError(f"cannot center-crop shape {tuple(tensor.shape)} to patch_size {patch}")
     leading = (slice(None),) * (tensor.ndim - len(patch))
@@ -70,16 +70,17 @@ def spatial_transform(
     index = indices(resample, image.device)
     if index is None:
         return out_image, out_seg
-    theta = affine_theta(angles[resample], scales[resample], tuple(image.shape[2:]), patch_size, rotation_axes,
-                         scale_axes)
+    theta = affine_theta(
+        angles[resample], scales[resample], tuple(image.shape[2:]), patch_size, rotation_axes, scale_axes
+    )
     theta = theta.to(device=image.device, dtype=torch.float64 if image.dtype == torch.float64 else torch.float32)
     grid = _affine_grid(theta, patch_size)
     mode = "bilinear" if interpolation == "linear" else "bicubic"
     every = index.numel() == image.shape[0]  # no gathered copy of the (large) input when all samples move
-    out_image[index] = F.grid_sample(image if every else image[index], grid.to(image.dtype), mode=mode,
-                                     padding_mode="zeros", align_corners=False)
-    out_seg[index] = _resample_seg(seg if every else seg[index], grid, patch_size, seg_interpolation,
-                                   seg_border_value)
+    out_image[index] = F.grid_sample(
+        image if every else image[index], grid.to(image.dtype), mode=mode, padding_mode="zeros", align_corners=False
+    )
+    out_seg[index] = _resample_seg(seg if every else seg[index], grid, patch_size, seg_interpolation, seg_border_value)
     return out_image, out_seg
 
 
@@ -214,8 +215,9 @@ def _resample_seg(seg: Tensor, grid: Tensor, patch_size: tuple[int, ...], interp
     n, channels = seg.shape[:2]
     spatial = seg.shape[2:]
     one_hot = (seg.unsqueeze(2) == labels.view(1, 1, -1, *[1] * len(spatial))).to(grid.dtype)
-    sampled = F.grid_sample(one_hot.flatten(1, 2), grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=False).view(n, channels, labels.numel(), *patch_size)
+    sampled = F.grid_sample(
+        one_hot.flatten(1, 2), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    ).view(n, channels, labels.numel(), *patch_size)
     outside = (1 - sampled.sum(2, keepdim=True)).clamp_min(0)
     values = torch.cat([labels, labels.new_tensor([border])])
     return values[torch.cat([sampled, outside], dim=2).argmax(2)].to(seg.dtype)
