@@ -36,7 +36,7 @@ import torch
 from nnseg.atomic import atomic_path
 from nnseg.errors import NnsegError
 from nnseg.planning.plan import NetworkPlan, Plan
-from nnseg.schema import SchemaError, load_dataclass, to_jsonable
+from nnseg.schema import SchemaError, flatten_json, load_dataclass, to_jsonable
 
 CHECKPOINT_FORMAT = 2
 
@@ -131,6 +131,24 @@ class Checkpoint:
     @property
     def labels(self) -> dict[str, int | tuple[int, ...]]:
         return self.plan.labels
+
+    def plan_changes(self, current: Plan) -> list[str]:
+        """``field: trained -> current`` for each plan field that shapes the weights or their data and differs."""
+
+        def relevant(plan: Plan) -> dict[str, Any]:
+            return {
+                "channel_names": plan.channel_names,
+                "labels": plan.labels,
+                "transpose_forward": plan.transpose_forward,
+                "configurations": {self.configuration: plan.configurations.get(self.configuration)},
+            }
+
+        old, new = flatten_json(relevant(self.plan)), flatten_json(relevant(current))
+        return [
+            f"{key}: {old.get(key)} -> {new.get(key)}"
+            for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key) and not key.endswith(".budget_used")
+        ]
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write via a temp file and rename: a crash leaves the previous file intact."""

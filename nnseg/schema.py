@@ -44,6 +44,17 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def flatten_json(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested objects (dicts, dataclasses) -> ``{"a.b.c": leaf}``; lists and empty objects are leaves."""
+    data = to_jsonable(value)
+    if not isinstance(data, dict) or (not data and prefix):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, item in data.items():
+        flat.update(flatten_json(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
 def load_dataclass(cls: type[T], data: Any, where: str = "") -> T:
     """Build ``cls`` from parsed JSON, checking every field.
 

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from nnseg.schema import to_jsonable
+from nnseg.schema import flatten_json, to_jsonable
 
 # MLflow's limits (mlflow.utils.validation), repeated here so that importing nnseg does not import mlflow.
 MAX_KEY_LENGTH = 250
@@ -31,14 +31,9 @@ def flatten_params(params: Mapping[str, Any] | Any, prefix: str = "") -> dict[st
     data = to_jsonable(dict(params) if isinstance(params, Mapping) else params)
     if not isinstance(data, dict):
         raise TypeError(f"parameters must be a mapping or a dataclass, got {type(params).__name__}")
-    flat: dict[str, str] = {}
-    for key, value in data.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value:
-            flat.update(flatten_params(value, name))
-        else:
-            flat[mlflow_key(name)] = text(value)[:MAX_PARAM_VALUE_LENGTH]
-    return flat
+    return {
+        mlflow_key(name): text(value)[:MAX_PARAM_VALUE_LENGTH] for name, value in flatten_json(data, prefix).items()
+    }
 
 
 def split_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:

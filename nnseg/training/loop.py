@@ -35,7 +35,6 @@ from nnseg.planning.plan import ConfigurationPlan, Plan
 from nnseg.planning.splits import load_or_create_splits
 from nnseg.preprocessing.preprocess import is_done, preprocessing_hash
 from nnseg.progress import progress
-from nnseg.schema import to_jsonable
 from nnseg.training.augment import TrainingAugmentation, center_crop
 from nnseg.training.config import TrainConfig
 from nnseg.training.data import Batch, PatchSampler, Prefetcher
@@ -220,7 +219,7 @@ class Trainer:
             self.train_config.fold
         ):
             raise NnsegError(f"{path}: belongs to {checkpoint.configuration} fold {checkpoint.fold}")
-        changed = plan_differences(checkpoint.plan, self.plan, self.train_config.configuration)
+        changed = checkpoint.plan_changes(self.plan)
         if changed:
             raise NnsegError(
                 f"{path}: {self.workspace.plans} changed since this fold was trained "
@@ -495,35 +494,6 @@ class Trainer:
                 self.tracker.log_metrics({"final_val_mean_dice": validation["mean_dice"]}, step=self.epoch - 1)
         self.dist.barrier()
         return validation
-
-
-def plan_differences(trained: Plan, current: Plan, configuration: str) -> list[str]:
-    """``field: old -> new`` for every plan field that determines the weights or their data and differs."""
-
-    def relevant(plan: Plan) -> dict[str, Any]:
-        config = plan.configurations.get(configuration)
-        return {
-            "channel_names": plan.channel_names,
-            "labels": plan.labels,
-            "transpose_forward": plan.transpose_forward,
-            f"configurations.{configuration}": None if config is None else config,
-        }
-
-    old, new = _flatten(to_jsonable(relevant(trained))), _flatten(to_jsonable(relevant(current)))
-    return [
-        f"{key}: {old.get(key)} -> {new.get(key)}"
-        for key in sorted(set(old) | set(new))
-        if old.get(key) != new.get(key) and not key.endswith(".budget_used")
-    ]
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        flat: dict[str, Any] = {}
-        for key, item in value.items():
-            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return flat
-    return {prefix: value}
 
 
 def train(
