@@ -139,15 +139,20 @@ def load_dataset(root: str | os.PathLike) -> Dataset:
     json_path = root / "dataset.json"
     if not json_path.is_file():
         raise DatasetError(f"{json_path}: missing; a dataset folder needs a dataset.json (see data_templates/)")
+    raw = _read_json_object(json_path)
+    if isinstance(raw.get("training"), list):
+        return _load_msd(root, raw)
+    return _load_nnunet(root, raw)
+
+
+def _read_json_object(json_path: Path) -> dict:
     try:
         raw = json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{json_path}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise DatasetError(f"{json_path}: must hold a JSON object")
-    if isinstance(raw.get("training"), list):
-        return _load_msd(root, raw)
-    return _load_nnunet(root, raw)
+    return raw
 
 
 def read_labels(json_path: str | os.PathLike) -> dict[str, int | tuple[int, ...]]:
@@ -155,12 +160,7 @@ def read_labels(json_path: str | os.PathLike) -> dict[str, int | tuple[int, ...]
     json_path = Path(json_path)
     if not json_path.is_file():
         raise DatasetError(f"{json_path}: not found")
-    try:
-        raw = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{json_path}: not valid JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise DatasetError(f"{json_path}: must hold a JSON object")
+    raw = _read_json_object(json_path)
     labels, problems = _labels(raw, json_path, msd=isinstance(raw.get("training"), list))
     errors = [p.message for p in problems if p.severity == "error"]
     if errors:
