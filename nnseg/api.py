@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnseg.atomic import remove_stale_temporaries
 from nnseg.dataset import check_dataset, load_dataset
 from nnseg.fingerprint import Fingerprint, extract_fingerprint
 from nnseg.parallel import default_workers
@@ -60,6 +61,7 @@ def plan(
         fingerprint, spec.labels, chosen_preset, nnseg_version=__version__, dataset_root=str(spec.root)
     )
     workspace = Workspace.at(work)
+    remove_stale_temporaries(workspace.root)
     fingerprint_path = fingerprint.save(workspace.fingerprint)
     plans_path = result_plan.save(workspace.plans)
     return PlanResult(fingerprint, result_plan, fingerprint_path, plans_path)

@@ -92,7 +92,7 @@ def ensemble_folders(
     """Average the probabilities of the cases present in every folder; write label maps to ``output``."""
     dirs = [Path(f) for f in folders]
     if len(dirs) < 2:
-        raise NnsegError("ensemble needs at least two prediction folders")
+        raise NnsegError(f"-i: ensemble needs at least two prediction folders (-i A B ...), got {len(dirs)}")
     found = [_probability_files(d) for d in dirs]
     for folder, files in zip(dirs, found):
         if not files:
@@ -180,6 +180,13 @@ def find_best(
     """
     workspace = Workspace.at(work)
     plan = Plan.load(workspace.plans)
+    for name in configurations or []:
+        plan.configuration(name)  # an unknown name: the error lists the plan's configurations
+        if not _validation_probabilities(workspace, name):
+            raise NnsegError(
+                f"{name}: no cross-validation predictions under {workspace.models(name)}; train its "
+                "folds with final validation first, or leave it out of --configs"
+            )
     names = configurations or [c for c in plan.configurations if _validation_probabilities(workspace, c)]
     if not names:
         raise NnsegError(

@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from nnseg.atomic import remove_stale_temporaries
 from nnseg.errors import NnsegError
 from nnseg.evaluation.metrics import (
     ClassMetrics,
@@ -472,6 +473,7 @@ def postprocess_folder(
     files = _label_files(source, file_ending)
     if not files:
         raise NnsegError(f"{source}: no label maps ({file_ending or ', '.join(IMAGE_SUFFIXES)}) found")
+    remove_stale_temporaries(target)
     pairs = [(path, target / path.name) for path in files]
     existing = [out.name for _, out in pairs if out.exists()]
     if existing and not overwrite:

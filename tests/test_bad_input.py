@@ -124,6 +124,38 @@ def test_bad_option_values_exit_2_naming_the_option(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["ensemble", "-i", "only_one", "-o", "out"], "-i"),
+        (["find-best", "--work", "nowhere"], "plans.json"),
+        (["find-best", "--configs", "3d_nope"], "'3d_nope' is not in the plan"),
+        (["find-best", "--configs", "3d_lowres"], "3d_lowres"),
+        (["postprocess", "-i", "x", "-o", "out", "--work", "nowhere"], "inference.json"),
+    ],
+)
+def test_the_other_subcommands_name_what_is_wrong(
+    trained_work: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    expected: str,
+) -> None:
+    work = _copy_work(trained_work, tmp_path)
+    plan = json.loads((work / "plans.json").read_text())
+    if "3d_lowres" in args:  # a configuration in the plan that was never trained
+        plan["configurations"]["3d_lowres"] = dict(plan["configurations"]["3d_fullres"], name="3d_lowres")
+        (work / "plans.json").write_text(json.dumps(plan))
+    monkeypatch.chdir(tmp_path)
+    if args[0] == "find-best" and "--work" not in args:
+        args = [*args, "--work", str(work)]
+    code, output = run_cli(args, capsys)
+    assert code == 2 and "Traceback" not in output
+    assert expected in output
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------------------------------ silently wrong before
 
 

@@ -40,7 +40,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from nnseg.atomic import atomic_path
+from nnseg.atomic import atomic_path, remove_stale_temporaries
 from nnseg.errors import NnsegError
 from nnseg.evaluation.metrics import (
     METRIC_NAMES,
@@ -330,6 +330,7 @@ class EvaluationSummary:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise NnsegError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
+        remove_stale_temporaries(out_dir)
         return self.write_json(out_dir / "metrics.json"), _write_atomic(out_dir / "metrics.csv", self.to_csv())
 
     def table(self) -> str:

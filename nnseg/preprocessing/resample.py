@@ -336,13 +336,3 @@ def resample_labels(labels: np.ndarray, new_shape: Sequence[int], *, axis: int |
     dtype = _TORCH_INTEGER.get(labels.dtype, torch.int16)
     resampled = _argmax_by_slabs([int(v) for v in values], mask_rows, labels.shape, new_shape, axis, dtype)
     return resampled.numpy().astype(labels.dtype, copy=False)
-
-
-def resample_probabilities(
-    probabilities: np.ndarray | torch.Tensor, new_shape: Sequence[int], *, axis: int | None
-) -> torch.Tensor:
-    """Resample ``(classes, *spatial)`` probabilities linearly (nearest along ``axis``); returns a float tensor."""
-    tensor = torch.as_tensor(probabilities).float()
-    if tuple(tensor.shape[1:]) == tuple(new_shape):
-        return tensor
-    return interpolate_linear(tensor, new_shape, axis)

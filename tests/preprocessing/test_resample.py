@@ -15,7 +15,6 @@ from nnseg.preprocessing.resample import (
     new_shape_for,
     resample_image,
     resample_labels,
-    resample_probabilities,
     resampled_argmax,
     separate_axis,
 )
@@ -70,7 +69,7 @@ def test_label_round_trip_keeps_a_sphere() -> None:
 
 def test_probabilities_keep_their_sum() -> None:
     probs = np.random.default_rng(1).dirichlet([1, 1, 1], size=(6, 7, 8)).transpose(3, 0, 1, 2).astype(np.float32)
-    out = resample_probabilities(probs, (9, 5, 12), axis=None)
+    out = interpolate_linear(torch.from_numpy(probs), (9, 5, 12), None)
     assert out.shape == (3, 9, 5, 12)
     np.testing.assert_allclose(out.sum(0).numpy(), 1.0, atol=1e-5)
 
