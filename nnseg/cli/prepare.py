@@ -1,0 +1,168 @@
+"""``nnseg synth | check | plan | preprocess``: data in, plans and the preprocessed cache out."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nnseg.cli.common import EXIT_BAD_INPUT, EXIT_OK, triple
+from nnseg.options import (
+    cli_type,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+
+
+def add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="generate a phantom dataset (nnU-Net layout)",
+        description="Write a realistic synthetic dataset: sample data for demos and tests.",
+    )
+    p.add_argument("out", type=Path, help="destination folder (new or empty)")
+    p.add_argument("--cases", type=cli_type(positive_int, "--cases"), default=8, help="training cases (default 8)")
+    p.add_argument(
+        "--test-cases",
+        type=cli_type(non_negative_int, "--test-cases"),
+        default=0,
+        help="extra cases in imagesTs/labelsTs (default 0)",
+    )
+    p.add_argument("--shape", type=triple(int), default=(40, 48, 48), help="nominal shape k,j,i (default 40,48,48)")
+    p.add_argument(
+        "--spacing",
+        type=triple(float),
+        default=(1.5, 1.2, 1.2),
+        help="nominal voxel size in mm k,j,i (default 1.5,1.2,1.2)",
+    )
+    p.add_argument("--modality", choices=["CT", "MR"], default="CT")
+    p.add_argument("--channels", type=cli_type(positive_int, "--channels"), default=1, help="channels (MR only for >1)")
+    p.add_argument("--anisotropic", action="store_true", help="thick slices along k (3.5-5 mm)")
+    p.add_argument("--no-oblique", dest="oblique", action="store_false", help="identity directions")
+    p.add_argument("--file-ending", default=".nii.gz", choices=[".nii.gz", ".nii", ".mha", ".nrrd"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from nnseg.synth import SynthConfig, generate_dataset
+
+    config = SynthConfig(
+        num_cases=args.cases,
+        num_test=args.test_cases,
+        shape=args.shape,
+        spacing=args.spacing,
+        modality=args.modality,
+        channels=args.channels,
+        anisotropic=args.anisotropic,
+        oblique=args.oblique,
+        seed=args.seed,
+        file_ending=args.file_ending,
+    )
+    out = generate_dataset(args.out, config)
+    print(f"wrote {config.num_cases} training + {config.num_test} test phantom case(s) to {out}")
+    return EXIT_OK
+
+
+def add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check",
+        help="verify a dataset and list every problem",
+        description="Check a dataset (nnU-Net or MSD layout). Exit 0 when clean (warnings "
+        "allowed), 2 on any error. Never writes into the dataset.",
+    )
+    p.add_argument("dataset", type=Path, help="dataset folder holding dataset.json")
+    p.add_argument("--json", action="store_true", help="print a machine-readable JSON report")
+    p.add_argument(
+        "--workers", type=cli_type(positive_int, "--workers"), default=1, help="parallel reader processes (default 1)"
+    )
+    p.set_defaults(handler=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from nnseg.dataset import check_dataset
+
+    report = check_dataset(args.dataset, workers=args.workers, show_progress=not args.json)
+    print(report.to_json() if args.json else report.summary())
+    return EXIT_OK if report.ok else EXIT_BAD_INPUT
+
+
+def add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="fingerprint a dataset and plan the experiment",
+        description="Check the dataset, write <work>/fingerprint.json and <work>/plans.json "
+        "(2d, 3d_fullres and, when needed, 3d_lowres), and print a summary.",
+    )
+    p.add_argument("dataset", type=Path, help="dataset folder holding dataset.json")
+    p.add_argument("--work", type=Path, default=None, help="work folder (default ./nnseg_work)")
+    p.add_argument(
+        "--preset",
+        default="default",
+        help="planner preset: a name from plans/ (default, cpu, ...) or a path to a preset .json",
+    )
+    p.add_argument(
+        "--gpu-memory-gb",
+        type=cli_type(positive_float, "--gpu-memory-gb"),
+        default=None,
+        help="plan for this much GPU memory",
+    )
+    p.add_argument(
+        "--workers",
+        type=cli_type(positive_int, "--workers"),
+        default=None,
+        help="reader processes (default: from cores and free memory)",
+    )
+    p.add_argument(
+        "--preprocess",
+        action="store_true",
+        help="also preprocess every configuration (nnU-Net's plan_and_preprocess in one step)",
+    )
+    p.set_defaults(handler=_run_plan)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from nnseg.api import plan
+    from nnseg.planning.summary import plan_summary
+    from nnseg.preprocessing.preprocess import preprocess_dataset
+
+    result = plan(args.dataset, args.work, preset=args.preset, gpu_memory_gb=args.gpu_memory_gb, workers=args.workers)
+    print(plan_summary(result.plan))
+    print(f"wrote {result.fingerprint_path} and {result.plans_path}")
+    if args.preprocess:
+        _print_preprocess(preprocess_dataset(args.work, workers=args.workers))
+    return EXIT_OK
+
+
+def add_preprocess(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "preprocess",
+        help="crop, resample and normalize the training cases (resumable)",
+        description="Preprocess every training case for the planned configurations into "
+        "<work>/preprocessed/. Rerunning skips finished cases and redoes cases whose "
+        "plan changed; an interrupted run resumes without loss.",
+    )
+    p.add_argument("--work", type=Path, default=None, help="work folder holding plans.json (default ./nnseg_work)")
+    p.add_argument("--config", nargs="+", default=None, help="configurations (default: all planned)")
+    p.add_argument("--dataset", type=Path, default=None, help="raw dataset folder (default: the one in plans.json)")
+    p.add_argument(
+        "--workers",
+        type=cli_type(positive_int, "--workers"),
+        default=None,
+        help="processes (default: from cores and free memory)",
+    )
+    p.set_defaults(handler=_run_preprocess)
+
+
+def _run_preprocess(args: argparse.Namespace) -> int:
+    from nnseg.preprocessing.preprocess import preprocess_dataset
+
+    _print_preprocess(
+        preprocess_dataset(args.work, configurations=args.config, dataset_root=args.dataset, workers=args.workers)
+    )
+    return EXIT_OK
+
+
+def _print_preprocess(summaries) -> None:
+    for s in summaries:
+        print(f"preprocessed {s.configuration}: {s.processed} case(s) written, {s.skipped} already done -> {s.folder}")
