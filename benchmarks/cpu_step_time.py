@@ -33,7 +33,7 @@ def time_step(
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         out = net(x)
-        out = out[:, 0] if out.ndim == x.ndim + 1 else out  # deep supervision stacks heads on dim 1
+        out = out[0] if isinstance(out, list) else out  # deep supervision: a list, highest resolution first
         loss_fn(out, y).backward()
         optimizer.step()
 

@@ -4,10 +4,16 @@ DynUNet with ``res_block=False`` is exactly the plan's network: per stage two
 (conv, instance norm with affine, leaky ReLU 0.01) blocks, the first carrying the
 stage's stride; transposed-conv upsampling with kernel = stride; skip concatenation;
 1x1 segmentation heads (deep supervision on the upper decoder levels).
+
+Output contract (every architecture): in training with deep supervision a list of logits, highest
+resolution first, each head at its own decoder resolution (nnU-Net's layout: the loss downsamples the
+target instead of upsampling the heads); otherwise, and always in eval mode, one tensor.
 """
 
 from __future__ import annotations
 
+import torch
+from monai.networks.nets import DynUNet
 from torch import nn
 
 from nnseg.planning.plan import NetworkPlan
@@ -24,8 +30,6 @@ def build_unet(
         num_classes: output channels (one per label, background included).
         deep_supervision: override the plan's flag (inference turns it off).
     """
-    from monai.networks.nets import DynUNet
-
     if set(plan.n_conv_per_stage) != {2} or set(plan.n_conv_per_stage_decoder) - {2}:
         raise ValueError(
             "the DynUNet builder supports 2 convolutions per stage; got "
@@ -35,7 +39,7 @@ def build_unet(
     # nnU-Net supervises every decoder level but the lowest; with fewer than 4 stages that leaves only the top one
     use_ds = use_ds and plan.n_stages >= 4
     dims = len(plan.kernel_sizes[0])
-    return DynUNet(
+    return PlainUNet(
         spatial_dims=dims,
         in_channels=in_channels,
         out_channels=num_classes,
@@ -50,3 +54,13 @@ def build_unet(
         res_block=False,
         trans_bias=plan.conv_bias,
     )
+
+
+class PlainUNet(DynUNet):
+    """DynUNet whose deep-supervision outputs stay at their own resolution (a list, highest first)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        out = self.output_block(self.skip_layers(x))
+        if self.training and self.deep_supervision:
+            return [out, *self.heads]
+        return out

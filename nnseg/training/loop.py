@@ -301,7 +301,7 @@ class Trainer:
         patch = self.config_plan.patch_size
         image, seg = center_crop(image, patch), center_crop(seg, patch)
         output, loss = self._forward_loss(image, seg)
-        main = output[:, 0] if output.ndim == image.ndim + 1 else output
+        main = output[0] if isinstance(output, list) else output
         predicted = main.argmax(1)
         target = seg[:, 0].long()
         counts = torch.zeros(3, self.plan.num_classes - 1, device=self.device)

@@ -2,13 +2,19 @@
 
 Soft Dice over the foreground classes (background excluded), optionally pooled over the
 batch ("batch Dice", as planned for 3D), smooth 1e-5, plus cross-entropy, weights 1:1.
-With deep supervision the network returns one output per decoder level (upsampled to
-the patch by DynUNet); level ``i`` gets weight ``1 / 2**i``, normalized to sum to 1.
+With deep supervision the network returns a list of logits, one per decoder level, highest
+resolution first, each at its own resolution; as in nnU-Net the target is downsampled to each
+(nearest neighbour) and level ``i`` gets weight ``1 / 2**i``, normalized to sum to 1 (the lowest
+decoder level has no head at all, which is nnU-Net's weight 0).
+Measured against upsampling the heads to the patch (``benchmarks/deep_supervision.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -36,9 +42,20 @@ class SegmentationLoss(nn.Module):
             lambda_ce=1.0,
         )
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """``logits``: one tensor, or the deep-supervision list (highest resolution first)."""
         target = target.long()
-        if logits.ndim == target.ndim:  # one output
+        if isinstance(logits, torch.Tensor):
             return self.loss(logits.float(), target)
-        weights = deep_supervision_weights(logits.shape[1]).to(logits.device)
-        return sum(weights[i] * self.loss(logits[:, i].float(), target) for i in range(logits.shape[1]))
+        weights = deep_supervision_weights(len(logits)).to(target.device)
+        total = torch.zeros((), device=target.device)
+        for weight, level in zip(weights, logits):
+            total = total + weight * self.loss(level.float(), downsample_target(target, level.shape[2:]))
+        return total
+
+
+def downsample_target(target: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Labels ``(B, 1, *spatial)`` at a head's resolution (nearest neighbour; a no-op at full resolution)."""
+    if tuple(target.shape[2:]) == tuple(shape):
+        return target
+    return F.interpolate(target.float(), size=tuple(shape), mode="nearest").long()

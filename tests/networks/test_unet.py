@@ -87,7 +87,9 @@ def test_forward_shapes_and_deep_supervision(dims: int) -> None:
     net.train()
     out = net(x)
     assert plan.n_stages == 4
-    assert out.shape[:3] == (2, plan.n_stages - 2, 3) and out.shape[3:] == x.shape[2:]
+    assert isinstance(out, list) and len(out) == plan.n_stages - 2  # the lowest decoder level has no head
+    for level, head in enumerate(out):
+        assert head.shape == (2, 3, *[p // 2**level for p in patch])
     net.eval()
     assert net(x).shape == (2, 3, *patch)
 
@@ -119,9 +121,14 @@ def test_every_registered_architecture_keeps_the_network_contract(
     x = torch.randn(2, 3, *patch)
     net.train()
     out = net(x)
-    full = out[:, 0] if out.ndim == x.ndim + 1 else out
+    heads = out if isinstance(out, list) else [out]
+    full = heads[0]
     assert full.shape == (2, 5, *patch)
-    full.square().mean().backward()
+    scale = [1] * dims
+    for stage, head in enumerate(heads):  # highest resolution first, each at its decoder level's size
+        scale = [s * f for s, f in zip(scale, strides[stage])]
+        assert head.shape == (2, 5, *[p // s for p, s in zip(patch, scale)])
+    sum(head.square().mean() for head in heads).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
     net.eval()
     with torch.no_grad():
