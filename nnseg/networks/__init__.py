@@ -1,5 +1,5 @@
-"""Networks built from a plan, through an explicit registry."""
+"""Networks built from a plan, through an explicit registry; :func:`create` builds one outside a plan."""
 
-from nnseg.networks.registry import available_architectures, build_network
+from nnseg.networks.registry import available, available_architectures, build_network, create
 
-__all__ = ["available_architectures", "build_network"]
+__all__ = ["available", "available_architectures", "build_network", "create"]
