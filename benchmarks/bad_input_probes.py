@@ -54,22 +54,7 @@ def main() -> int:
     setup = [
         ("synth", raw, "--cases", 4, "--test-cases", 2, "--shape", "20,24,24", "--seed", 1),
         ("plan", raw, "--work", work, "--preset", "cpu", "--preprocess", "--workers", 1),
-        (
-            "train",
-            "--work",
-            work,
-            "--epochs",
-            1,
-            "--iters-per-epoch",
-            2,
-            "--val-iters",
-            1,
-            "--device",
-            "cpu",
-            "--no-tracking",
-            "--loader-threads",
-            1,
-        ),
+        _train(work, "--val-iters", 1, "--loader-threads", 1, iters=2),
     ]
     for step in setup:
         result = nnseg(*step)
@@ -190,41 +175,22 @@ def main() -> int:
         ),
         (
             "5 resume after plans.json width changed",
-            lambda: [
-                "train",
-                "--work",
+            lambda: _train(
                 edited_plan(
                     lambda c: c["network"].update(
                         features_per_stage=[f * 2 for f in c["network"]["features_per_stage"]]
                     )
                 ),
-                "--epochs",
-                2,
-                "--iters-per-epoch",
-                1,
                 "--val-iters",
                 1,
-                "--device",
-                "cpu",
-                "--no-tracking",
-            ],
+                epochs=2,
+            ),
         ),
         (
             "5 resume after plans.json patch changed",
-            lambda: [
-                "train",
-                "--work",
-                edited_plan(lambda c: c.update(patch_size=[p * 2 for p in c["patch_size"]])),
-                "--epochs",
-                2,
-                "--iters-per-epoch",
-                1,
-                "--val-iters",
-                1,
-                "--device",
-                "cpu",
-                "--no-tracking",
-            ],
+            lambda: _train(
+                edited_plan(lambda c: c.update(patch_size=[p * 2 for p in c["patch_size"]])), "--val-iters", 1, epochs=2
+            ),
         ),
         (
             "6 preprocess rerun after a truncated .npy",
@@ -236,23 +202,9 @@ def main() -> int:
         ),
         (
             "8 train --lr nan",
-            lambda: [
-                "train",
-                "--work",
-                edited_plan(lambda c: None),
-                "--lr",
-                "nan",
-                "--epochs",
-                1,
-                "--iters-per-epoch",
-                2,
-                "--val-iters",
-                1,
-                "--device",
-                "cpu",
-                "--no-tracking",
-                "--no-final-validation",
-            ],
+            lambda: _train(
+                edited_plan(lambda c: None), "--lr", "nan", "--val-iters", 1, "--no-final-validation", iters=2
+            ),
         ),
         (
             "9 only checkpoint_latest.pt",
@@ -266,20 +218,7 @@ def main() -> int:
         ("--max-hours -1", lambda: ["train", "--work", work, "--max-hours", -1, "--no-tracking", "--device", "cpu"]),
         (
             "--fresh --resume together",
-            lambda: [
-                "train",
-                "--work",
-                work,
-                "--fresh",
-                "--resume",
-                "--no-tracking",
-                "--device",
-                "cpu",
-                "--epochs",
-                1,
-                "--iters-per-epoch",
-                1,
-            ],
+            lambda: _train(work, "--fresh", "--resume"),
         ),
         (
             "input at 1/10 of the planned spacing",
@@ -320,35 +259,15 @@ def main() -> int:
         ("train --work a read-only folder (/sys)", lambda: ["train", "--work", "/sys", "--no-tracking"]),
         (
             "plans.json with a 4000^3 patch",
-            lambda: [
-                "train",
-                "--work",
-                edited_plan(lambda c: c.update(patch_size=[4000, 4000, 4000])),
-                "--no-tracking",
-                "--device",
-                "cpu",
-                "--epochs",
-                1,
-                "--iters-per-epoch",
-                1,
-            ],
+            lambda: _train(edited_plan(lambda c: c.update(patch_size=[4000, 4000, 4000]))),
         ),
         (
             "plans.json negative feature count",
-            lambda: [
-                "train",
-                "--work",
+            lambda: _train(
                 edited_plan(
                     lambda c: c["network"].update(features_per_stage=[-f for f in c["network"]["features_per_stage"]])
-                ),
-                "--no-tracking",
-                "--device",
-                "cpu",
-                "--epochs",
-                1,
-                "--iters-per-epoch",
-                1,
-            ],
+                )
+            ),
         ),
         (
             "plans.json NaN spacing",
@@ -401,6 +320,23 @@ def main() -> int:
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+def _train(work: Path, *extra: object, epochs: int = 1, iters: int = 1) -> list:
+    """``nnseg train`` of a tiny budget on the CPU without tracking, plus ``extra`` options."""
+    return [
+        "train",
+        "--work",
+        work,
+        "--epochs",
+        epochs,
+        "--iters-per-epoch",
+        iters,
+        "--device",
+        "cpu",
+        "--no-tracking",
+        *extra,
+    ]
 
 
 def _copy(source: Path, target: Path) -> Path:

@@ -46,16 +46,7 @@ def time_step(
 
 def plain_plan(patch: tuple[int, ...], spacing: tuple[float, ...], base: int, cap: int) -> tuple[NetworkPlan, tuple]:
     topo = pool_and_kernel_layout(spacing, patch, 4)
-    n = topo.n_stages
-    plan = NetworkPlan(
-        n_stages=n,
-        features_per_stage=features_per_stage(n, base, cap),
-        kernel_sizes=topo.kernel_sizes,
-        strides=topo.strides,
-        n_conv_per_stage=(2,) * n,
-        n_conv_per_stage_decoder=(2,) * (n - 1),
-    )
-    return plan, topo.patch_size
+    return NetworkPlan.from_topology(topo, features_per_stage(topo.n_stages, base, cap)), topo.patch_size
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 _TMP_MARK = ".tmp"
-_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp(\.[A-Za-z0-9.]+)?$")
+_TEMPORARY = re.compile(rf"^\..+\.(?P<pid>\d+){re.escape(_TMP_MARK)}(\.[A-Za-z0-9.]+)?$")
 
 
 @contextmanager

@@ -126,11 +126,6 @@ def writable_folder(name: str, path: str | os.PathLike) -> Path:
     return folder
 
 
-def text(name: str, value: Any) -> str:
-    """Any string (for options that are names or URIs)."""
-    return str(value)
-
-
 def integer(name: str, value: Any) -> int:
     return _number(name, value, int)
 

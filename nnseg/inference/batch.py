@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nnseg.atomic import remove_stale_temporaries
 from nnseg.errors import NnsegError
-from nnseg.inference.predictor import Predictor
+from nnseg.inference.predictor import Predictor, probabilities_path
 from nnseg.io import split_suffix
 from nnseg.progress import progress
 
@@ -72,7 +72,7 @@ def case_outputs(output: Path, case: InputCase, *, save_probabilities: bool, ove
     """Every file a case must have in ``output`` to count as done: the label map, and what else was asked for."""
     paths = [output / f"{case.case_id}{case.ending}"]
     if save_probabilities:
-        paths.append(output / f"{case.case_id}.npz")
+        paths.append(probabilities_path(paths[0]))
     if overlay:
         paths.append(output / f"{case.case_id}_overlay.png")
     return paths

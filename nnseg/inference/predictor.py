@@ -29,7 +29,7 @@ from nnseg.checkpoint import Checkpoint
 from nnseg.dataset.reading import read_channels
 from nnseg.errors import NnsegError
 from nnseg.inference.sliding_window import predict_sliding_window
-from nnseg.io import Geometry, write_volume
+from nnseg.io import Geometry, split_suffix, write_volume
 from nnseg.networks import build_network
 from nnseg.planning.plan import ConfigurationPlan, Plan
 from nnseg.preprocessing.preprocess import preprocess_case
@@ -210,22 +210,24 @@ class Predictor:
 
         return predict
 
+    def _softmax(self, network: torch.nn.Module, data: torch.Tensor, body: torch.Tensor | None) -> torch.Tensor:
+        logits = predict_sliding_window(
+            self._forward(network),
+            data,
+            self.config_plan.patch_size,
+            self.plan.num_classes,
+            step_size=self.step_size,
+            mirror_axes=self.mirror_axes,
+            window_batch=self.window_batch,
+            body_mask=body,
+            device=self.device,
+        )
+        return torch.softmax(logits, 0)
+
     def _probabilities_3d(self, data: torch.Tensor, body: torch.Tensor | None) -> torch.Tensor:
-        total = torch.zeros(0)
-        for index, network in enumerate(self.networks):
-            logits = predict_sliding_window(
-                self._forward(network),
-                data,
-                self.config_plan.patch_size,
-                self.plan.num_classes,
-                step_size=self.step_size,
-                mirror_axes=self.mirror_axes,
-                window_batch=self.window_batch,
-                body_mask=body,
-                device=self.device,
-            )
-            probabilities = torch.softmax(logits, 0)
-            total = probabilities if index == 0 else total + probabilities
+        total = self._softmax(self.networks[0], data, body)
+        for network in self.networks[1:]:
+            total += self._softmax(network, data, body)
         return total / len(self.networks)
 
     def _probabilities_2d(self, data: torch.Tensor, body: torch.Tensor | None) -> torch.Tensor:
@@ -334,10 +336,12 @@ def _mm(values: Sequence[float]) -> str:
     return " x ".join(f"{v:.3g}" for v in values)
 
 
+def probabilities_path(label_map: str | os.PathLike) -> Path:
+    """Where the probabilities of a label map go: ``<case>.npz`` beside ``<case><ending>``."""
+    label_map = Path(label_map)
+    return label_map.with_name(f"{split_suffix(label_map)[0]}.npz")
+
+
 def _save_probabilities(output: Path, probabilities: np.ndarray, plan: Plan) -> None:
-    name = output.name
-    for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    with atomic_path(output.with_name(f"{name}.npz"), suffix=".npz") as tmp:
+    with atomic_path(probabilities_path(output), suffix=".npz") as tmp:
         np.savez_compressed(tmp, probabilities=probabilities.astype(np.float16), labels=np.array(list(plan.labels)))

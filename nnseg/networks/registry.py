@@ -66,17 +66,9 @@ def create(
     if len(patch) != dims:
         raise ValueError(f"patch_size needs {dims} values, got {list(patch)}")
     topology = pool_and_kernel_layout((1.0,) * dims, patch, min_edge=4)
-    n = len(topology.strides)
     cap = max_features or (320 if dims == 3 else 512)
-    plan = NetworkPlan(
-        n_stages=n,
-        features_per_stage=features_per_stage(n, base_features, cap),
-        kernel_sizes=topology.kernel_sizes,
-        strides=topology.strides,
-        n_conv_per_stage=(2,) * n,
-        n_conv_per_stage_decoder=(2,) * (n - 1),
-        architecture=name,  # type: ignore[arg-type]
-    )
+    features = features_per_stage(topology.n_stages, base_features, cap)
+    plan = NetworkPlan.from_topology(topology, features, architecture=name)
     return build_network(plan, in_channels, classes, deep_supervision=deep_supervision)
 
 

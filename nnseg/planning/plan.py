@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from nnseg.errors import NnsegError
 from nnseg.planning.presets import PlannerPreset
 from nnseg.schema import SchemaError, load_dataclass, read_json, write_json_atomic
+
+if TYPE_CHECKING:
+    from nnseg.planning.topology import Topology
 
 PLAN_SCHEMA_VERSION = 1
 #: Largest training patch accepted, in voxels (512^3 in 3D, 4096^2 in 2D): far above any plan nnseg or nnU-Net
@@ -109,6 +113,28 @@ class NetworkPlan:
     negative_slope: float = 0.01
     conv_bias: bool = True
     deep_supervision: bool = True
+
+    @classmethod
+    def from_topology(
+        cls,
+        topology: Topology,
+        features: Sequence[int],
+        *,
+        conv_per_stage: int = 2,
+        conv_per_stage_decoder: int = 2,
+        architecture: str = "unet",
+    ) -> NetworkPlan:
+        """The network of ``topology`` (strides and kernels) with ``features`` per stage."""
+        n = topology.n_stages
+        return cls(
+            n_stages=n,
+            features_per_stage=tuple(features),
+            kernel_sizes=topology.kernel_sizes,
+            strides=topology.strides,
+            n_conv_per_stage=(conv_per_stage,) * n,
+            n_conv_per_stage_decoder=(conv_per_stage_decoder,) * (n - 1),
+            architecture=architecture,  # type: ignore[arg-type]
+        )
 
 
 @dataclass(frozen=True)

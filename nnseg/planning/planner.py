@@ -208,7 +208,6 @@ def plan_configuration(
     )
     batch_size = batch_size_for(candidate, preset, dataset_voxels)
     topology = candidate.topology
-    n = topology.n_stages
     return ConfigurationPlan(
         name=name,
         dimensions=dims,  # type: ignore[arg-type]
@@ -218,13 +217,11 @@ def plan_configuration(
         patch_size=topology.patch_size,
         batch_size=batch_size,
         batch_dice=batch_dice,
-        network=NetworkPlan(
-            n_stages=n,
-            features_per_stage=candidate.features,
-            kernel_sizes=topology.kernel_sizes,
-            strides=topology.strides,
-            n_conv_per_stage=(preset.conv_per_stage_encoder,) * n,
-            n_conv_per_stage_decoder=(preset.conv_per_stage_decoder,) * (n - 1),
+        network=NetworkPlan.from_topology(
+            topology,
+            candidate.features,
+            conv_per_stage=preset.conv_per_stage_encoder,
+            conv_per_stage_decoder=preset.conv_per_stage_decoder,
         ),
         normalization=normalization,
         resampling=ResamplingPlan(separate_axis_threshold=preset.anisotropy_threshold),

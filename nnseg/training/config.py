@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from nnseg import options
 from nnseg.options import option
+from nnseg.workspace import fold_folder_name
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,6 @@ class TrainConfig:
 
     @property
     def fold_name(self) -> str:
-        from nnseg.workspace import fold_folder_name
-
         return fold_folder_name(self.fold)
 
     @property
