@@ -2,7 +2,10 @@
 
 Each case is a body (an irregular ellipsoid) holding an organ (a large rotated
 ellipsoid, label 1) and a lesion (a small sphere inside the organ, label 2), with a
-"spine" (a bright cylinder, unlabelled) as distractor. Cases differ in shape,
+"spine" (a bright cylinder, unlabelled) as distractor. With ``structures`` (``nnseg synth
+--structure NAME:VOXELS[xCOUNT]``) the body holds the given structure classes instead:
+``COUNT`` separate blobs per case of about ``VOXELS`` voxels each, so sizes can span orders
+of magnitude (e.g. 1,000 / 100 / 30 voxels, several small lesions). Cases differ in shape,
 voxel spacing, size, position and orientation (oblique, some in LPS-like axis order).
 
 CT-like images are int16 Hounsfield units with air at -1000; MR-like images are float32
@@ -34,6 +37,45 @@ _TISSUE_MEANS: dict[str, list[tuple[float, float, float, float, float]]] = {
 }
 _NOISE = {"CT": 18.0, "MR": 25.0}
 _MR_CHANNEL_NAMES = ("T1", "T2", "FLAIR", "PD")
+#: Mean intensity of structure class i (cycled) per modality and channel; bodies are 30 HU / 300 / 420.
+#: Contrast to the body is 2.5-9 noise standard deviations, some brighter, some darker.
+_STRUCTURE_MEANS: dict[str, list[tuple[float, ...]]] = {
+    "CT": [(75.0, 140.0, -25.0, 190.0, 110.0, -60.0)],
+    "MR": [(520.0, 850.0, 170.0, 700.0, 430.0, 110.0), (260.0, 950.0, 640.0, 200.0, 800.0, 560.0)],
+}
+
+
+@dataclass(frozen=True)
+class Structure:
+    """A labelled structure class: ``count`` separate blobs of about ``voxels`` voxels each per case."""
+
+    name: str
+    voxels: float
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Structure:
+        """``NAME:VOXELS`` or ``NAME:VOXELSxCOUNT``, e.g. ``lesion:30x4``."""
+        name, sep, size = text.partition(":")
+        voxels, _, count = size.lower().partition("x")
+        try:
+            structure = cls(name.strip(), float(voxels), int(count) if count else 1)
+        except ValueError:
+            structure = None
+        if not sep or structure is None:
+            raise NnsegError(
+                f"--structure {text!r}: expected NAME:VOXELS or NAME:VOXELSxCOUNT, e.g. organ:1000 or lesion:30x4"
+            )
+        structure.validate()
+        return structure
+
+    def validate(self) -> None:
+        if not self.name or self.name == "background" or not self.name.replace("_", "").isalnum():
+            raise NnsegError(f"--structure: name {self.name!r} must be a word (letters, digits, _), not background")
+        if not 1 <= self.voxels <= 1e7:
+            raise NnsegError(f"--structure {self.name}: voxels must be 1..1e7, got {self.voxels:g}")
+        if not 1 <= self.count <= 50:
+            raise NnsegError(f"--structure {self.name}: count must be 1..50, got {self.count}")
 
 
 @dataclass(frozen=True)
@@ -52,6 +94,8 @@ class SynthConfig:
         oblique: rotate cases by up to 12 degrees and flip some into LPS-like axis order.
         seed: everything is a function of this seed.
         file_ending: ".nii.gz", ".nii", ".mha" or ".nrrd".
+        structures: the labelled structure classes (labels 1, 2, ... in this order); empty for
+            the default organ + lesion.
     """
 
     num_cases: int = 8
@@ -64,6 +108,7 @@ class SynthConfig:
     oblique: bool = True
     seed: int = 0
     file_ending: str = ".nii.gz"
+    structures: tuple[Structure, ...] = ()
 
     def validate(self) -> None:
         if self.num_cases < 1:
@@ -82,10 +127,22 @@ class SynthConfig:
             raise NnsegError(f"--spacing must be positive, got {self.spacing}")
         if self.file_ending not in (".nii.gz", ".nii", ".mha", ".nrrd"):
             raise NnsegError(f"--file-ending must be .nii.gz, .nii, .mha or .nrrd, got {self.file_ending!r}")
+        for structure in self.structures:
+            structure.validate()
+        names = [s.name for s in self.structures]
+        if len(set(names)) != len(names):
+            raise NnsegError(f"--structure: names must differ, got {names}")
+        if not 1 <= len(names) <= 254 and names:
+            raise NnsegError("--structure: at most 254 structure classes")
 
     @property
     def channel_names(self) -> tuple[str, ...]:
         return ("CT",) if self.modality == "CT" else _MR_CHANNEL_NAMES[: self.channels]
+
+    @property
+    def labels(self) -> dict[str, int]:
+        names = [s.name for s in self.structures] or ["organ", "lesion"]
+        return {"background": 0, **{name: value for value, name in enumerate(names, start=1)}}
 
 
 @dataclass(frozen=True)
@@ -99,6 +156,8 @@ class PhantomCase:
 
 def make_case(config: SynthConfig, rng: np.random.Generator) -> PhantomCase:
     """Draw one phantom case."""
+    if config.structures:
+        return _make_structures_case(config, rng)
     spacing, shape = _case_grid(config, rng)
     coords = _physical_coords(shape, spacing)
     extent = np.array(shape) * np.array(spacing)
@@ -122,14 +181,94 @@ def make_case(config: SynthConfig, rng: np.random.Generator) -> PhantomCase:
     tissue[lesion] = 3
     tissue[spine] = 4
 
-    channels = (
-        [
-            _render_channel(config.modality, means, tissue, body, rng)
-            for means in _TISSUE_MEANS[config.modality][: config.channels]
-        ]
-        if config.modality == "MR"
-        else [_render_channel("CT", _TISSUE_MEANS["CT"][0], tissue, body, rng)]
-    )
+    means = [_channel_means(_TISSUE_MEANS[config.modality], c) for c in range(config.channels)]
+    return _finish_case(config, means, tissue, body, coords, extent, labels, spacing, shape, rng)
+
+
+def _make_structures_case(config: SynthConfig, rng: np.random.Generator) -> PhantomCase:
+    """A body holding ``count`` blobs of each structure class, none touching another."""
+    spacing, shape = _case_grid(config, rng)
+    coords = _physical_coords(shape, spacing)
+    extent = np.array(shape) * np.array(spacing)
+    body_radii = extent * rng.uniform(0.36, 0.44, 3)
+    body = _irregular_ellipsoid(coords, np.zeros(3), body_radii, rng, roughness=0.08)
+    spine = (np.hypot(coords[1] + extent[1] * 0.25, coords[2] - rng.uniform(-3, 3)) <= extent[2] * 0.05) & body
+    labels = np.zeros(shape, dtype=np.uint8)
+    tissue = np.where(body, 1, 0).astype(np.uint8)  # 0 background, 1 body, 2 spine, 3 + i structure class i
+    tissue[spine] = 2
+    occupied = spine.copy()
+    voxel_volume = float(np.prod(spacing))
+    # largest first, so small blobs fill the room the large ones leave
+    for index in sorted(range(len(config.structures)), key=lambda i: -config.structures[i].voxels):
+        structure = config.structures[index]
+        for _ in range(structure.count):
+            volume = structure.voxels * voxel_volume * rng.uniform(0.75, 1.25)
+            radii = rng.uniform(0.75, 1.33, 3)
+            radii *= (volume / (4 / 3 * np.pi * np.prod(radii))) ** (1 / 3)
+            blob = _place_blob(coords, body_radii, radii, occupied, spacing, rng, large=structure.voxels >= 500)
+            labels[blob] = index + 1
+            tissue[blob] = 3 + index
+            occupied |= ndimage.binary_dilation(blob, iterations=2)
+    means = []
+    for channel in range(config.channels):
+        background, body_mean, _, _, spine_mean = _channel_means(_TISSUE_MEANS[config.modality], channel)
+        palette = _channel_means(_STRUCTURE_MEANS[config.modality], channel)
+        classes = [palette[i % len(palette)] for i in range(len(config.structures))]
+        means.append((background, body_mean, spine_mean, *classes))
+    return _finish_case(config, means, tissue, body, coords, extent, labels, spacing, shape, rng)
+
+
+def _place_blob(
+    coords: np.ndarray,
+    body_radii: np.ndarray,
+    radii: np.ndarray,
+    occupied: np.ndarray,
+    spacing: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    large: bool,
+) -> np.ndarray:
+    """A blob of the given radii at a random free place inside the body (the least crowded of 40 tries)."""
+    best, best_overlap = None, np.inf
+    room = np.maximum(body_radii * 0.8 - radii.max(), spacing)
+    for _ in range(40):
+        half = (np.array(coords.shape[1:]) - 1) / 2
+        index = np.clip(np.round(_random_point_inside(room / np.sqrt(3), rng) / spacing + half), 0, 2 * half)
+        center = (index - half) * spacing  # a voxel centre, so that even a blob of a few voxels is never empty
+        if large:
+            blob = _irregular_ellipsoid(coords, center, radii, rng, roughness=0.05, rotate=True)
+        else:
+            offset = (coords - center.astype(np.float32)[:, None, None, None]) / radii[:, None, None, None]
+            blob = (offset**2).sum(0) <= 1.0
+        blob[tuple(index.astype(int))] = True
+        overlap = int((blob & occupied).sum())
+        if overlap < best_overlap:
+            best, best_overlap = blob, overlap
+        if overlap == 0:
+            break
+    return best & ~occupied if best_overlap else best  # type: ignore[operator]
+
+
+def _channel_means(table: list[tuple[float, ...]], channel: int) -> tuple[float, ...]:
+    """Channel ``channel``'s row of a per-channel table; channels past the table repeat it at another scale."""
+    row = table[channel % len(table)]
+    scale = 1.0 + 0.2 * (channel // len(table))
+    return tuple(value * scale for value in row)
+
+
+def _finish_case(
+    config: SynthConfig,
+    means: list[tuple[float, ...]],
+    tissue: np.ndarray,
+    body: np.ndarray,
+    coords: np.ndarray,
+    extent: np.ndarray,
+    labels: np.ndarray,
+    spacing: np.ndarray,
+    shape: tuple[int, int, int],
+    rng: np.random.Generator,
+) -> PhantomCase:
+    channels = [_render_channel(config.modality, row, tissue, body, rng) for row in means]
     if config.modality == "MR":
         fov = _irregular_ellipsoid(coords, np.zeros(3), extent * rng.uniform(0.43, 0.47, 3), rng, roughness=0.0)
         channels = [np.where(fov, c, 0.0).astype(np.float32) for c in channels]
@@ -262,10 +401,10 @@ def generate_dataset(out: str | os.PathLike, config: SynthConfig, *, show_progre
         "name": f"Phantoms{config.modality}",
         "description": "nnseg synthetic phantoms",
         "channel_names": {str(i): name for i, name in enumerate(config.channel_names)},
-        "labels": {"background": 0, "organ": 1, "lesion": 2},
+        "labels": config.labels,
         "numTraining": config.num_cases,
         "file_ending": ending,
-        "nnseg_synth": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+        "nnseg_synth": json.loads(json.dumps(asdict(config))),
     }
     (out / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
     return out

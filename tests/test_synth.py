@@ -12,7 +12,7 @@ from nnseg.cli import main
 from nnseg.dataset import check_dataset, load_dataset
 from nnseg.errors import NnsegError
 from nnseg.io import read_volume
-from nnseg.synth import SynthConfig, generate_dataset, make_case
+from nnseg.synth import Structure, SynthConfig, generate_dataset, make_case
 from tests.helpers import tree_digest
 
 SMALL = (20, 24, 24)
@@ -82,3 +82,45 @@ def test_bad_options_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[s
     (tmp_path / "full" / "x").write_text("x")
     assert main(["synth", str(tmp_path / "full")]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_structures_span_sizes_and_counts_as_asked() -> None:
+    from scipy import ndimage
+
+    structures = tuple(Structure.parse(s) for s in ("large:1200", "medium:100", "small:30x3"))
+    config = SynthConfig(shape=(50, 50, 50), spacing=(2.8, 2.8, 2.8), modality="MR", structures=structures)
+    assert config.labels == {"background": 0, "large": 1, "medium": 2, "small": 3}
+    for seed in range(4):
+        case = make_case(config, np.random.default_rng(seed))
+        sizes = [int((case.labels == value).sum()) for value in (1, 2, 3)]
+        assert 700 <= sizes[0] <= 1800 and 50 <= sizes[1] <= 160 and 3 * 15 <= sizes[2] <= 3 * 50, sizes
+        assert ndimage.label(case.labels == 3)[1] == 3  # three separate small blobs
+        image = case.images[0]
+        body = image[(case.labels == 0) & (image > 100)].mean()
+        for value in (1, 2, 3):  # every structure stands out from the body
+            assert abs(image[case.labels == value].mean() - body) > 2 * 25  # two noise SDs, after blur
+
+
+def test_structure_option_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["synth", str(tmp_path / "d"), "--cases", "2", "--shape", "24,24,24", "--modality", "CT"]
+    assert main([*args, "--structure", "organ:400", "--structure", "lesion:20x2"]) == 0
+    meta = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    assert meta["labels"] == {"background": 0, "organ": 1, "lesion": 2}
+    assert check_dataset(tmp_path / "d", show_progress=False).ok
+    for bad, message in [
+        ("lesion", "NAME:VOXELS"),
+        ("lesion:0", "voxels must be 1..1e7"),
+        ("lesion:20x0", "count must be 1..50"),
+        ("back ground:5", "must be a word"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args[:1], str(tmp_path / "e"), "--structure", bad])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(NnsegError, match="names must differ"):
+        SynthConfig(structures=(Structure("a", 10), Structure("a", 20))).validate()
+
+
+def test_more_channels_than_the_tissue_table() -> None:
+    case = make_case(SynthConfig(shape=(24, 24, 24), modality="MR", channels=4), np.random.default_rng(2))
+    assert case.images.shape[0] == 4

@@ -40,8 +40,28 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--anisotropic", action="store_true", help="thick slices along k (3.5-5 mm)")
     p.add_argument("--no-oblique", dest="oblique", action="store_false", help="identity directions")
     p.add_argument("--file-ending", default=".nii.gz", choices=[".nii.gz", ".nii", ".mha", ".nrrd"])
+    p.add_argument(
+        "--structure",
+        dest="structures",
+        action="append",
+        type=_structure,
+        metavar="NAME:VOXELS[xCOUNT]",
+        help="a labelled structure class: COUNT blobs (default 1) of about VOXELS voxels per case; repeat for "
+        "more classes, labelled 1, 2, ... in order (default: an organ with a lesion inside), e.g. "
+        "--structure organ:1000 --structure nodule:100 --structure lesion:30x4",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_run_synth)
+
+
+def _structure(text: str):
+    from nnseg.errors import NnsegError
+    from nnseg.synth import Structure
+
+    try:
+        return Structure.parse(text)
+    except NnsegError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--structure").lstrip(": ")) from None
 
 
 def _run_synth(args: argparse.Namespace) -> int:
@@ -58,6 +78,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         oblique=args.oblique,
         seed=args.seed,
         file_ending=args.file_ending,
+        structures=tuple(args.structures or ()),
     )
     out = generate_dataset(args.out, config)
     print(f"wrote {config.num_cases} training + {config.num_test} test phantom case(s) to {out}")
