@@ -26,7 +26,7 @@ import pickle
 import pickletools
 import random
 import zipfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,9 @@ class TrainingState:
         rng: random states of python, numpy, torch (and CUDA), see :func:`capture_rng_state`.
         generator: state of the augmentation generator.
         train_config: the trainer options (``asdict(TrainConfig)``).
+        recipe: the recipe the run trains with (``asdict(Recipe)``; a resumed run keeps it).
+        planned_epochs: the run's length (``--epochs``, or what ``--time-budget`` fitted).
+        elapsed_s: wall time spent training so far (a time budget counts it on resume).
     """
 
     epoch: int
@@ -71,6 +74,9 @@ class TrainingState:
     rng: dict[str, Any]
     generator: torch.Tensor
     train_config: dict[str, Any]
+    recipe: dict[str, Any] | None = None
+    planned_epochs: int | None = None
+    elapsed_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -217,7 +223,8 @@ def _from_payload(path: Path, payload: Any) -> Checkpoint:
         training = None
         if payload["training"] is not None:
             names = {f.name for f in fields(TrainingState)}
-            if set(payload["training"]) != names:
+            required = {f.name for f in fields(TrainingState) if f.default is MISSING}
+            if not required <= set(payload["training"]) <= names:
                 raise SchemaError(f"training: expected keys {sorted(names)}")
             training = TrainingState(**payload["training"])
     except (NnsegError, ValueError, TypeError) as exc:

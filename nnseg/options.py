@@ -83,6 +83,26 @@ def unit_interval(name: str, value: Any) -> float:
     return number
 
 
+def yes_no(name: str, value: Any) -> bool:
+    """A boolean given as yes/no (also true/false, on/off, 1/0)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("yes", "true", "on", "1"):
+        return True
+    if text in ("no", "false", "off", "0"):
+        return False
+    raise OptionError(f"{name} must be yes or no, got {value!r}")
+
+
+def percent(name: str, value: Any) -> float:
+    """A number in (0, 100]."""
+    number = _number(name, value, float)
+    if not 0 < number <= 100:
+        raise OptionError(f"{name} must be in (0, 100] (a percentage), got {number:g}")
+    return number
+
+
 def fold(name: str, value: Any) -> int | str:
     """A fold index (>= 0) or "all"."""
     if value == "all":
@@ -128,6 +148,23 @@ def writable_folder(name: str, path: str | os.PathLike) -> Path:
 
 def integer(name: str, value: Any) -> int:
     return _number(name, value, int)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0}
+
+
+def duration(name: str, value: Any) -> float:
+    """A positive duration in seconds: a number (seconds) or text such as ``90s``, ``20m``, ``1.5h``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return positive_float(name, value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise OptionError(f"{name} must be a duration such as 90s, 20m or 1.5h, got {value!r}")
+    seconds = float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s").lower()]
+    if seconds <= 0:
+        raise OptionError(f"{name} must be a positive duration, got {value!r}")
+    return seconds
 
 
 def cli_type(validator: Callable[[str, Any], Any], option: str) -> Callable[[str], Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -229,7 +230,7 @@ def _place_blob(
     large: bool,
 ) -> np.ndarray:
     """A blob of the given radii at a random free place inside the body (the least crowded of 40 tries)."""
-    best, best_overlap = None, np.inf
+    best, best_overlap = np.zeros(coords.shape[1:], dtype=bool), np.inf
     room = np.maximum(body_radii * 0.8 - radii.max(), spacing)
     for _ in range(40):
         half = (np.array(coords.shape[1:]) - 1) / 2
@@ -246,10 +247,10 @@ def _place_blob(
             best, best_overlap = blob, overlap
         if overlap == 0:
             break
-    return best & ~occupied if best_overlap else best  # type: ignore[operator]
+    return best & ~occupied if best_overlap else best
 
 
-def _channel_means(table: list[tuple[float, ...]], channel: int) -> tuple[float, ...]:
+def _channel_means(table: Sequence[tuple[float, ...]], channel: int) -> tuple[float, ...]:
     """Channel ``channel``'s row of a per-channel table; channels past the table repeat it at another scale."""
     row = table[channel % len(table)]
     scale = 1.0 + 0.2 * (channel // len(table))

@@ -22,8 +22,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train one fold (resumes automatically)",
         description="Train a U-Net for one configuration and fold on the preprocessed cache. "
-        "Defaults are nnU-Net's recipe (1000 epochs x 250 iterations); a rerun resumes "
-        "from checkpoint_latest.pt in the same MLflow run. Multi-GPU/multi-node: "
+        "Defaults are nnU-Net's schedule (1000 epochs x 250 iterations) and recipe; short runs and the cpu "
+        "preset train with the small_budget recipe (--recipe), and --time-budget fits the epochs to a wall "
+        "time. A rerun resumes from checkpoint_latest.pt in the same MLflow run. Multi-GPU/multi-node: "
         "torchrun --nproc_per_node N -m nnseg train ...",
     )
     from nnseg.training.config import TrainConfig

@@ -59,6 +59,11 @@ def build_unet(
 class PlainUNet(DynUNet):
     """DynUNet whose deep-supervision outputs stay at their own resolution (a list, highest first)."""
 
+    def segmentation_heads(self) -> list[nn.Module]:
+        """The convolutions that produce logits: the output block and each deep-supervision head."""
+        heads = [self.output_block, *(self.deep_supervision_heads if self.deep_supervision else [])]
+        return [head.conv.conv for head in heads]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         out = self.output_block(self.skip_layers(x))
         if self.training and self.deep_supervision:

@@ -79,6 +79,8 @@ class PlannerPreset:
         nonzero_mask_threshold: normalize within the nonzero mask when cropping leaves less than this
             fraction of the median image.
         configurations: which configurations to plan ("2d", "3d_fullres", "3d_lowres").
+        training_recipe: the recipe ``nnseg train --recipe auto`` uses with this plan ("auto": chosen by the
+            run's length; see :mod:`nnseg.training.recipe`).
     """
 
     name: str
@@ -101,6 +103,7 @@ class PlannerPreset:
     lowres_min_size_ratio: float = 2.0
     nonzero_mask_threshold: float = 0.75
     configurations: tuple[str, ...] = ("2d", "3d_fullres", "3d_lowres")
+    training_recipe: str = "auto"
 
     def __post_init__(self) -> None:
         positive = {
@@ -127,6 +130,11 @@ class PlannerPreset:
             raise ValueError(f"configurations must be among 2d, 3d_fullres, 3d_lowres; got {list(self.configurations)}")
         if "3d_lowres" in self.configurations and "3d_fullres" not in self.configurations:
             raise ValueError("3d_lowres is derived from 3d_fullres: list both")
+        from nnseg.training.recipe import RECIPE_CHOICES
+
+        if self.training_recipe not in RECIPE_CHOICES:
+            choices = ", ".join(RECIPE_CHOICES)
+            raise ValueError(f"training_recipe must be one of {choices}, got {self.training_recipe!r}")
 
 
 def presets_dir() -> Path:

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 
 from nnseg import options
 from nnseg.options import option
+from nnseg.training.recipe import SHORT_RUN_ITERATIONS, optimizer_name, recipe_name
 from nnseg.workspace import fold_folder_name
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train one fold. Defaults are nnU-Net's recipe (the help of each field says what it does)."""
+    """How to train one fold. Defaults are nnU-Net's schedule; the recipe is chosen by ``recipe`` (see
+    :mod:`nnseg.training.recipe`) and single fields of it are overridden by the options set here."""
 
     configuration: str = option("3d_fullres", "plan configuration", flag="--config", metavar="NAME")
     fold: int | str = option(
@@ -29,20 +31,59 @@ class TrainConfig:
     batch_size: int | None = option(
         None, "patches per step (none: the plan's)", validate=options.positive_int, metavar="N"
     )
-    initial_lr: float = option(
-        0.01,
-        "initial learning rate (SGD, Nesterov, poly decay)",
-        flag="--lr",
+    recipe: str = option(
+        "auto",
+        "training recipe: nnunet (SGD 0.99, poly per epoch; tuned for 250k GPU iterations), small_budget "
+        "(AdamW with warm-up; finds small structures in a few hundred iterations) or auto (the plan preset's "
+        f"recipe, else small_budget for runs of <= {SHORT_RUN_ITERATIONS:,} iterations); the options below "
+        "override single fields of it",
+        validate=recipe_name,
+        metavar="NAME",
+    )
+    optimizer: str | None = option(None, "sgd or adamw (none: the recipe's)", validate=optimizer_name, metavar="NAME")
+    initial_lr: float | None = option(
+        None, "peak learning rate (none: the recipe's)", flag="--lr", validate=options.positive_float, metavar="LR"
+    )
+    momentum: float | None = option(
+        None, "SGD momentum or AdamW beta1 (none: the recipe's)", validate=options.unit_interval
+    )
+    weight_decay: float | None = option(None, "weight decay (none: the recipe's)", validate=options.non_negative_float)
+    warmup_fraction: float | None = option(
+        None,
+        "fraction of the iterations with a linear warm-up of the learning rate (none: the recipe's)",
+        flag="--warmup",
+        validate=options.unit_interval,
+        metavar="FRACTION",
+    )
+    poly_exponent: float | None = option(
+        None,
+        "learning rate initial_lr * (1 - progress) ** poly_exponent after the warm-up (none: the recipe's)",
         validate=options.positive_float,
-        metavar="LR",
     )
-    momentum: float = option(0.99, "SGD momentum", validate=options.unit_interval)
-    weight_decay: float = option(3e-5, "SGD weight decay", validate=options.non_negative_float)
-    poly_exponent: float = option(
-        0.9, "learning rate initial_lr * (1 - epoch / epochs) ** poly_exponent", validate=options.positive_float
+    topk_percent: float | None = option(
+        None,
+        "cross-entropy over the hardest K %% of voxels, 100 for all (none: the recipe's)",
+        flag="--topk",
+        validate=options.percent,
+        metavar="K",
     )
-    oversample_foreground: float = option(
-        1 / 3, "fraction of each batch forced to contain foreground", validate=options.unit_interval, metavar="FRACTION"
+    class_weight_power: float | None = option(
+        None,
+        "weigh the cross-entropy of each class by frequency ** -POWER (0: unweighted; none: the recipe's)",
+        validate=options.non_negative_float,
+        metavar="POWER",
+    )
+    head_bias_prior: bool | None = option(
+        None,
+        "yes: start the output biases at log(class frequency) (none: the recipe's)",
+        validate=options.yes_no,
+        metavar="yes|no",
+    )
+    oversample_foreground: float | None = option(
+        None,
+        "fraction of each batch forced to contain foreground (none: the recipe's)",
+        validate=options.unit_interval,
+        metavar="FRACTION",
     )
     deep_supervision: bool = option(True, "train without deep supervision")
     device: str = option("auto", "auto, cpu, cuda or cuda:N", validate=options.device)
@@ -59,6 +100,13 @@ class TrainConfig:
         "stop after the epoch that crosses this wall-time budget (none: no limit)",
         validate=options.positive_float,
         metavar="HOURS",
+    )
+    time_budget: float | None = option(
+        None,
+        "train for this long, validation included (e.g. 90s, 20m, 1.5h): the step time is measured in the "
+        "first iterations and the epochs (at most --epochs) and the schedule are fitted to the budget",
+        validate=options.duration,
+        metavar="DURATION",
     )
     tracking_uri: str | None = option(
         None, "MLflow URI (none: MLFLOW_TRACKING_URI or sqlite:///<work>/mlflow.db)", metavar="URI"

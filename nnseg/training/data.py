@@ -155,3 +155,12 @@ class Prefetcher:
         self.stop.set()
         for thread in self.threads:
             thread.join(timeout=2)
+
+
+def class_frequencies(folder: Path, case_ids: Sequence[str], num_classes: int, *, max_cases: int = 20) -> np.ndarray:
+    """Voxel frequency of each class over (up to ``max_cases`` of) the cached cases (-1 counts as background)."""
+    counts = np.zeros(num_classes)
+    for case_id in case_ids[:max_cases]:
+        seg = np.asarray(open_case(folder, case_id).seg)
+        counts += np.bincount(np.maximum(seg, 0).ravel(), minlength=num_classes)[:num_classes]
+    return counts / max(counts.sum(), 1.0)

@@ -54,6 +54,12 @@ class DistributedContext:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def from_main(self, value: int) -> int:
+        """Rank 0's ``value`` on every rank (decisions such as a fitted number of epochs must agree)."""
+        if not self.enabled:
+            return value
+        return int(self.sum(torch.tensor(float(value) if self.is_main else 0.0)).item())
+
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()

@@ -14,7 +14,6 @@ any moment loses at most the epoch in progress.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -36,11 +35,14 @@ from nnseg.planning.splits import load_or_create_splits
 from nnseg.preprocessing.preprocess import is_done, preprocessing_hash
 from nnseg.progress import progress
 from nnseg.training.augment import TrainingAugmentation, center_crop
+from nnseg.training.budget import TimeBudget
 from nnseg.training.config import TrainConfig
-from nnseg.training.data import Batch, PatchSampler, Prefetcher
+from nnseg.training.data import Batch, PatchSampler, Prefetcher, class_frequencies
 from nnseg.training.distributed import DistributedContext
 from nnseg.training.losses import SegmentationLoss
 from nnseg.training.plots import plot_curves
+from nnseg.training.recipe import RECIPE_FIELDS, Recipe, choose_recipe, resumed_recipe, set_head_bias_to_prior
+from nnseg.training.run_parameters import run_parameters
 from nnseg.workspace import Workspace
 
 EMA_DECAY = 0.9
@@ -58,16 +60,13 @@ class TrainResult:
     validation: dict | None
 
 
-def poly_lr(initial: float, epoch: int, epochs: int, exponent: float) -> float:
-    return initial * (1 - epoch / epochs) ** exponent
-
-
 class Trainer:
     """Holds the state of one training run; :meth:`run` is the epoch loop."""
 
     def __init__(
         self, work: str | os.PathLike | None, config: TrainConfig, *, resume: bool = True, show_progress: bool = True
     ) -> None:
+        self.started = time.perf_counter()
         self.train_config = config
         self.workspace = Workspace.at(work)
         self.plan = Plan.load(self.workspace.plans)
@@ -99,16 +98,9 @@ class Trainer:
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
-        self.optimizer = torch.optim.SGD(
-            self.network.parameters(),
-            lr=config.initial_lr,
-            momentum=config.momentum,
-            nesterov=True,
-            weight_decay=config.weight_decay,
-        )
         self.use_amp = config.mixed_precision and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.loss = SegmentationLoss(batch_dice=self.config_plan.batch_dice)
+        self.loss = SegmentationLoss(batch_dice=self.config_plan.batch_dice)  # the recipe's is set below
         self.augment = TrainingAugmentation.for_patch_size(self.config_plan.patch_size)
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed + 7919 * self.dist.rank)
 
@@ -117,8 +109,34 @@ class Trainer:
         self.ema: float | None = None
         self.best_ema = -math.inf
         self.run_id: str | None = None
-        if resume and self.fold_paths.latest.is_file():
-            self._restore(self.fold_paths.latest)
+        self.elapsed_before_s = 0.0
+        self.epoch_walls: list[float] = []
+        checkpoint = self._resumable(self.fold_paths.latest) if resume and self.fold_paths.latest.is_file() else None
+        self.budget = TimeBudget.for_trainer(self) if config.time_budget else None
+        self.planned_epochs = config.epochs  # a resumed run may be given more (or fewer) epochs
+        epochs_done = 0
+        if checkpoint is not None and checkpoint.training is not None:
+            self.elapsed_before_s = checkpoint.training.elapsed_s
+            epochs_done = checkpoint.training.epoch + 1
+        if self.budget is not None:  # rank 0's clock decides for every rank
+            self.planned_epochs = self.dist.from_main(self.budget.fit(self.elapsed_before_s, epochs_done))
+        self.recipe = self._recipe(checkpoint)
+        frequencies = None
+        if self.recipe.head_bias_prior or self.recipe.class_weight_power:
+            frequencies = class_frequencies(self.data_dir, self.train_ids, self.plan.num_classes)
+        weights = None if frequencies is None else self.recipe.class_weights(frequencies)
+        self.loss = SegmentationLoss(
+            batch_dice=self.config_plan.batch_dice,
+            topk_percent=self.recipe.topk_percent,
+            class_weights=None if weights is None else torch.tensor(weights, dtype=torch.float32),
+        )
+        self.optimizer = self.recipe.make_optimizer(self.network.parameters())
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        elif self.recipe.head_bias_prior and frequencies is not None:
+            set_head_bias_to_prior(self.network, torch.from_numpy(frequencies).float())
+        if self.budget is not None and self.dist.is_main:
+            print(self.budget.describe(self.planned_epochs, config.iters_per_epoch))
         self.tracker = self._make_tracker()
 
     # ------------------------------------------------------------------------------------------ setup
@@ -178,42 +196,10 @@ class Trainer:
             or resumed
         )  # server down: keep the id to resume
         if resumed is None:
-            self._log_params(tracker)
+            tracker.log_params(run_parameters(self))
         return tracker
 
-    def _log_params(self, tracker) -> None:
-        fingerprint = {}
-        if self.workspace.fingerprint.is_file():
-            data = json.loads(self.workspace.fingerprint.read_text())
-            spacings = np.array([c["spacing"] for c in data["cases"]])
-            shapes = np.array([c["shape_after_crop"] for c in data["cases"]])
-            fingerprint = {
-                "cases": len(data["cases"]),
-                "median_spacing": np.median(spacings, 0).round(4).tolist(),
-                "median_shape_after_crop": np.median(shapes, 0).tolist(),
-                "median_relative_size_after_crop": data["median_relative_size_after_crop"],
-            }
-        config = asdict(self.config_plan)
-        config.pop("normalization")
-        tracker.log_params(
-            {
-                "plan": {
-                    "preset": self.plan.preset,
-                    **config,
-                    "normalization": [n.scheme for n in self.config_plan.normalization],
-                },
-                "trainer": {
-                    **asdict(self.train_config),
-                    "train_cases": len(self.train_ids),
-                    "val_cases": len(self.val_ids),
-                    "world_size": self.dist.world_size,
-                },
-                "fingerprint": fingerprint,
-                "nnseg_version": self.plan.nnseg_version,
-            }
-        )
-
-    def _restore(self, path: Path) -> None:
+    def _resumable(self, path: Path) -> Checkpoint:
         checkpoint = Checkpoint.load(path, map_location=self.device)
         if checkpoint.configuration != self.train_config.configuration or str(checkpoint.fold) != str(
             self.train_config.fold
@@ -226,9 +212,13 @@ class Trainer:
                 f"({'; '.join(changed[:3])}); resuming would continue old weights on another plan. "
                 "Rerun with --fresh to start this fold over (its checkpoints are replaced)"
             )
-        state = checkpoint.training
-        if state is None:
+        if checkpoint.training is None:
             raise NnsegError(f"{path}: holds no training state to resume from; rerun with --fresh to start over")
+        return checkpoint
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        state = checkpoint.training
+        assert state is not None  # checked by _resumable
         self.network.load_state_dict(checkpoint.network_state)
         self.optimizer.load_state_dict(state.optimizer)
         if state.scaler:
@@ -240,6 +230,19 @@ class Trainer:
         self.run_id = state.run_id
         restore_rng_state(state.rng)
         self.generator.set_state(state.generator)
+
+    def _recipe(self, checkpoint: Checkpoint | None) -> Recipe:
+        """The run's recipe: a resumed run keeps its own; options override single fields of a new one."""
+        overrides = {
+            name: getattr(self.train_config, name) for name in RECIPE_FIELDS if hasattr(self.train_config, name)
+        }
+        if checkpoint is not None and checkpoint.training is not None:
+            return resumed_recipe(checkpoint.training.recipe, overrides, self.fold_paths.latest)
+        return choose_recipe(
+            self.train_config.recipe,
+            preset_recipe=self.plan.preset_values.training_recipe,
+            total_iterations=self.planned_epochs * self.train_config.iters_per_epoch,
+        ).with_overrides(**overrides)
 
     def _checkpoint(self, epoch: int, *, finished: bool, with_training: bool) -> Checkpoint:
         from nnseg import __version__
@@ -258,6 +261,9 @@ class Trainer:
                 rng=capture_rng_state(),
                 generator=self.generator.get_state(),
                 train_config=asdict(self.train_config),
+                recipe=asdict(self.recipe),
+                planned_epochs=self.planned_epochs,
+                elapsed_s=self._elapsed_s(),
             )
         return Checkpoint(
             plan=self.plan,
@@ -325,7 +331,7 @@ class Trainer:
             region,
             per_rank,
             dimensions=self.config_plan.dimensions,
-            oversample_foreground=self.train_config.oversample_foreground,
+            oversample_foreground=self.recipe.oversample_foreground,
             seed=seed,
         )
         val = None
@@ -336,7 +342,7 @@ class Trainer:
                 self.config_plan.patch_size,
                 per_rank,
                 dimensions=self.config_plan.dimensions,
-                oversample_foreground=self.train_config.oversample_foreground,
+                oversample_foreground=self.recipe.oversample_foreground,
                 seed=seed + 1,
             )
         threads = max(1, self.train_config.loader_threads)
@@ -349,8 +355,13 @@ class Trainer:
         status = "FAILED"
         try:
             train_loader, val_loader = self._samplers()
-            while self.epoch < self.train_config.epochs:
+            while self.epoch < self.planned_epochs:
+                epoch_started = time.perf_counter()
                 self._epoch(train_loader, val_loader)
+                self.epoch_walls.append(time.perf_counter() - epoch_started)
+                if self.budget is not None:
+                    fitted = self.budget.fit(self._elapsed_s(), self.epoch, self.epoch_walls)
+                    self.planned_epochs = self.dist.from_main(fitted)
                 if (
                     self.train_config.max_wall_time_s
                     and time.perf_counter() - started > self.train_config.max_wall_time_s
@@ -363,6 +374,11 @@ class Trainer:
                     break
             validation = self._finish()
             status = "FINISHED"
+            if self.budget is not None and self.dist.is_main:
+                print(
+                    f"trained {self.epoch} epoch(s) in {self._elapsed_s():.0f} s, validation included, "
+                    f"of a {self.budget.seconds:.0f} s time budget"
+                )
         except KeyboardInterrupt:
             status = "KILLED"
             raise
@@ -376,21 +392,21 @@ class Trainer:
 
     def _epoch(self, train_loader: Prefetcher, val_loader: Prefetcher | None) -> None:
         epoch_start = time.perf_counter()
-        lr = poly_lr(
-            self.train_config.initial_lr, self.epoch, self.train_config.epochs, self.train_config.poly_exponent
-        )
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        iters = self.train_config.iters_per_epoch
+        total = self.planned_epochs * iters
+        lr = self.recipe.learning_rate(self.epoch * iters, iters, total)
         self.model.train()
         losses = []
         bar = progress(
             range(self.train_config.iters_per_epoch),
             total=self.train_config.iters_per_epoch,
-            desc=f"epoch {self.epoch}/{self.train_config.epochs}",
+            desc=f"epoch {self.epoch}/{self.planned_epochs}",
             unit="it",
             enabled=self.show_progress,
         )
         for iteration in bar:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.recipe.learning_rate(self.epoch * iters + iteration, iters, total)
             losses.append(self.train_step(next(train_loader)))
             if not math.isfinite(losses[-1]):
                 self._diverged(f"the training loss is {losses[-1]} at iteration {iteration}")
@@ -426,6 +442,7 @@ class Trainer:
         # metrics first, checkpoint last: a kill in between redoes this epoch and logs its step again,
         # whereas the other order could leave a checkpointed epoch whose metrics never reach MLflow
         metrics = {"train_loss": record["train_loss"], "lr": record["lr"], "epoch_time_s": record["epoch_time_s"]}
+        metrics["planned_epochs"] = float(self.planned_epochs)
         if "val_loss" in record:
             metrics.update(
                 val_loss=record["val_loss"],
@@ -447,6 +464,10 @@ class Trainer:
             summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
             print(f"epoch {record['epoch']}: {summary}")
 
+    def _elapsed_s(self) -> float:
+        """Wall time of the whole training, including earlier sessions of a resumed run."""
+        return self.elapsed_before_s + time.perf_counter() - self.started
+
     def _require_finite_weights(self) -> None:
         if not all(bool(torch.isfinite(p).all()) for p in self.network.parameters()):
             self._diverged("the network weights are no longer finite")
@@ -459,7 +480,7 @@ class Trainer:
         )
         raise NnsegError(
             f"training diverged in epoch {self.epoch}: {what}; {kept}. Lower --lr (now "
-            f"{self.train_config.initial_lr}) and rerun with --fresh"
+            f"{self.recipe.initial_lr}) and rerun with --fresh"
         )
 
     def _class_names(self) -> list[str]:

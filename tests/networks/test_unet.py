@@ -128,6 +128,9 @@ def test_every_registered_architecture_keeps_the_network_contract(
     for stage, head in enumerate(heads):  # highest resolution first, each at its decoder level's size
         scale = [s * f for s, f in zip(scale, strides[stage])]
         assert head.shape == (2, 5, *[p // s for p, s in zip(patch, scale)])
+    # segmentation_heads() names exactly the convolutions that produce the logits (one per output, one bias per class)
+    named = net.segmentation_heads()
+    assert len(named) == len(heads) and all(h.out_channels == 5 and h.bias.shape == (5,) for h in named)
     sum(head.square().mean() for head in heads).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
     net.eval()

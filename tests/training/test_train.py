@@ -14,7 +14,8 @@ import pytest
 
 from nnseg.checkpoint import Checkpoint, TrainingState
 from nnseg.training.config import TrainConfig
-from nnseg.training.loop import poly_lr, train
+from nnseg.training.loop import train
+from nnseg.training.recipe import RECIPES
 
 ARTIFACTS = {"plans.json", "fingerprint.json", "splits.json", "curves.png", "summary.json", "model/checkpoint_final.pt"}
 
@@ -189,8 +190,9 @@ def _training(path: Path) -> TrainingState:
 
 
 def test_poly_schedule() -> None:
-    assert poly_lr(0.01, 0, 1000, 0.9) == 0.01
-    assert poly_lr(0.01, 500, 1000, 0.9) == pytest.approx(0.01 * 0.5**0.9)
+    nnunet = RECIPES["nnunet"]  # poly per epoch, as nnU-Net
+    assert nnunet.learning_rate(0, 250, 250_000) == 0.01
+    assert nnunet.learning_rate(500 * 250 + 17, 250, 250_000) == pytest.approx(0.01 * 0.5**0.9)
 
 
 def test_missing_preprocessing_is_a_clear_error(tmp_path: Path, preprocessed_work: Path) -> None:
