@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,11 +37,13 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
             tmp.unlink()
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+def remove_stale_temporaries(folder: str | os.PathLike, *, targets: Collection[str] | None = None) -> int:
     """Delete temporaries of :func:`atomic_path` in ``folder`` whose writing process is gone; returns how many.
 
     Only names of this module's pattern are touched, and never one whose process is still running
-    (another nnseg process may be writing into the same folder).
+    (another nnseg process may be writing into the same folder). ``targets`` limits it to temporaries of
+    these final file names: a part of a sharded run touches only its own cases' files, since a process
+    on another machine sharing the folder would look gone.
     """
     removed = 0
     folder = Path(folder)
@@ -50,6 +52,8 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> int:
     for path in folder.iterdir():
         match = _TEMPORARY.match(path.name)
         if match is None or not path.is_file() or _alive(int(match["pid"])):
+            continue
+        if targets is not None and path.name[1 : match.start("pid") - 1] not in targets:
             continue
         path.unlink(missing_ok=True)
         removed += 1

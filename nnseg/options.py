@@ -83,6 +83,18 @@ def unit_interval(name: str, value: Any) -> float:
     return number
 
 
+def choice(*allowed: str) -> Callable[[str, Any], str]:
+    """A validator accepting one of ``allowed``."""
+
+    def check(name: str, value: Any) -> str:
+        if value not in allowed:
+            raise OptionError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        return str(value)
+
+    check.__name__ = "choice"
+    return check
+
+
 def yes_no(name: str, value: Any) -> bool:
     """A boolean given as yes/no (also true/false, on/off, 1/0)."""
     if isinstance(value, bool):

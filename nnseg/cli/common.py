@@ -30,6 +30,37 @@ def triple(kind: type) -> Callable[[str], tuple]:
     return parse
 
 
+def add_shard_options(parser: argparse.ArgumentParser) -> None:
+    """``--num-parts P --part-id I``: this process does part I of P (job arrays); torchrun splits further."""
+    from nnseg.options import cli_type, non_negative_int, positive_int
+
+    parser.add_argument(
+        "--num-parts",
+        type=cli_type(positive_int, "--num-parts"),
+        default=None,
+        metavar="P",
+        help="split the cases into P parts, the same split in every process (with --part-id; e.g. a SLURM array)",
+    )
+    parser.add_argument(
+        "--part-id",
+        type=cli_type(non_negative_int, "--part-id"),
+        default=None,
+        metavar="I",
+        help="the part (0..P-1) this process does",
+    )
+
+
+def launch_shard(args: argparse.Namespace):
+    """(shard, distributed context) of this process: torchrun's ranks and ``--num-parts/--part-id`` combined."""
+    from nnseg.distributed import DistributedContext
+    from nnseg.sharding import Shard
+
+    Shard.resolve(args.num_parts, args.part_id)  # bad options fail before joining a process group
+    context = DistributedContext.from_launcher("cpu")  # gloo: only small objects travel between the ranks
+    shard = Shard.resolve(args.num_parts, args.part_id, rank=context.rank, world_size=context.world_size)
+    return shard, context
+
+
 def warn(message: str) -> None:
     from nnseg.progress import write_line
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nnseg.cli.common import EXIT_BAD_INPUT, EXIT_OK, warn
+from nnseg.cli.common import EXIT_BAD_INPUT, EXIT_OK, add_shard_options, launch_shard, warn
 from nnseg.errors import NnsegError
 from nnseg.options import (
     add_config_options,
@@ -23,7 +23,8 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="segment images with trained models",
-        description="Segment a folder (nnU-Net _0000 naming or single-channel files) or one image. "
+        description="Segment a folder (nnU-Net _0000 naming, single-channel files, DICOM series folders) or one "
+        "image or DICOM series folder. "
         "Label maps are written with the input's geometry; the softmax is averaged over "
         "the folds. Cases already predicted are skipped unless --overwrite.",
     )
@@ -35,6 +36,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     from nnseg.inference.config import PredictConfig
 
     add_config_options(p, PredictConfig)
+    add_shard_options(p)
     p.set_defaults(handler=_run_predict)
 
 
@@ -66,39 +68,63 @@ def _run_predict(args: argparse.Namespace) -> int:
     config = config_from_args(PredictConfig, args)
     writable_folder("-o", args.output)
     location, work = _model_location(args.model, config.configuration)
-    postprocess = None
-    if work is not None and config.postprocess:
-        postprocess = _load_postprocessing(work, config.configuration)
-    predictor = Predictor.from_checkpoints(
-        location,
-        folds=config.folds,
-        device=config.device,
-        mirror=config.mirror,
-        step_size=config.step_size,
-        window_batch=config.window_batch,
-    )
-    predictor.on_warning = warn
-    for source in predictor.sources:
-        print(f"using {source.describe()}")
-        if source.warning:
-            warn(source.warning)
-    report = predict_folder(
-        predictor,
-        args.input,
-        args.output,
-        overwrite=config.overwrite,
-        save_probabilities=config.save_probabilities,
-        postprocess=postprocess,
-        overlay=config.overlay,
-    )
+    shard, context = launch_shard(args)
+    try:
+        postprocess = None
+        if work is not None and config.postprocess:
+            postprocess = _load_postprocessing(work, config.configuration)
+        device = config.device
+        if context.enabled and device in ("auto", "cuda"):
+            import torch
+
+            device = f"cuda:{context.local_rank}" if torch.cuda.is_available() else "cpu"
+        predictor = Predictor.from_checkpoints(
+            location,
+            folds=config.folds,
+            device=device,
+            mirror=config.mirror,
+            step_size=config.step_size,
+            window_batch=config.window_batch,
+        )
+        predictor.on_warning = warn
+        if context.is_main:
+            for source in predictor.sources:
+                print(f"using {source.describe()}")
+                if source.warning:
+                    warn(source.warning)
+        report = predict_folder(
+            predictor,
+            args.input,
+            args.output,
+            overwrite=config.overwrite,
+            save_probabilities=config.save_probabilities,
+            postprocess=postprocess,
+            overlay=config.overlay,
+            show_progress=context.is_main,
+            shard=shard,
+            output_format=config.output_format,
+            series_uid=config.series,
+            overlap=config.overlap,
+        )
+        reports = context.gather((report, predictor.times.summary()))
+    finally:
+        context.close()
+    if not context.is_main:
+        return EXIT_BAD_INPUT if report.failed else EXIT_OK
+    written = sum(len(r.written) for r, _ in reports)
+    skipped = sum(len(r.skipped) for r, _ in reports)
+    failed = {case: message for r, _ in reports for case, message in r.failed.items()}
+    where = f" by {len(reports)} processes" if len(reports) > 1 else ""
+    part = "" if shard.is_whole or context.enabled else f" (part {args.part_id} of {args.num_parts})"
     print(
-        f"predicted {len(report.written)} case(s) into {args.output}"
-        + (f", skipped {len(report.skipped)} already predicted (use --overwrite)" if report.skipped else "")
+        f"predicted {written} case(s) into {args.output}{where}{part}"
+        + (f", skipped {skipped} already predicted (use --overwrite)" if skipped else "")
     )
-    print(f"time per stage: {predictor.times.summary()}")
-    for case_id, message in report.failed.items():
+    for rank, (_, times) in enumerate(reports):
+        print(f"time per stage{f' (rank {rank})' if len(reports) > 1 else ''}: {times}")
+    for case_id, message in failed.items():
         print(f"nnseg: error: {case_id}: {message}", file=sys.stderr)
-    return EXIT_BAD_INPUT if report.failed else EXIT_OK
+    return EXIT_BAD_INPUT if failed else EXIT_OK
 
 
 def _load_postprocessing(work: Path, config: str):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
-from nnseg.cli.common import EXIT_BAD_INPUT, EXIT_OK, triple
+from nnseg.cli.common import EXIT_BAD_INPUT, EXIT_OK, add_shard_options, launch_shard, triple
 from nnseg.options import (
     cli_type,
     non_negative_int,
@@ -172,15 +173,32 @@ def add_preprocess(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="processes (default: from cores and free memory)",
     )
+    add_shard_options(p)
     p.set_defaults(handler=_run_preprocess)
 
 
 def _run_preprocess(args: argparse.Namespace) -> int:
     from nnseg.preprocessing.preprocess import preprocess_dataset
 
-    _print_preprocess(
-        preprocess_dataset(args.work, configurations=args.config, dataset_root=args.dataset, workers=args.workers)
-    )
+    shard, context = launch_shard(args)
+    try:
+        summaries = preprocess_dataset(
+            args.work,
+            configurations=args.config,
+            dataset_root=args.dataset,
+            workers=args.workers,
+            show_progress=context.is_main,
+            shard=shard,
+        )
+        gathered = context.gather(summaries)
+    finally:
+        context.close()
+    if context.is_main:
+        for rank_summaries in zip(*gathered):  # per configuration, every rank's summary
+            first = rank_summaries[0]
+            processed = sum(s.processed for s in rank_summaries)
+            skipped = sum(s.skipped for s in rank_summaries)
+            _print_preprocess([replace(first, processed=processed, skipped=skipped)])
     return EXIT_OK
 
 

@@ -214,7 +214,7 @@ def check_case(dataset: Dataset, case: Case) -> list[Problem]:
 def _read_channels(dataset: Dataset, case: Case, add) -> Iterable[tuple[Path, Volume]]:
     """Yield (path, 3D volume) per channel that could be read; report the rest."""
     for path in case.image_files:
-        if not path.is_file():
+        if not (path.is_file() or path.is_dir()):
             continue
         try:
             volume = read_volume(path)

@@ -11,11 +11,12 @@ import numpy as np
 from nnseg.dataset.spec import Case, Dataset
 from nnseg.errors import ImageReadError
 from nnseg.io import Volume, read_geometry, read_volume
+from nnseg.sharding import file_bytes
 
 
 def largest_case_bytes(dataset: Dataset) -> int:
     """Rough in-memory size of the largest case's images (files decompressed; x4 for .gz), for sizing worker pools."""
-    largest = max((sum(p.stat().st_size for p in c.image_files if p.is_file()) for c in dataset.cases), default=0)
+    largest = max((file_bytes(c.image_files) for c in dataset.cases), default=0)
     return largest * (4 if dataset.file_ending.endswith(".gz") else 1)
 
 

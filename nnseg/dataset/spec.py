@@ -57,7 +57,7 @@ class Case:
     @property
     def missing_images(self) -> list[Path]:
         """Image files that do not exist."""
-        return [f for f in self.image_files if not f.is_file()]
+        return [f for f in self.image_files if not (f.is_file() or f.is_dir())]  # a dir: a DICOM series
 
     @property
     def is_complete(self) -> bool:
@@ -288,7 +288,12 @@ def _load_nnunet(root: Path, raw: dict) -> Dataset:
         problems.append(Problem("error", "missing_folder", "imagesTr", "folder imagesTr/ is missing"))
 
     def channel_paths(folder: str, case_id: str) -> tuple[Path, ...]:
-        return tuple(root / folder / f"{case_id}_{i:04d}{file_ending}" for i in range(n_channels))
+        # a channel is a file <case>_<XXXX><file_ending>, or a DICOM series folder <case>_<XXXX>/
+        paths = []
+        for i in range(n_channels):
+            series = root / folder / f"{case_id}_{i:04d}"
+            paths.append(series if series.is_dir() else root / folder / f"{case_id}_{i:04d}{file_ending}")
+        return tuple(paths)
 
     cases = [
         Case(case_id, channel_paths("imagesTr", case_id), root / "labelsTr" / f"{case_id}{file_ending}")
@@ -316,6 +321,13 @@ def _scan_channel_files(folder: Path, root: Path, file_ending: str, n_channels: 
     found: set[str] = set()
     problems: list[Problem] = []
     rel = folder.relative_to(root)
+    if folder.is_dir():  # DICOM series folders stand for channel files
+        from nnseg.io.dicom import is_dicom_folder
+
+        for series in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            match = _CHANNEL_STEM.match(series.name)
+            if match is not None and is_dicom_folder(series) and int(match["channel"]) < n_channels:
+                found.add(match["case"])
     for path in _listing(folder):
         if not path.name.endswith(file_ending):
             problems.append(

@@ -29,6 +29,17 @@ class PredictConfig:
     postprocess: bool = option(True, "ignore inference.json's postprocessing")
     device: str = option("auto", "auto, cpu, cuda or cuda:N", validate=options.device)
     window_batch: int = option(2, "windows per forward pass", validate=options.positive_int, metavar="N")
+    overlap: bool = option(True, "do not read the next case and write the last one while the network runs")
+    output_format: str = option(
+        "nifti",
+        "nifti (label maps in the input's format and geometry) or dicom-seg (a DICOM Segmentation per DICOM "
+        "series input, one segment per label, referencing the series)",
+        validate=options.choice("nifti", "dicom-seg"),
+        metavar="FORMAT",
+    )
+    series: str | None = option(
+        None, "the SeriesInstanceUID to read from DICOM folders holding several series", metavar="UID"
+    )
 
     def __post_init__(self) -> None:
         options.validate_fields(self)

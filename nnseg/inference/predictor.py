@@ -29,7 +29,7 @@ from nnseg.checkpoint import Checkpoint
 from nnseg.dataset.reading import read_channels
 from nnseg.errors import NnsegError
 from nnseg.inference.sliding_window import predict_sliding_window
-from nnseg.io import Geometry, split_suffix, write_volume
+from nnseg.io import Geometry, Volume, split_suffix, write_volume
 from nnseg.networks import build_network
 from nnseg.planning.plan import ConfigurationPlan, Plan
 from nnseg.preprocessing.preprocess import preprocess_case
@@ -295,8 +295,16 @@ class Predictor:
         started = time.perf_counter()
         volume = read_channels(paths)
         self.times.add("read", time.perf_counter() - started)
+        return self.predict_volume(volume, paths[0].name, return_probabilities=return_probabilities)
+
+    def predict_volume(self, volume: Volume, case_id: str, *, return_probabilities: bool = False) -> Prediction:
+        """Segment a case already read (``(k, j, i)`` single channel or ``(c, k, j, i)``), in its grid."""
+        images = volume.array if volume.array.ndim == 4 else volume.array[None]
         labels, probabilities = self.predict_array(
-            volume.array, volume.geometry, case_id=paths[0].name, return_probabilities=return_probabilities
+            images.astype(np.float32, copy=False),
+            volume.geometry,
+            case_id=case_id,
+            return_probabilities=return_probabilities,
         )
         return Prediction(labels, probabilities, volume.geometry)
 
@@ -322,6 +330,11 @@ class Predictor:
             _save_probabilities(Path(output), prediction.probabilities, self.plan)
         self.times.add("write", time.perf_counter() - started)
 
+    def write_probabilities(self, prediction: Prediction, output: str | os.PathLike) -> None:
+        """Only the probabilities (``<output stem>.npz``), for label maps written in another format."""
+        if prediction.probabilities is not None:
+            _save_probabilities(Path(output), prediction.probabilities, self.plan)
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -339,9 +352,23 @@ def _mm(values: Sequence[float]) -> str:
 def probabilities_path(label_map: str | os.PathLike) -> Path:
     """Where the probabilities of a label map go: ``<case>.npz`` beside ``<case><ending>``."""
     label_map = Path(label_map)
+    if label_map.suffix.lower() == ".dcm":  # a DICOM-SEG
+        return label_map.with_suffix(".npz")
     return label_map.with_name(f"{split_suffix(label_map)[0]}.npz")
 
 
 def _save_probabilities(output: Path, probabilities: np.ndarray, plan: Plan) -> None:
     with atomic_path(probabilities_path(output), suffix=".npz") as tmp:
-        np.savez_compressed(tmp, probabilities=probabilities.astype(np.float16), labels=np.array(list(plan.labels)))
+        save_npz(tmp, probabilities=probabilities.astype(np.float16), labels=np.array(list(plan.labels)))
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez_compressed`` with fixed zip timestamps: the same arrays give the same bytes (reruns, shards)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(entry, "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.asanyarray(array), allow_pickle=False)

@@ -184,7 +184,8 @@ def read_volume(path: str | os.PathLike, *, dtype: npt.DTypeLike | None = None) 
     """Read an image or label file with its geometry.
 
     Args:
-        path: a ``.nii``, ``.nii.gz``, ``.mha``, ``.mhd``, ``.nrrd`` or ``.nhdr`` file.
+        path: a ``.nii``, ``.nii.gz``, ``.mha``, ``.mhd``, ``.nrrd`` or ``.nhdr`` file, or a folder holding one
+            DICOM series (:func:`nnseg.io.dicom.read_dicom_series`).
         dtype: convert to this type while reading (e.g. float32 for images: the same values as
             ``read_volume(path).array.astype(dtype)``, without a full-size array of the stored type).
 
@@ -197,14 +198,22 @@ def read_volume(path: str | os.PathLike, *, dtype: npt.DTypeLike | None = None) 
     """
     path = Path(path)
     wanted = None if dtype is None else np.dtype(dtype)
+    if path.is_dir():  # a DICOM series folder
+        from nnseg.io.dicom import read_dicom_series
+
+        return read_dicom_series(path, dtype=wanted)
     if _is_nifti(path):
         return _load_nifti(path, with_data=True, dtype=wanted)
     return _load_itk(path, with_data=True, dtype=wanted)
 
 
 def read_geometry(path: str | os.PathLike) -> tuple[Geometry, int]:
-    """Read only the header: the geometry and the number of channels (1 for a 3D file)."""
+    """Read only the header: the geometry and the number of channels (1 for a 3D file or a DICOM series)."""
     path = Path(path)
+    if path.is_dir():  # a DICOM series folder: the geometry comes from its headers
+        from nnseg.io.dicom import series_geometry
+
+        return series_geometry(path), 1
     if _is_nifti(path):
         volume = _load_nifti(path, with_data=False)
         shape: tuple[int, ...] = getattr(nib.load(str(path)), "shape", ())

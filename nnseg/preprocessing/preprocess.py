@@ -40,6 +40,7 @@ from nnseg.preprocessing.normalize import channel_normalizer
 from nnseg.preprocessing.resample import new_shape_for, resample_image, resample_labels, separate_axis
 from nnseg.progress import progress
 from nnseg.schema import load_dataclass, to_jsonable, write_json_atomic
+from nnseg.sharding import Shard, file_bytes
 from nnseg.workspace import Workspace
 
 #: Bump when the preprocessing code changes what it writes: every cached case is then redone.
@@ -325,6 +326,7 @@ def preprocess_dataset(
     dataset_root: str | os.PathLike | None = None,
     workers: int | None = None,
     show_progress: bool = True,
+    shard: Shard | None = None,
 ) -> list[PreprocessSummary]:
     """Preprocess every training case for the planned configurations (resumable).
 
@@ -334,6 +336,7 @@ def preprocess_dataset(
         dataset_root: the raw dataset (default: the one recorded in plans.json).
         workers: processes; memory grows by about one case per worker.
         show_progress: progress bar per configuration.
+        shard: preprocess only this part of the cases (``--num-parts/--part-id``, torchrun ranks).
     """
     workspace = Workspace.at(work)
     plan = Plan.load(workspace.plans)
@@ -345,14 +348,19 @@ def preprocess_dataset(
             f"{list(plan.channel_names)}; re-run nnseg plan"
         )
     names = configurations or list(plan.configurations)
+    shard = shard or Shard()
+    mine = shard.select(list(range(len(dataset.cases))), size=lambda i: file_bytes(dataset.cases[i].image_files))
     summaries = []
     for name in names:
         config = plan.configuration(name)
         folder = workspace.preprocessed(config.data_identifier)
         folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(folder)
+        owned = None
+        if not shard.is_whole:
+            owned = {p.name for i in mine for p in _paths(folder, dataset.cases[i].case_id).values()}
+        remove_stale_temporaries(folder, targets=owned)
         plan_hash = preprocessing_hash(plan, config)
-        todo = [i for i, c in enumerate(dataset.cases) if not is_done(folder, c.case_id, plan_hash)]
+        todo = [i for i in mine if not is_done(folder, dataset.cases[i].case_id, plan_hash)]
         tasks = [(dataset, i, plan, name, folder) for i in todo]
         n_workers = workers or default_workers(largest_case_bytes(dataset) * 12 + 300 * 2**20)  # + resampling
         for _ in progress(
@@ -363,7 +371,7 @@ def preprocess_dataset(
             enabled=show_progress,
         ):
             pass
-        summaries.append(PreprocessSummary(name, folder, len(todo), len(dataset.cases) - len(todo)))
+        summaries.append(PreprocessSummary(name, folder, len(todo), len(mine) - len(todo)))
     return summaries
 
 

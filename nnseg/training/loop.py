@@ -27,6 +27,7 @@ import torch
 
 from nnseg.atomic import remove_stale_temporaries
 from nnseg.checkpoint import Checkpoint, TrainingState, capture_rng_state, restore_rng_state
+from nnseg.distributed import DistributedContext
 from nnseg.errors import NnsegError
 from nnseg.inference.predictor import resolve_device
 from nnseg.networks import build_network
@@ -38,7 +39,6 @@ from nnseg.training.augment import TrainingAugmentation, center_crop
 from nnseg.training.budget import TimeBudget
 from nnseg.training.config import TrainConfig
 from nnseg.training.data import Batch, PatchSampler, Prefetcher, class_frequencies
-from nnseg.training.distributed import DistributedContext
 from nnseg.training.losses import SegmentationLoss
 from nnseg.training.plots import plot_curves
 from nnseg.training.recipe import RECIPE_FIELDS, Recipe, choose_recipe, resumed_recipe, set_head_bias_to_prior

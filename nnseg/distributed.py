@@ -1,4 +1,4 @@
-"""torch.distributed for ``torchrun --nproc_per_node N -m nnseg train ...``: DDP, rank-0 duties, reductions.
+"""torch.distributed for ``torchrun ... -m nnseg train|predict|preprocess``: ranks, rank-0 duties, reductions.
 
 torchrun tells each process its rank through its own launch protocol (RANK, WORLD_SIZE,
 LOCAL_RANK); nnseg reads nothing else. Without torchrun, training is a single process.
@@ -59,6 +59,14 @@ class DistributedContext:
         if not self.enabled:
             return value
         return int(self.sum(torch.tensor(float(value) if self.is_main else 0.0)).item())
+
+    def gather(self, value: object) -> list[object]:
+        """Every rank's ``value`` (a picklable object), in rank order, on rank 0; ``[value]`` elsewhere."""
+        if not self.enabled:
+            return [value]
+        gathered: list[object] = [None] * self.world_size if self.is_main else []
+        dist.gather_object(value, gathered if self.is_main else None, dst=0)
+        return gathered if self.is_main else [value]
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
