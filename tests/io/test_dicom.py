@@ -13,22 +13,16 @@ from pydicom.data import get_testdata_file
 from nnseg.errors import ImageReadError, NnsegError
 from nnseg.io import Geometry, Volume, read_volume, write_volume
 from nnseg.io.dicom import DicomSeriesError, is_dicom_folder, list_series, read_dicom_series, write_dicom_series
+from tests.helpers import rotation
 
 SHAPE = (6, 20, 24)
 
 
-def _rotation(degrees: float) -> np.ndarray:
-    a = np.deg2rad(degrees)
-    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, np.cos(a / 2), -np.sin(a / 2)], [0, np.sin(a / 2), np.cos(a / 2)]])
-    return rz @ rx
-
-
 GEOMETRIES = {
     "axis_aligned": (np.eye(3), (0.8, 0.7, 2.5)),
-    "oblique": (_rotation(17.0), (0.9, 1.1, 3.0)),
+    "oblique": (rotation(17.0), (0.9, 1.1, 3.0)),
     "lps_flipped": (np.diag([-1.0, -1.0, 1.0]), (0.7, 0.8, 4.5)),
-    "oblique_lps": (np.diag([-1.0, -1.0, 1.0]) @ _rotation(-23.0), (1.25, 1.25, 2.5)),
+    "oblique_lps": (np.diag([-1.0, -1.0, 1.0]) @ rotation(-23.0), (1.25, 1.25, 2.5)),
 }
 
 

@@ -13,14 +13,7 @@ from nibabel.testing import data_path as NIBABEL_DATA
 
 from nnseg.errors import ImageReadError, NnsegError
 from nnseg.io import Geometry, label_dtype_for, read_geometry, read_volume, split_suffix, write_volume
-
-
-def _rotation(degrees: float) -> np.ndarray:
-    a = np.deg2rad(degrees)
-    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, np.cos(a / 2), -np.sin(a / 2)], [0, np.sin(a / 2), np.cos(a / 2)]])
-    return rz @ rx
-
+from tests.helpers import rotation
 
 GEOMETRIES = {
     # voxel -> RAS: identity orientation, isotropic
@@ -28,9 +21,9 @@ GEOMETRIES = {
     # LPS-like axis order (i points left, j posterior), anisotropic
     "lps_anisotropic": (np.diag([-1.0, -1.0, 1.0]), (0.7, 0.8, 4.5)),
     # oblique rotation, anisotropic
-    "oblique_anisotropic": (_rotation(17.0), (0.9, 1.1, 3.0)),
+    "oblique_anisotropic": (rotation(17.0), (0.9, 1.1, 3.0)),
     # oblique and LPS-like
-    "oblique_lps": (np.diag([-1.0, -1.0, 1.0]) @ _rotation(-23.0), (1.25, 1.25, 2.5)),
+    "oblique_lps": (np.diag([-1.0, -1.0, 1.0]) @ rotation(-23.0), (1.25, 1.25, 2.5)),
 }
 FORMATS = [".nii.gz", ".nii", ".mha", ".nrrd"]
 
