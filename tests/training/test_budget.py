@@ -11,7 +11,7 @@ import pytest
 
 from nnseg.checkpoint import Checkpoint
 from nnseg.options import OptionError, duration
-from nnseg.training.budget import StepTimes, TimeBudget, count_windows
+from nnseg.training.budget import SAFETY_FRACTION, StepTimes, TimeBudget, count_windows
 
 
 def test_durations() -> None:
@@ -47,10 +47,10 @@ def test_fit_uses_the_probe_then_the_measured_epochs() -> None:
     assert budget.epoch_estimate_s == pytest.approx(5.5)
     assert budget.final_reserve_s == pytest.approx(2 * 8 * 8 * 0.1 + 2 * 0.5)
     first = budget.fit(elapsed_s=3.0, epochs_done=0)
-    assert first == int((120 * 0.97 - 3 - budget.final_reserve_s) // 5.5)
+    assert first == int((120 * (1 - SAFETY_FRACTION) - 3 - budget.final_reserve_s) // 5.5)
     # the machine turns out twice as slow: fewer epochs, never fewer than already done
     assert budget.fit(elapsed_s=40.0, epochs_done=4, measured_epoch_s=[12, 11, 11, 11]) == 4 + int(
-        (120 * 0.97 - 40 - budget.final_reserve_s) // 11
+        (120 * (1 - SAFETY_FRACTION) - 40 - budget.final_reserve_s) // 11
     )
     assert budget.fit(elapsed_s=500.0, epochs_done=9, measured_epoch_s=[11] * 9) == 9
     assert TimeBudget(1e6, 0, 1.0, max_epochs=7).fit(0, 0) == 7  # --epochs caps the fit
