@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from nnseg.options import OptionError
@@ -65,12 +66,10 @@ class Shard:
 def file_bytes(paths: Sequence[os.PathLike | str]) -> int:
     """Total size of the files that exist (a case's input bytes); a folder (a DICOM series) counts its files."""
     total = 0
-    for path in paths:
+    for path in map(Path, paths):
         try:
-            if os.path.isdir(path):
-                total += sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file())
-            else:
-                total += os.stat(path).st_size
+            files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
+            total += sum(file.stat().st_size for file in files)
         except OSError:
             continue
     return total
