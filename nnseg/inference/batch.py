@@ -203,17 +203,16 @@ def predict_folder(
         return target
 
     # reading case i+1 and writing case i-1 overlap the network of case i: one reader and one writer thread,
-    # at most one case read ahead and one write in flight, so at most three cases are in memory
+    # at most one case read ahead and one write in flight, so at most three cases are in memory. Without
+    # overlap the single worker runs each read after the previous write, and nothing is read ahead.
     with ThreadPoolExecutor(max_workers=2 if overlap else 1) as pool:
-        reading = pool.submit(read, todo[0][0]) if todo else None
+        reading: Future | None = None
         writing: tuple[str, Future] | None = None
         for index, (case, outputs) in enumerate(
             progress(todo, total=len(todo), desc="predict", unit="case", enabled=show_progress)
         ):
             volume_future = reading if reading is not None else pool.submit(read, case)
-            reading = None
-            if overlap and index + 1 < len(todo):
-                reading = pool.submit(read, todo[index + 1][0])
+            reading = pool.submit(read, todo[index + 1][0]) if overlap and index + 1 < len(todo) else None
             try:
                 volume = volume_future.result()
                 prediction = predictor.predict_volume(
@@ -227,14 +226,7 @@ def predict_folder(
                 prediction = None
             if writing is not None:
                 _collect(writing, report)
-                writing = None
-            if prediction is not None:
-                writing = (case.case_id, pool.submit(write, case, outputs, prediction))
-                if not overlap:
-                    _collect(writing, report)
-                    writing = None
-            if not overlap and index + 1 < len(todo):
-                reading = pool.submit(read, todo[index + 1][0])
+            writing = None if prediction is None else (case.case_id, pool.submit(write, case, outputs, prediction))
         if writing is not None:
             _collect(writing, report)
     return report

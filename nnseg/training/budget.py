@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from nnseg.preprocessing.preprocess import open_case
+from nnseg.training.losses import SegmentationLoss
 
 if TYPE_CHECKING:
     from nnseg.training.loop import Trainer
@@ -149,7 +150,7 @@ class TimeBudget:
         batch = config.batch_size or trainer.config_plan.batch_size
         times = probe_step_times(
             trainer.network,
-            trainer.loss,
+            SegmentationLoss(batch_dice=trainer.config_plan.batch_dice),  # the recipe's weights cost the same
             trainer.augment,
             batch_size=max(1, math.ceil(batch / trainer.dist.world_size)),
             channels=trainer.num_channels,

@@ -100,7 +100,6 @@ class Trainer:
             self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         self.use_amp = config.mixed_precision and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.loss = SegmentationLoss(batch_dice=self.config_plan.batch_dice)  # the recipe's is set below
         self.augment = TrainingAugmentation.for_patch_size(self.config_plan.patch_size)
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed + 7919 * self.dist.rank)
 
