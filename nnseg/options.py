@@ -231,14 +231,18 @@ def flags_of(item: Field) -> tuple[str, ...]:
 
 
 def validate_fields(config: Any) -> None:
-    """Apply each field's validator (``option(validate=...)``) to its value; None means "not set"."""
+    """Apply each field's validator (``option(validate=...)``) to its value and keep what it returns, as the
+    command line does (``time_budget="20m"`` becomes 1200.0, ``head_bias_prior="no"`` False); None: not set."""
     for item in fields(config):
         check = item.metadata.get("validate")
         value = getattr(config, item.name)
         if check is None or value is None:
             continue
-        for one in value if item.metadata.get("many") else (value,):
-            check(item.name, one)
+        if item.metadata.get("many"):
+            converted = tuple(check(item.name, one) for one in value)
+        else:
+            converted = check(item.name, value)
+        object.__setattr__(config, item.name, converted)  # frozen dataclasses: set once, in __post_init__
 
 
 def add_config_options(parser: Any, config_type: type, *, exclude: tuple[str, ...] = ()) -> None:

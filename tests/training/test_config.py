@@ -90,3 +90,8 @@ def test_the_python_api_applies_the_same_checks(values: dict) -> None:
 def test_predict_config_checks_each_fold() -> None:
     with pytest.raises(OptionError, match="folds"):
         PredictConfig(folds=(0, -2))
+
+
+def test_python_values_are_converted_as_on_the_command_line() -> None:
+    config = TrainConfig(time_budget="20m", head_bias_prior="no", fold="all")
+    assert (config.time_budget, config.head_bias_prior, config.fold) == (1200.0, False, "all")
