@@ -17,7 +17,9 @@ import time
 import torch
 
 from nnseg.networks import build_network
-from nnseg.planning.plan import NetworkPlan, Plan
+from nnseg.planning.network_plans import NetworkPlan, UNetPlan
+from nnseg.planning.plan import Plan
+from nnseg.planning.presets import load_preset
 from nnseg.planning.topology import conv_flops, features_per_stage, pool_and_kernel_layout
 
 
@@ -46,7 +48,9 @@ def time_step(
 
 def plain_plan(patch: tuple[int, ...], spacing: tuple[float, ...], base: int, cap: int) -> tuple[NetworkPlan, tuple]:
     topo = pool_and_kernel_layout(spacing, patch, 4)
-    return NetworkPlan.from_topology(topo, features_per_stage(topo.n_stages, base, cap)), topo.patch_size
+    return UNetPlan.from_topology(
+        topo, features_per_stage(topo.n_stages, base, cap), load_preset("default")
+    ), topo.patch_size
 
 
 def main() -> None:

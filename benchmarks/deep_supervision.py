@@ -69,11 +69,11 @@ def _run(work: Path, args: argparse.Namespace, name: str) -> dict:
 def paired_step_times(edge: int, classes: int, rounds: int) -> dict[str, float]:
     """Median seconds of forward + loss + backward per variant, alternating, for a 5-stage U-Net at ``edge``^3."""
     from nnseg.networks import build_network
-    from nnseg.planning.plan import NetworkPlan
+    from nnseg.planning.network_plans import UNetPlan
     from nnseg.training.losses import SegmentationLoss
 
     n = 5
-    plan = NetworkPlan(
+    plan = UNetPlan(
         n_stages=n,
         features_per_stage=(16, 32, 64, 128, 128),
         kernel_sizes=((3, 3, 3),) * n,

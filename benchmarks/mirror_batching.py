@@ -16,13 +16,13 @@ import torch
 
 from nnseg.inference.sliding_window import mirror_combinations, predict_sliding_window
 from nnseg.networks import build_network
-from nnseg.planning.plan import NetworkPlan
+from nnseg.planning.network_plans import UNetPlan
 
 
-def _plan(patch: tuple[int, ...], features: tuple[int, ...]) -> NetworkPlan:
+def _plan(patch: tuple[int, ...], features: tuple[int, ...]) -> UNetPlan:
     n = len(features)
     strides = ((1, 1, 1),) + ((2, 2, 2),) * (n - 1)
-    return NetworkPlan(
+    return UNetPlan(
         n_stages=n,
         features_per_stage=features,
         kernel_sizes=((3, 3, 3),) * n,

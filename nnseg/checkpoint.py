@@ -35,7 +35,8 @@ import torch
 
 from nnseg.atomic import atomic_path
 from nnseg.errors import NnsegError
-from nnseg.planning.plan import NetworkPlan, Plan
+from nnseg.planning.network_plans import NetworkPlan
+from nnseg.planning.plan import Plan
 from nnseg.schema import SchemaError, flatten_json, load_dataclass, to_jsonable
 
 CHECKPOINT_FORMAT = 2

@@ -4,7 +4,8 @@
 hints and says exactly where a hand-edited file is wrong, e.g.
 ``configurations.3d_fullres.patch_size[1]: expected an integer, got "abc"``.
 Supported field types: int, float, str, bool, Literal, ``X | None``, ``tuple[X, ...]``,
-fixed tuples, ``dict[str, X]``, unions of those, and nested dataclasses.
+fixed tuples, ``dict[str, X]``, unions of those, and nested dataclasses; a union of dataclasses that each
+fix one field to a Literal (a tag such as ``type`` or ``architecture``) is picked by that field.
 """
 
 from __future__ import annotations
@@ -96,6 +97,14 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     if hint is Any:
         return value
     if origin in (typing.Union, types.UnionType):
+        tagged = _tagged_union(args)
+        if tagged is not None and isinstance(value, dict):
+            tag, choices = tagged
+            if tag not in value:
+                raise SchemaError(f"{_join(where, tag)}: missing (one of {sorted(choices)})")
+            if value[tag] not in choices:
+                raise SchemaError(f"{_join(where, tag)}: expected one of {sorted(choices)}, got {_show(value[tag])}")
+            return load_dataclass(choices[value[tag]], value, where)
         for option in args:
             try:
                 return _convert(option, value, where)
@@ -141,6 +150,24 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             raise SchemaError(f"{where}: expected a string, got {_show(value)}")
         return value
     raise TypeError(f"{where}: unsupported schema type {hint!r}")
+
+
+def _tagged_union(options: tuple[Any, ...]) -> tuple[str, dict[Any, type]] | None:
+    """``(tag field, tag value -> class)`` when every option is a dataclass with a one-value Literal field of the
+    same name (e.g. ``architecture: Literal["unet"]``); the value then picks the class, and errors name its fields."""
+    if not all(isinstance(o, type) and dataclasses.is_dataclass(o) for o in options):
+        return None
+    for name in (f.name for f in dataclasses.fields(options[0])):
+        choices: dict[Any, type] = {}
+        for option in options:
+            hint = typing.get_type_hints(option).get(name)
+            if typing.get_origin(hint) is not typing.Literal or len(typing.get_args(hint)) != 1:
+                break
+            choices[typing.get_args(hint)[0]] = option
+        else:
+            if len(choices) == len(options):
+                return name, choices
+    return None
 
 
 def _describe(hint: Any) -> str:

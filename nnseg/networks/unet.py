@@ -1,4 +1,4 @@
-"""The plain 3D/2D U-Net of nnU-Net, as MONAI's DynUNet configured from a NetworkPlan.
+"""The plain 3D/2D U-Net of nnU-Net, as MONAI's DynUNet configured from a UNetPlan.
 
 DynUNet with ``res_block=False`` is exactly the plan's network: per stage two
 (conv, instance norm with affine, leaky ReLU 0.01) blocks, the first carrying the
@@ -13,14 +13,15 @@ target instead of upsampling the heads); otherwise, and always in eval mode, one
 from __future__ import annotations
 
 import torch
+from monai.networks.blocks.dynunet_block import UnetUpBlock
 from monai.networks.nets import DynUNet
 from torch import nn
 
-from nnseg.planning.plan import NetworkPlan
+from nnseg.planning.network_plans import UNetPlan
 
 
 def build_unet(
-    plan: NetworkPlan, in_channels: int, num_classes: int, *, deep_supervision: bool | None = None
+    plan: UNetPlan, in_channels: int, num_classes: int, *, deep_supervision: bool | None = None
 ) -> nn.Module:
     """A DynUNet matching ``plan``.
 
@@ -57,7 +58,21 @@ def build_unet(
 
 
 class PlainUNet(DynUNet):
-    """DynUNet whose deep-supervision outputs stay at their own resolution (a list, highest first)."""
+    """DynUNet whose deep-supervision outputs stay at their own resolution (a list, highest first), and whose
+    decoder convolutions use the kernel of the stage they decode (nnU-Net's PlainConvUNet; DynUNet takes the
+    kernel of the stage below, which differs on anisotropic plans: (3, 3, 3) where nnU-Net has (1, 3, 3))."""
+
+    def get_upsamples(self) -> nn.ModuleList:
+        inp, out = self.filters[1:][::-1], self.filters[:-1][::-1]
+        return self.get_module_list(
+            inp,  # type: ignore[arg-type]
+            out,  # type: ignore[arg-type]
+            self.kernel_size[:-1][::-1],
+            self.strides[1:][::-1],
+            UnetUpBlock,  # type: ignore[arg-type]
+            self.upsample_kernel_size[::-1],
+            trans_bias=self.trans_bias,
+        )
 
     def segmentation_heads(self) -> list[nn.Module]:
         """The convolutions that produce logits: the output block and each deep-supervision head."""

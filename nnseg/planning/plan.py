@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from nnseg.errors import NnsegError
+from nnseg.planning.network_plans import AnyNetworkPlan
 from nnseg.planning.presets import PlannerPreset
 from nnseg.schema import SchemaError, load_dataclass, read_json, write_json_atomic
-
-if TYPE_CHECKING:
-    from nnseg.planning.topology import Topology
 
 PLAN_SCHEMA_VERSION = 1
 #: Largest training patch accepted, in voxels (512^3 in 3D, 4096^2 in 2D): far above any plan nnseg or nnU-Net
@@ -83,61 +80,6 @@ class ResamplingPlan:
 
 
 @dataclass(frozen=True)
-class NetworkPlan:
-    """A plain U-Net: per stage ``n_conv`` x (conv, instance norm, leaky ReLU); strided-conv down, transposed-conv up.
-
-    Attributes:
-        architecture: registry key of the network builder ("unet").
-        n_stages: resolution levels, including the bottleneck.
-        features_per_stage: output channels per stage.
-        kernel_sizes: per stage, per axis (planning order).
-        strides: per stage, per axis; the first conv of stage s has stride ``strides[s]``.
-        n_conv_per_stage: encoder convolutions per stage.
-        n_conv_per_stage_decoder: decoder convolutions per stage (n_stages - 1 entries, deepest first).
-        norm: normalization layer.
-        nonlinearity: activation.
-        negative_slope: leaky ReLU slope.
-        conv_bias: convolutions have a bias term.
-        deep_supervision: the decoder emits a segmentation at every resolution during training.
-    """
-
-    n_stages: int
-    features_per_stage: tuple[int, ...]
-    kernel_sizes: tuple[tuple[int, ...], ...]
-    strides: tuple[tuple[int, ...], ...]
-    n_conv_per_stage: tuple[int, ...]
-    n_conv_per_stage_decoder: tuple[int, ...]
-    architecture: Literal["unet"] = "unet"
-    norm: Literal["instance"] = "instance"
-    nonlinearity: Literal["leaky_relu"] = "leaky_relu"
-    negative_slope: float = 0.01
-    conv_bias: bool = True
-    deep_supervision: bool = True
-
-    @classmethod
-    def from_topology(
-        cls,
-        topology: Topology,
-        features: Sequence[int],
-        *,
-        conv_per_stage: int = 2,
-        conv_per_stage_decoder: int = 2,
-        architecture: str = "unet",
-    ) -> NetworkPlan:
-        """The network of ``topology`` (strides and kernels) with ``features`` per stage."""
-        n = topology.n_stages
-        return cls(
-            n_stages=n,
-            features_per_stage=tuple(features),
-            kernel_sizes=topology.kernel_sizes,
-            strides=topology.strides,
-            n_conv_per_stage=(conv_per_stage,) * n,
-            n_conv_per_stage_decoder=(conv_per_stage_decoder,) * (n - 1),
-            architecture=architecture,  # type: ignore[arg-type]
-        )
-
-
-@dataclass(frozen=True)
 class ConfigurationPlan:
     """One configuration (2d, 3d_fullres, 3d_lowres): data geometry, patch, batch and network.
 
@@ -150,7 +92,7 @@ class ConfigurationPlan:
         patch_size: training patch, planning order; divisible by the product of the strides per axis.
         batch_size: patches per training step.
         batch_dice: compute the Dice loss over the whole batch (True) or per sample.
-        network: the U-Net.
+        network: the network: an architecture's plan (see :mod:`nnseg.planning.network_plans`).
         normalization: one entry per input channel, channel order.
         resampling: resampling orders.
         budget_used: fraction of the preset's budget the plan uses at this batch size (<= 1 when it fits).
@@ -165,7 +107,7 @@ class ConfigurationPlan:
     patch_size: tuple[int, ...]
     batch_size: int
     batch_dice: bool
-    network: NetworkPlan
+    network: AnyNetworkPlan
     normalization: tuple[ChannelNormalization, ...]
     resampling: ResamplingPlan
     budget_used: float
@@ -286,30 +228,10 @@ def _validate_configuration(plan: Plan, name: str, config: ConfigurationPlan) ->
             raise PlanError(f"{where}.normalization[{index}]: scheme ct needs clip_low, clip_high, mean and std")
         if norm.scheme == "ct" and norm.std is not None and norm.std <= 0:
             raise PlanError(f"{where}.normalization[{index}].std must be positive, got {norm.std}")
-    stage_lists = {
-        "features_per_stage": net.features_per_stage,
-        "kernel_sizes": net.kernel_sizes,
-        "strides": net.strides,
-        "n_conv_per_stage": net.n_conv_per_stage,
-    }
-    if net.n_stages < 1:
-        raise PlanError(f"{where}.network.n_stages must be >= 1, got {net.n_stages}")
-    for field_name in ("features_per_stage", "n_conv_per_stage", "n_conv_per_stage_decoder"):
-        if any(v < 1 for v in getattr(net, field_name)):
-            raise PlanError(f"{where}.network.{field_name} must hold values >= 1, got {list(getattr(net, field_name))}")
-    if not (math.isfinite(net.negative_slope) and net.negative_slope >= 0):
-        raise PlanError(f"{where}.network.negative_slope must be a finite number >= 0, got {net.negative_slope}")
-    for field_name, value in stage_lists.items():
-        if len(value) != net.n_stages:
-            raise PlanError(f"{where}.network.{field_name} has {len(value)} entries for n_stages={net.n_stages}")
-    if len(net.n_conv_per_stage_decoder) != net.n_stages - 1:
-        raise PlanError(f"{where}.network.n_conv_per_stage_decoder needs n_stages - 1 = {net.n_stages - 1} entries")
-    for field_name in ("kernel_sizes", "strides"):
-        for stage, per_axis in enumerate(getattr(net, field_name)):
-            if len(per_axis) != dims or any(v < 1 for v in per_axis):
-                raise PlanError(
-                    f"{where}.network.{field_name}[{stage}] must hold {dims} positive values, got {list(per_axis)}"
-                )
+    for problem in net.problems():
+        raise PlanError(f"{where}.network.{problem}")
+    if net.dims != dims:
+        raise PlanError(f"{where}.network.kernel_sizes[0] must hold {dims} values, got {list(net.kernel_sizes[0])}")
     for axis in range(dims):
         divisor = math.prod(s[axis] for s in net.strides)
         if config.patch_size[axis] % divisor:

@@ -13,23 +13,18 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from nnseg.fingerprint import Fingerprint
+from nnseg.planning.footprint import estimate_footprint
+from nnseg.planning.network_plans import AnyNetworkPlan, NetworkPlan, network_plan_for
 from nnseg.planning.plan import (
     PLAN_SCHEMA_VERSION,
     ChannelNormalization,
     ConfigurationPlan,
-    NetworkPlan,
     NormalizationScheme,
     Plan,
     ResamplingPlan,
 )
-from nnseg.planning.presets import GpuMemoryBudget, PlannerPreset, StepTimeBudget
-from nnseg.planning.topology import (
-    Topology,
-    conv_flops,
-    feature_map_voxels,
-    features_per_stage,
-    pool_and_kernel_layout,
-)
+from nnseg.planning.presets import FixedPatch, GpuMemoryBudget, PlannerPreset, StepTimeBudget
+from nnseg.planning.topology import Topology, features_per_stage, pool_and_kernel_layout
 
 #: Channel names (case-insensitive) that select a normalization explicitly; anything else is z-score.
 CHANNEL_NAME_SCHEMES: dict[str, NormalizationScheme] = {
@@ -116,41 +111,33 @@ def initial_patch_size(spacing: Sequence[float], median_shape: Sequence[float], 
 @dataclass(frozen=True)
 class _Candidate:
     topology: Topology
-    features: tuple[int, ...]
+    network: AnyNetworkPlan
     samples_that_fit: float  # how many samples of this patch fit the budget in one step
 
 
-def _network_for(
-    topology: Topology, preset: PlannerPreset, dims: int
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+def network_plan(topology: Topology, preset: PlannerPreset, dims: int) -> AnyNetworkPlan:
+    """The preset's architecture for ``topology``: features double per stage from the base, capped."""
     cap = preset.max_features_3d if dims == 3 else preset.max_features_2d
-    n = topology.n_stages
-    features = features_per_stage(n, preset.base_features, cap)
-    return features, (preset.conv_per_stage_encoder,) * n, (preset.conv_per_stage_decoder,) * (n - 1)
+    features = features_per_stage(topology.n_stages, preset.base_features, cap)
+    return network_plan_for(preset.architecture, topology, features, preset)
 
 
-def samples_that_fit(topology: Topology, preset: PlannerPreset, dims: int, in_channels: int, num_classes: int) -> float:
-    """How many patches of this topology one training step can hold under the preset's budget."""
-    features, n_conv, n_conv_dec = _network_for(topology, preset, dims)
+def samples_that_fit(
+    network: NetworkPlan, patch_size: tuple[int, ...], preset: PlannerPreset, in_channels: int, num_classes: int
+) -> float:
+    """How many patches one training step of ``network`` can hold under the preset's budget."""
+    dims = len(patch_size)
     budget = preset.budget
+    if isinstance(budget, FixedPatch):
+        return float(budget.batch_size_3d if dims == 3 else budget.batch_size_2d)
+    footprint = estimate_footprint(network, patch_size, in_channels, num_classes)
     if isinstance(budget, GpuMemoryBudget):
-        footprint = feature_map_voxels(topology.patch_size, topology.strides, features, n_conv, n_conv_dec, num_classes)
         reference = budget.reference_value_3d if dims == 3 else budget.reference_value_2d
         reference_batch = budget.reference_batch_size_3d if dims == 3 else budget.reference_batch_size_2d
         scaled = reference * budget.gpu_memory_gb / budget.reference_gpu_memory_gb
-        return scaled / footprint * reference_batch
+        return scaled / footprint.feature_map_voxels * reference_batch
     if isinstance(budget, StepTimeBudget):
-        flops = conv_flops(
-            topology.patch_size,
-            topology.strides,
-            topology.kernel_sizes,
-            features,
-            n_conv,
-            n_conv_dec,
-            in_channels,
-            num_classes,
-        )
-        seconds_per_sample = flops * budget.backward_factor / (budget.effective_gflops * 1e9)
+        seconds_per_sample = footprint.flops * budget.backward_factor / (budget.effective_gflops * 1e9)
         return budget.step_seconds / seconds_per_sample
     raise TypeError(f"unknown budget {budget!r}")
 
@@ -159,13 +146,23 @@ def fit_patch_to_budget(
     spacing: Sequence[float], median_shape: Sequence[float], preset: PlannerPreset, in_channels: int, num_classes: int
 ) -> _Candidate:
     """Start from the initial patch; shrink the axis largest relative to the median shape until
-    ``min_batch_size`` samples fit the budget. Shrinking steps by the axis' divisibility so
-    that no valid patch size is skipped."""
+    ``min_batch_size`` samples of the preset's architecture fit the budget. Shrinking steps by the axis'
+    divisibility so that no valid patch size is skipped. A fixed-patch preset takes its patch as it is."""
     dims = len(spacing)
     edge, max_pool = preset.feature_map_min_edge, preset.max_pool_per_axis
-    topology = pool_and_kernel_layout(spacing, initial_patch_size(spacing, median_shape, preset), edge, max_pool)
-    fit = samples_that_fit(topology, preset, dims, in_channels, num_classes)
-    while fit < preset.min_batch_size:
+
+    def candidate(patch: Sequence[float]) -> _Candidate:
+        topology = pool_and_kernel_layout(spacing, patch, edge, max_pool)
+        network = network_plan(topology, preset, dims)
+        fit = samples_that_fit(network, topology.patch_size, preset, in_channels, num_classes)
+        return _Candidate(topology, network, fit)
+
+    if isinstance(preset.budget, FixedPatch):
+        patch_edge = preset.budget.patch_edge_3d if dims == 3 else preset.budget.patch_edge_2d
+        return candidate([min(float(patch_edge), m) for m in median_shape])
+    current = candidate(initial_patch_size(spacing, median_shape, preset))
+    while current.samples_that_fit < preset.min_batch_size:
+        topology = current.topology
         patch = list(topology.patch_size)
         ratios = [p / m for p, m in zip(patch, median_shape)]
         axis = int(np.argsort(ratios)[-1])
@@ -175,15 +172,16 @@ def fit_patch_to_budget(
         patch[axis] -= divisible_by[axis]
         if patch[axis] < 1:
             raise ValueError(f"cannot fit even the smallest patch into the budget of preset {preset.name!r}")
-        topology = pool_and_kernel_layout(spacing, patch, edge, max_pool)
-        fit = samples_that_fit(topology, preset, dims, in_channels, num_classes)
-    features, _, _ = _network_for(topology, preset, dims)
-    return _Candidate(topology, features, fit)
+        current = candidate(patch)
+    return current
 
 
 def batch_size_for(candidate: _Candidate, preset: PlannerPreset, dataset_voxels: float) -> int:
-    """As many samples as fit, at most the dataset fraction, at least ``min_batch_size``."""
+    """As many samples as fit, at most the dataset fraction, at least ``min_batch_size`` (a fixed-patch preset:
+    its batch)."""
     fits = round(candidate.samples_that_fit)
+    if isinstance(preset.budget, FixedPatch):
+        return fits
     coverage_cap = round(
         dataset_voxels * preset.max_batch_fraction_of_dataset / np.prod(candidate.topology.patch_size, dtype=np.float64)
     )
@@ -217,12 +215,7 @@ def plan_configuration(
         patch_size=topology.patch_size,
         batch_size=batch_size,
         batch_dice=batch_dice,
-        network=NetworkPlan.from_topology(
-            topology,
-            candidate.features,
-            conv_per_stage=preset.conv_per_stage_encoder,
-            conv_per_stage_decoder=preset.conv_per_stage_decoder,
-        ),
+        network=candidate.network,
         normalization=normalization,
         resampling=ResamplingPlan(separate_axis_threshold=preset.anisotropy_threshold),
         budget_used=float(batch_size / candidate.samples_that_fit),

@@ -56,18 +56,39 @@ class StepTimeBudget:
 
 
 @dataclass(frozen=True)
+class FixedPatch:
+    """A fixed recipe instead of a budget (No New-Net): a cube of ``patch_edge`` voxels per axis, capped at the
+    median image (then padded to the network's divisibility), and a fixed batch.
+
+    Attributes:
+        patch_edge_3d / patch_edge_2d: patch edge in voxels.
+        batch_size_3d / batch_size_2d: patches per step.
+    """
+
+    type: Literal["fixed"]
+    patch_edge_3d: int = 128
+    patch_edge_2d: int = 256
+    batch_size_3d: int = 2
+    batch_size_2d: int = 12
+
+
+@dataclass(frozen=True)
 class PlannerPreset:
     """Every constant the planner uses.
 
     Attributes:
         name: preset name, recorded in plans.json.
         description: what the preset is for.
-        budget: how big a patch/batch may get (GPU memory or CPU step time).
+        budget: how big a patch/batch may get (GPU memory, CPU step time, or a fixed patch and batch).
+        architecture: the network to plan (a name from :func:`nnseg.networks.available`); the budget is fitted
+            to that architecture's own footprint (memory) or FLOPs (step time).
         base_features: features of the first stage; doubles per stage.
         max_features_3d / max_features_2d: cap on features per stage.
         feature_map_min_edge: smallest bottleneck edge (voxels).
         max_pool_per_axis: cap on downsamplings per axis (None: no cap, as nnU-Net v2).
         conv_per_stage_encoder / conv_per_stage_decoder: convolutions per stage.
+        encoder_blocks_per_stage: residual blocks per encoder stage of residual encoders (resenc_unet,
+            deeplabv3plus); the last value repeats for deeper networks.
         min_batch_size: the batch never goes below this.
         max_batch_fraction_of_dataset: one batch covers at most this fraction of the dataset's voxels.
         anisotropy_threshold: spacing ratio that makes an axis "anisotropic".
@@ -85,7 +106,8 @@ class PlannerPreset:
 
     name: str
     description: str
-    budget: GpuMemoryBudget | StepTimeBudget
+    budget: GpuMemoryBudget | StepTimeBudget | FixedPatch
+    architecture: str = "unet"
     base_features: int = 32
     max_features_3d: int = 320
     max_features_2d: int = 512
@@ -93,6 +115,7 @@ class PlannerPreset:
     max_pool_per_axis: int | None = None
     conv_per_stage_encoder: int = 2
     conv_per_stage_decoder: int = 2
+    encoder_blocks_per_stage: tuple[int, ...] = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)
     min_batch_size: int = 2
     max_batch_fraction_of_dataset: float = 0.05
     anisotropy_threshold: float = 3.0
@@ -130,7 +153,17 @@ class PlannerPreset:
             raise ValueError(f"configurations must be among 2d, 3d_fullres, 3d_lowres; got {list(self.configurations)}")
         if "3d_lowres" in self.configurations and "3d_fullres" not in self.configurations:
             raise ValueError("3d_lowres is derived from 3d_fullres: list both")
+        if not self.encoder_blocks_per_stage or min(self.encoder_blocks_per_stage) < 1:
+            raise ValueError(
+                f"encoder_blocks_per_stage must hold values >= 1, got {list(self.encoder_blocks_per_stage)}"
+            )
+        from nnseg.planning.network_plans import NETWORK_PLANS
         from nnseg.training.recipe import RECIPE_CHOICES
+
+        if self.architecture not in NETWORK_PLANS:
+            raise ValueError(
+                f"architecture must be one of {', '.join(sorted(NETWORK_PLANS))}, got {self.architecture!r}"
+            )
 
         if self.training_recipe not in RECIPE_CHOICES:
             choices = ", ".join(RECIPE_CHOICES)
@@ -150,8 +183,22 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in presets_dir().glob("*.json"))
 
 
-def load_preset(name_or_path: str | os.PathLike, *, gpu_memory_gb: float | None = None) -> PlannerPreset:
-    """Load a preset by name (``plans/<name>.json``) or path; optionally override the GPU memory.
+def preset_summaries() -> dict[str, str]:
+    """Shipped preset name -> the first sentence of its description (for ``--help``)."""
+    summaries = {}
+    for name in available_presets():
+        try:
+            description = read_json(presets_dir() / f"{name}.json", "planner preset").get("description", "")
+        except (NnsegError, AttributeError):
+            description = "(unreadable)"
+        summaries[name] = description.split(". ")[0].rstrip(".")
+    return summaries
+
+
+def load_preset(
+    name_or_path: str | os.PathLike, *, gpu_memory_gb: float | None = None, architecture: str | None = None
+) -> PlannerPreset:
+    """Load a preset by name (``plans/<name>.json``) or path; optionally override the GPU memory and architecture.
 
     Raises:
         NnsegError: unknown name, unreadable file, or a value that breaks the schema.
@@ -175,4 +222,12 @@ def load_preset(name_or_path: str | os.PathLike, *, gpu_memory_gb: float | None 
         if gpu_memory_gb <= 0:
             raise NnsegError(f"--gpu-memory-gb must be positive, got {gpu_memory_gb}")
         preset = replace(preset, budget=replace(preset.budget, gpu_memory_gb=float(gpu_memory_gb)))
+    if architecture is not None:
+        from nnseg.planning.network_plans import NETWORK_PLANS
+
+        if architecture not in NETWORK_PLANS:
+            raise NnsegError(
+                f"--architecture {architecture!r} is not known; available: {', '.join(sorted(NETWORK_PLANS))}"
+            )
+        preset = replace(preset, architecture=architecture)
     return preset

@@ -165,7 +165,7 @@ def conv_flops(
     for step in range(n_decoder):
         stage = n_decoder - 1 - step
         voxels = math.prod(stage_sizes[stage])
-        flops += 2.0 * math.prod(strides[stage + 1]) * features[stage + 1] * features[stage] * voxels  # transposed
+        flops += 2.0 * features[stage + 1] * features[stage] * voxels  # transposed, kernel = stride: 1 MAC/output
         kernel = math.prod(kernel_sizes[stage])
         channels = 2 * features[stage]
         for _ in range(n_conv_decoder[step]):

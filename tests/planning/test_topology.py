@@ -71,7 +71,7 @@ def test_conv_flops_by_hand() -> None:
     kernels = ((3, 3, 3), (3, 3, 3))
     flops = conv_flops((8, 8, 8), strides, kernels, (4, 8), (2, 2), (2,), 1, 2)
     encoder = 2 * 27 * (1 * 4 + 4 * 4) * 512 + 2 * 27 * (4 * 8 + 8 * 8) * 64
-    transposed = 2 * 8 * 8 * 4 * 512
+    transposed = 2 * 8 * 4 * 512  # kernel = stride: each output voxel gets one tap (64 inputs x 8 taps = 512)
     decoder = 2 * 27 * (8 * 4 + 4 * 4) * 512
     head = 2 * 4 * 2 * 512
     assert math.isclose(flops, encoder + transposed + decoder + head)
