@@ -9,7 +9,10 @@ strides (pooling per axis), kernel sizes, batch size, batch dice, and which
 configurations exist.
 
     .venv/bin/python benchmarks/compare_plans.py --nnunet-python /path/to/nnunet-venv/bin/python \\
-        [--out /tmp/nnseg_compare] [--sets ct_iso,mr_aniso,mr_2ch,mr_thick_x,ct_large]
+        [--preset default|resenc_m|resenc_l] [--out /tmp/nnseg_compare] [--sets ct_iso,mr_aniso,...]
+
+``--preset resenc_m`` / ``resenc_l`` compares with nnU-Net's nnUNetPlannerResEncM / L (the residual-encoder
+presets); the network's widths, encoder blocks and decoder convolutions per stage are compared too.
 
 Without ``--nnunet-python`` it only plans with nnseg and prints nnseg's side.
 """
@@ -26,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from nnseg.api import plan
+from nnseg.planning.network_plans import ResEncUNetPlan, UNetPlan
 from nnseg.synth import SynthConfig, generate_dataset
 
 DATASETS: dict[str, SynthConfig] = {
@@ -50,12 +54,23 @@ NNUNET_SCHEMES = {
 HERE = Path(__file__).resolve().parent
 
 
-def nnseg_side(raw: Path, work: Path) -> tuple[dict, float]:
+#: nnseg preset -> the nnU-Net 2.8.1 planner class it reproduces
+NNUNET_PLANNERS = {
+    "default": "ExperimentPlanner",
+    "resenc_m": "nnUNetPlannerResEncM",
+    "resenc_l": "nnUNetPlannerResEncL",
+}
+
+
+def nnseg_side(raw: Path, work: Path, preset: str) -> tuple[dict, float]:
     started = time.perf_counter()
-    result = plan(raw, work, preset="default", workers=2, show_progress=False)
+    result = plan(raw, work, preset=preset, workers=2, show_progress=False)
     seconds = time.perf_counter() - started
     configs = {}
     for name, config in result.plan.configurations.items():
+        network = config.network
+        if not isinstance(network, (UNetPlan, ResEncUNetPlan)):
+            raise SystemExit(f"nnU-Net plans only U-Nets; preset {preset!r} planned a {network.architecture}")
         configs[name] = {
             "spacing": list(config.spacing),
             "patch_size": list(config.patch_size),
@@ -65,14 +80,20 @@ def nnseg_side(raw: Path, work: Path) -> tuple[dict, float]:
             "batch_dice": config.batch_dice,
             "normalization": [n.scheme for n in config.normalization],
             "use_mask": [n.use_nonzero_mask for n in config.normalization],
+            "features": list(config.network.features_per_stage),
+            "encoder_blocks": list(
+                network.n_blocks_per_stage if isinstance(network, ResEncUNetPlan) else network.n_conv_per_stage
+            ),
+            "decoder_convs": list(network.n_conv_per_stage_decoder),
         }
     return {"transpose": list(result.plan.transpose_forward), "configurations": configs}, seconds
 
 
-def nnunet_side(raw: Path, out: Path, python: str) -> tuple[dict, float]:
+def nnunet_side(raw: Path, out: Path, python: str, preset: str) -> tuple[dict, float]:
     started = time.perf_counter()
+    planner = NNUNET_PLANNERS[preset]
     subprocess.run(
-        [python, str(HERE / "nnunet_reference_plans.py"), str(raw), str(out), "--np", "2"],
+        [python, str(HERE / "nnunet_reference_plans.py"), str(raw), str(out), "--np", "2", "--planner", planner],
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -92,6 +113,9 @@ def nnunet_side(raw: Path, out: Path, python: str) -> tuple[dict, float]:
             "batch_dice": config["batch_dice"],
             "normalization": [NNUNET_SCHEMES[s] for s in config["normalization_schemes"]],
             "use_mask": config["use_mask_for_norm"],
+            "features": config["features_per_stage"],
+            "encoder_blocks": config["n_conv_per_stage"],
+            "decoder_convs": config["n_conv_per_stage_decoder"],
         }
     return {"transpose": summary["transpose_forward"], "configurations": configs}, seconds
 
@@ -109,7 +133,8 @@ def compare(ours: dict, theirs: dict) -> list[tuple[str, str, str, str, bool]]:
             continue
         spacing_ok = np.allclose(a["spacing"], b["spacing"], rtol=1e-3, atol=0)
         rows.append((name, "spacing", _fmt(a["spacing"]), _fmt(b["spacing"]), bool(spacing_ok)))
-        for field in ("patch_size", "strides", "kernels", "batch_size", "batch_dice", "normalization", "use_mask"):
+        fields = ("patch_size", "strides", "kernels", "batch_size", "batch_dice", "normalization", "use_mask")
+        for field in (*fields, "features", "encoder_blocks", "decoder_convs"):
             rows.append((name, field, _compact(a[field]), _compact(b[field]), a[field] == b[field]))
     return rows
 
@@ -128,6 +153,7 @@ def _compact(value) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nnunet-python", default=None, help="python of a venv with nnunetv2 installed")
+    parser.add_argument("--preset", choices=list(NNUNET_PLANNERS), default="default")
     parser.add_argument("--out", type=Path, default=Path("/tmp/nnseg_compare_plans"))
     parser.add_argument("--sets", default=",".join(DATASETS), help=f"comma-separated subset of {list(DATASETS)}")
     args = parser.parse_args()
@@ -136,12 +162,14 @@ def main() -> int:
         raw = args.out / key / "raw"
         if not (raw / "dataset.json").is_file():
             generate_dataset(raw, DATASETS[key], show_progress=False)
-        ours, our_seconds = nnseg_side(raw, args.out / key / "nnseg_work")
-        print(f"\n## {key}: {DATASETS[key].num_cases} cases; nnseg plan {our_seconds:.1f} s", end="")
+        ours, our_seconds = nnseg_side(raw, args.out / key / f"nnseg_work_{args.preset}", args.preset)
+        print(f"\n## {key} ({args.preset}): {DATASETS[key].num_cases} cases; nnseg plan {our_seconds:.1f} s", end="")
         if not args.nnunet_python:
             print("\n" + json.dumps(ours, indent=1))
             continue
-        theirs, their_seconds = nnunet_side(raw, args.out / key / "nnunet.json", args.nnunet_python)
+        theirs, their_seconds = nnunet_side(
+            raw, args.out / key / f"nnunet_{args.preset}.json", args.nnunet_python, args.preset
+        )
         print(f", nnU-Net fingerprint+plan {their_seconds:.1f} s")
         rows = compare(ours, theirs)
         widths = [max(len(str(r[i])) for r in rows) for i in range(4)]

@@ -29,6 +29,7 @@ def plan(
     work: str | os.PathLike | None = None,
     *,
     preset: str | os.PathLike = "default",
+    architecture: str | None = None,
     gpu_memory_gb: float | None = None,
     workers: int | None = None,
     show_progress: bool = True,
@@ -39,6 +40,7 @@ def plan(
         dataset: dataset folder (nnU-Net or MSD layout).
         work: work folder (default ``./nnseg_work``).
         preset: planner preset name (``plans/<name>.json``) or path.
+        architecture: the network to plan instead of the preset's (``nnseg.networks.available()``).
         gpu_memory_gb: plan for this much GPU memory instead of the preset's.
         workers: reader processes (default: from CPU cores and free memory).
         show_progress: progress bars on stderr.
@@ -51,7 +53,7 @@ def plan(
         >>> import nnseg
         >>> result = nnseg.plan("Dataset001_Liver", "work")  # doctest: +SKIP
     """
-    chosen_preset = load_preset(preset, gpu_memory_gb=gpu_memory_gb)
+    chosen_preset = load_preset(preset, gpu_memory_gb=gpu_memory_gb, architecture=architecture)
     spec = load_dataset(dataset)
     check_dataset(spec, workers=workers or default_workers(), show_progress=show_progress).raise_if_errors()
     fingerprint = extract_fingerprint(spec, workers=workers, show_progress=show_progress)

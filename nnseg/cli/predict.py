@@ -85,6 +85,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             mirror=config.mirror,
             step_size=config.step_size,
             window_batch=config.window_batch,
+            prune_level=config.prune,
         )
         predictor.on_warning = warn
         if context.is_main:

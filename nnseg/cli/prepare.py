@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -110,11 +111,26 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def add_plan(sub: argparse._SubParsersAction) -> None:
+    from nnseg.planning.network_plans import NETWORK_PLANS
+    from nnseg.planning.presets import preset_summaries
+
+    def listing(title: str, lines: dict[str, str]) -> str:
+        width = max(len(name) for name in lines) + 2
+        wrapped = [
+            textwrap.fill(text, 100, initial_indent=f"  {name:<{width}}", subsequent_indent=" " * (width + 2))
+            for name, text in lines.items()
+        ]
+        return title + "\n" + "\n".join(wrapped)
+
     p = sub.add_parser(
         "plan",
         help="fingerprint a dataset and plan the experiment",
         description="Check the dataset, write <work>/fingerprint.json and <work>/plans.json "
         "(2d, 3d_fullres and, when needed, 3d_lowres), and print a summary.",
+        epilog=listing("architectures (--architecture):", {n: c.summary for n, c in NETWORK_PLANS.items()})
+        + "\n\n"
+        + listing("presets (--preset):", preset_summaries()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("dataset", type=Path, help="dataset folder holding dataset.json")
     p.add_argument("--work", type=Path, default=None, help="work folder (default ./nnseg_work)")
@@ -122,6 +138,13 @@ def add_plan(sub: argparse._SubParsersAction) -> None:
         "--preset",
         default="default",
         help="planner preset: a name from plans/ (default, cpu, ...) or a path to a preset .json",
+    )
+    p.add_argument(
+        "--architecture",
+        choices=list(NETWORK_PLANS),
+        default=None,
+        help="network to plan (default: the preset's, unet for nnU-Net's presets); patch and batch are fitted "
+        "to this architecture's own footprint",
     )
     p.add_argument(
         "--gpu-memory-gb",
@@ -148,7 +171,14 @@ def _run_plan(args: argparse.Namespace) -> int:
     from nnseg.planning.summary import plan_summary
     from nnseg.preprocessing.preprocess import preprocess_dataset
 
-    result = plan(args.dataset, args.work, preset=args.preset, gpu_memory_gb=args.gpu_memory_gb, workers=args.workers)
+    result = plan(
+        args.dataset,
+        args.work,
+        preset=args.preset,
+        architecture=args.architecture,
+        gpu_memory_gb=args.gpu_memory_gb,
+        workers=args.workers,
+    )
     print(plan_summary(result.plan))
     print(f"wrote {result.fingerprint_path} and {result.plans_path}")
     if args.preprocess:

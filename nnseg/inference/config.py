@@ -29,6 +29,13 @@ class PredictConfig:
     postprocess: bool = option(True, "ignore inference.json's postprocessing")
     device: str = option("auto", "auto, cpu, cuda or cuda:N", validate=options.device)
     window_batch: int = option(2, "windows per forward pass", validate=options.positive_int, metavar="N")
+    prune: int | None = option(
+        None,
+        "UNet++ models: predict with the sub-network of depth L (1 = shallowest, fastest; default: the plan's "
+        "prune_level, else the whole network); see benchmarks/architectures.py for the speed/Dice trade-off",
+        validate=options.positive_int,
+        metavar="L",
+    )
     overlap: bool = option(True, "do not read the next case and write the last one while the network runs")
     output_format: str = option(
         "nifti",

@@ -17,7 +17,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from nnseg.errors import NnsegError
 from nnseg.inference.sliding_window import predict_sliding_window
 from nnseg.io import Geometry, Volume, split_suffix, write_volume
 from nnseg.networks import build_network
+from nnseg.planning.network_plans import NetworkPlan, UNetPlusPlusPlan
 from nnseg.planning.plan import ConfigurationPlan, Plan
 from nnseg.preprocessing.preprocess import preprocess_case
 from nnseg.preprocessing.restore import probabilities_to_labels, restore_probabilities
@@ -52,6 +53,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise NnsegError(f"--device {name}: MPS is not available on this machine; use --device cpu")
     return device
+
+
+def _pruned(network: NetworkPlan, level: int) -> NetworkPlan:
+    """The network plan with UNet++'s inference depth set to ``level`` (``--prune``)."""
+    if not isinstance(network, UNetPlusPlusPlan):
+        raise NnsegError(f"--prune applies to unetpp models; this model is a {network.architecture}")
+    if not 1 <= level <= network.n_stages - 1:
+        raise NnsegError(f"--prune must be in 1..{network.n_stages - 1} for this model, got {level}")
+    return replace(network, prune_level=level)
 
 
 def _warn(message: str) -> None:
@@ -146,9 +156,13 @@ class Predictor:
         step_size: float = 0.5,
         window_batch: int = 2,
         deep_supervision_heads: bool = True,
+        prune_level: int | None = None,
     ) -> None:
         self.plan = plan
         self.config_plan: ConfigurationPlan = plan.configuration(configuration)
+        network_plan: NetworkPlan = self.config_plan.network
+        if prune_level is not None:
+            network_plan = _pruned(network_plan, prune_level)
         self.device = resolve_device(options.device("device", device))
         self.mirror = mirror
         self.step_size = options.fraction("step_size", step_size)
@@ -157,7 +171,7 @@ class Predictor:
         for state in states:
             # the heads exist in the weights; in eval mode the network returns only the full-resolution output
             network = build_network(
-                self.config_plan.network,
+                network_plan,
                 len(plan.channel_names),
                 plan.num_classes,
                 deep_supervision=deep_supervision_heads,
