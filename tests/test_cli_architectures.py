@@ -1,5 +1,5 @@
 """Every registered architecture end to end through the CLI: plan --architecture -> preprocess -> train (a tiny
-budget) -> predict; the prediction has the input's geometry and the checkpoint names the architecture."""
+budget) -> predict; the prediction has the input's geometry and the checkpoint names the architecture; --prune."""
 
 from __future__ import annotations
 
@@ -40,3 +40,14 @@ def test_plan_train_predict_with_each_architecture(
         assert prediction.array.shape == source.array.shape
         np.testing.assert_allclose(prediction.geometry.affine, source.geometry.affine, atol=1e-5)
         assert set(np.unique(prediction.array)) <= {0, 1, 2}
+    # UNet++ predicts with a pruned sub-network on request; other models refuse --prune with the reason
+    capsys.readouterr()
+    pruned = ["predict", "-i", str(images), "-o", str(tmp_path / "pruned"), "-m", str(work), "--device", "cpu"]
+    if architecture == "unetpp":
+        assert main([*pruned, "--no-tta", "--prune", "1"]) == 0
+        assert len(list((tmp_path / "pruned").glob("*.nii.gz"))) == len(list(images.glob("*_0000.nii.gz")))
+        assert main([*pruned, "--prune", "9"]) == 2
+        assert "--prune must be in 1.." in capsys.readouterr().err
+    else:
+        assert main([*pruned, "--prune", "1"]) == 2
+        assert f"--prune applies to unetpp models; this model is a {architecture}" in capsys.readouterr().err

@@ -56,6 +56,18 @@ def test_round_trip(plan_file: Path) -> None:
             r"normalization\[0\].scheme: expected one of",
         ),
         (lambda d: d.update(schema_version=99), "schema_version 99 is not supported"),
+        (  # the architecture tag picks the network's fields; an unknown one lists the choices
+            lambda d: d["configurations"]["2d"]["network"].update(architecture="vnet"),
+            r"configurations.2d.network.architecture: expected one of \['deeplabv3plus', 'fcn', 'resenc_unet'",
+        ),
+        (  # a U-Net's fields under another tag: the field that tag needs is named
+            lambda d: d["configurations"]["2d"]["network"].update(architecture="resenc_unet"),
+            "configurations.2d.network.n_conv_per_stage: unknown key",
+        ),
+        (
+            lambda d: d["configurations"]["3d_fullres"]["network"].update(n_conv_per_stage_decoder=[2]),
+            "configurations.3d_fullres.network.n_conv_per_stage_decoder needs n_stages - 1",
+        ),
     ],
 )
 def test_hand_edits_are_refused_with_the_field_named(plan_file: Path, change, message: str) -> None:
@@ -108,3 +120,28 @@ def test_custom_preset_file_is_used(ct_dataset_template: Path, tmp_path: Path) -
     plan = Plan.load(work / "plans.json")
     assert plan.preset == "narrow" and list(plan.configurations) == ["3d_fullres"]
     assert plan.configurations["3d_fullres"].network.features_per_stage[0] == 8
+
+
+@pytest.mark.parametrize("architecture", ["resenc_unet", "unetpp", "deeplabv3plus", "segformer", "fcn"])
+def test_every_architecture_round_trips_and_its_own_fields_are_checked(architecture: str, tmp_path: Path) -> None:
+    fingerprint = _fingerprint([[2.0, 0.8, 0.8]] * 3, [[40, 96, 96]] * 3)
+    preset = load_preset("cpu", architecture=architecture)
+    path = make_plan(fingerprint, {"background": 0, "organ": 1}, preset, nnseg_version="t").save(tmp_path / "p.json")
+    plan = Plan.load(path)
+    assert plan.configuration("3d_fullres").network.architecture == architecture
+    assert Plan.load(plan.save(tmp_path / "again.json")) == plan
+    bad_field = {
+        "resenc_unet": ("n_blocks_per_stage", [0], "n_blocks_per_stage has 1 entries for n_stages="),
+        "unetpp": ("prune_level", 99, "prune_level must be null or in 1.."),
+        "deeplabv3plus": ("aspp_rates", [[2, 2]], r"aspp_rates\[0\] needs 3 values"),
+        "segformer": (
+            "num_heads",
+            [3, 3, 3, 3][: len(plan.configuration("3d_fullres").network.features_per_stage)],
+            r"num_heads\[0\] = 3 does not divide features_per_stage\[0\]",
+        ),
+        "fcn": ("score_stages", [0, 1], "score_stages must lie in"),
+    }[architecture]
+    name, value, message = bad_field
+    _edit(path, lambda d: d["configurations"]["3d_fullres"]["network"].update({name: value}))
+    with pytest.raises(PlanError, match=f"configurations.3d_fullres.network.{message}"):
+        Plan.load(path)

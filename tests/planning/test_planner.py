@@ -177,3 +177,42 @@ def test_labels_count_sets_the_outputs(ct_dataset_template: Path) -> None:
     more = make_plan(fingerprint, {**dataset.labels, "extra": 3}, load_preset("default"), nnseg_version="t")
     assert more.num_classes == 4
     assert replace(plan, labels=more.labels).num_classes == 4
+
+
+def test_resenc_presets_plan_the_residual_encoder_with_more_room() -> None:
+    """nnU-Net 2.8.1's ResEnc M/L: blocks (1, 3, 4, 6, 6, 6), one decoder conv per stage, larger references, no
+    5 % batch cap (benchmarks/compare_plans.py --preset resenc_m checks them against nnU-Net itself)."""
+    fingerprint = _fingerprint([[1.0, 1.0, 1.0]] * 4, [[200, 200, 200]] * 4)
+    labels = {"background": 0, "a": 1, "b": 2}
+    medium = make_plan(fingerprint, labels, load_preset("resenc_m"), nnseg_version="t").configurations["3d_fullres"]
+    large = make_plan(fingerprint, labels, load_preset("resenc_l"), nnseg_version="t").configurations["3d_fullres"]
+    for config in (medium, large):
+        assert config.network.architecture == "resenc_unet"
+        assert config.network.n_blocks_per_stage == (1, 3, 4, 6, 6, 6)[: config.network.n_stages]
+        assert set(config.network.n_conv_per_stage_decoder) == {1}
+        assert config.budget_used <= 1.0
+    assert np.prod(large.patch_size) * large.batch_size > np.prod(medium.patch_size) * medium.batch_size
+
+
+def test_architecture_changes_the_fitted_patch_not_the_rules() -> None:
+    """Under the same budget a heavier network gets a smaller patch (or batch); the topology rules stay."""
+    fingerprint = _fingerprint([[1.0, 1.0, 1.0]] * 4, [[200, 200, 200]] * 4)
+    labels = {"background": 0, "a": 1, "b": 2}
+    plans = {
+        name: make_plan(fingerprint, labels, load_preset("cpu", architecture=name), nnseg_version="t")
+        for name in ("unet", "unetpp", "fcn")
+    }
+    voxels = {name: np.prod(p.configurations["3d_fullres"].patch_size) for name, p in plans.items()}
+    assert voxels["unetpp"] < voxels["unet"] < voxels["fcn"]
+    for plan in plans.values():
+        assert plan.configurations["3d_fullres"].budget_used <= 1.0
+
+
+def test_nonewnet_preset_takes_its_fixed_patch_and_batch() -> None:
+    fingerprint = _fingerprint([[1.0, 1.0, 1.0]] * 4, [[200, 150, 110]] * 4)
+    plan = make_plan(fingerprint, {"background": 0, "a": 1}, load_preset("nonewnet"), nnseg_version="t")
+    config = plan.configurations["3d_fullres"]
+    assert config.patch_size == (128, 128, 112)  # 128 capped at the median image (110), padded to 16
+    assert config.batch_size == 2
+    assert config.network.features_per_stage == (30, 60, 120, 240, 480)  # four downsamplings
+    assert set(plan.configurations) == {"2d", "3d_fullres"}
