@@ -194,6 +194,19 @@ class Checkpoint:
         return _from_payload(path, payload)
 
 
+def load_weights(network: torch.nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Load ``state`` into ``network``; weights that do not fit (another nnseg built this architecture
+    differently) raise a :class:`CheckpointError` naming the file and the first mismatch."""
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise CheckpointError(
+            f"{source}: the weights do not fit the network this nnseg builds from the checkpoint's plan ({detail}); "
+            "retrain, or predict with the nnseg that wrote it"
+        ) from None
+
+
 def _from_payload(path: Path, payload: Any) -> Checkpoint:
     if not isinstance(payload, dict) or "format" not in payload:
         raise CheckpointError(f"{path}: not an nnseg checkpoint (no format number)")

@@ -102,7 +102,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             tag, choices = tagged
             if tag not in value:
                 raise SchemaError(f"{_join(where, tag)}: missing (one of {sorted(choices)})")
-            if value[tag] not in choices:
+            if not isinstance(value[tag], str) or value[tag] not in choices:
                 raise SchemaError(f"{_join(where, tag)}: expected one of {sorted(choices)}, got {_show(value[tag])}")
             return load_dataclass(choices[value[tag]], value, where)
         for option in args:

@@ -25,7 +25,7 @@ import torch
 
 from nnseg import options
 from nnseg.atomic import atomic_path
-from nnseg.checkpoint import Checkpoint
+from nnseg.checkpoint import Checkpoint, load_weights
 from nnseg.dataset.reading import read_channels
 from nnseg.errors import NnsegError
 from nnseg.inference.sliding_window import predict_sliding_window
@@ -55,12 +55,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _pruned(network: NetworkPlan, level: int) -> NetworkPlan:
+def _pruned(network: NetworkPlan, level: int, *, trained_heads: bool) -> NetworkPlan:
     """The network plan with UNet++'s inference depth set to ``level`` (``--prune``)."""
     if not isinstance(network, UNetPlusPlusPlan):
         raise NnsegError(f"--prune applies to unetpp models; this model is a {network.architecture}")
     if not 1 <= level <= network.n_stages - 1:
         raise NnsegError(f"--prune must be in 1..{network.n_stages - 1} for this model, got {level}")
+    if level < network.n_stages - 1 and not trained_heads:
+        raise NnsegError("--prune needs a UNet++ trained with deep supervision (its pruned heads are trained by it)")
     return replace(network, prune_level=level)
 
 
@@ -162,13 +164,13 @@ class Predictor:
         self.config_plan: ConfigurationPlan = plan.configuration(configuration)
         network_plan: NetworkPlan = self.config_plan.network
         if prune_level is not None:
-            network_plan = _pruned(network_plan, prune_level)
+            network_plan = _pruned(network_plan, prune_level, trained_heads=deep_supervision_heads)
         self.device = resolve_device(options.device("device", device))
         self.mirror = mirror
         self.step_size = options.fraction("step_size", step_size)
         self.window_batch = options.positive_int("window_batch", window_batch)
         self.networks = []
-        for state in states:
+        for index, state in enumerate(states):
             # the heads exist in the weights; in eval mode the network returns only the full-resolution output
             network = build_network(
                 network_plan,
@@ -176,7 +178,7 @@ class Predictor:
                 plan.num_classes,
                 deep_supervision=deep_supervision_heads,
             )
-            network.load_state_dict(state)
+            load_weights(network, state, f"checkpoint {index + 1} of {len(states)}")
             self.networks.append(network.to(self.device).eval())
         self.times = StageTimes()
         self.sources: list[CheckpointSource] = []

@@ -29,13 +29,14 @@ only the full-resolution logits.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from nnseg.networks.blocks import ResidualBlock, check_plan, he_init
 from nnseg.planning.network_plans import DeepLabV3PlusPlan, NetworkPlan
 
 #: dropout after the ASPP projection during training (DeepLabV3/V3+ reference implementation: keep_prob 0.9)
@@ -57,29 +58,9 @@ def build_deeplabv3plus(
         TypeError: ``plan`` is not a DeepLabV3PlusPlan.
         ValueError: the plan is inconsistent (the message names the field).
     """
-    if not isinstance(plan, DeepLabV3PlusPlan):
-        raise TypeError(f"deeplabv3plus needs a DeepLabV3PlusPlan, got {type(plan).__name__}")
-    _check(plan)
+    plan = check_plan(plan, DeepLabV3PlusPlan)
     use_ds = plan.deep_supervision if deep_supervision is None else deep_supervision
     return DeepLabV3Plus(plan, in_channels, num_classes, deep_supervision=use_ds)
-
-
-def _check(plan: DeepLabV3PlusPlan) -> None:
-    """Raise a ValueError naming the first plan field this builder cannot use."""
-    n, dims = plan.n_stages, plan.dims
-    for name in ("features_per_stage", "kernel_sizes", "strides", "n_blocks_per_stage"):
-        if len(getattr(plan, name)) != n:
-            raise ValueError(f"deeplabv3plus: {name} has {len(getattr(plan, name))} entries for n_stages={n}")
-    if not 0 <= plan.low_level_stage < n:
-        raise ValueError(f"deeplabv3plus: low_level_stage must be in 0..{n - 1}, got {plan.low_level_stage}")
-    for index, rates in enumerate(plan.aspp_rates):
-        if len(rates) != dims or min(rates) < 1:
-            raise ValueError(f"deeplabv3plus: aspp_rates[{index}] needs {dims} values >= 1, got {list(rates)}")
-    for name in ("aspp_features", "low_level_features", "decoder_features"):
-        if getattr(plan, name) < 1:
-            raise ValueError(f"deeplabv3plus: {name} must be >= 1, got {getattr(plan, name)}")
-    if min(plan.n_blocks_per_stage) < 1:
-        raise ValueError(f"deeplabv3plus: n_blocks_per_stage must hold values >= 1, got {plan.n_blocks_per_stage}")
 
 
 class _Blocks:
@@ -115,41 +96,6 @@ class _Blocks:
             act=self.act if act else None,
             bias=self.conv_bias if bias is None else bias,
         )
-
-    def nonlin(self) -> nn.LeakyReLU:
-        return nn.LeakyReLU(self.act[1]["negative_slope"], inplace=True)
-
-
-class ResidualBlock(nn.Module):
-    """nnU-Net's BasicBlockD with dilation: conv-norm-act, conv-norm, + shortcut, act.
-
-    The shortcut average-pools when the block strides and projects (1x1 conv, no bias, + norm) when the
-    channels change; otherwise it is the identity.
-    """
-
-    def __init__(
-        self,
-        blocks: _Blocks,
-        in_channels: int,
-        out_channels: int,
-        kernel: Sequence[int],
-        stride: Sequence[int],
-        dilation: Sequence[int],
-    ) -> None:
-        super().__init__()
-        self.conv1 = blocks.conv(in_channels, out_channels, kernel, stride=stride, dilation=dilation)
-        self.conv2 = blocks.conv(out_channels, out_channels, kernel, dilation=dilation, act=False)
-        skip: list[nn.Module] = []
-        if any(s != 1 for s in stride):
-            pool: Callable[..., nn.Module] = nn.AvgPool3d if blocks.dims == 3 else nn.AvgPool2d
-            skip.append(pool(tuple(stride), tuple(stride)))
-        if in_channels != out_channels:
-            skip.append(blocks.conv(in_channels, out_channels, 1, act=False, bias=False))
-        self.skip = nn.Sequential(*skip)
-        self.act = blocks.nonlin()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv2(self.conv1(x)) + self.skip(x))
 
 
 class ImagePooling(nn.Module):
@@ -218,7 +164,18 @@ class DeepLabV3Plus(nn.Module):
             for b in range(plan.n_blocks_per_stage[s]):
                 first = b == 0
                 block_stride = stride if first else (1,) * dims
-                stage.append(ResidualBlock(blocks, channels, features[s], kernel, block_stride, dilation))
+                stage.append(
+                    ResidualBlock(
+                        dims,
+                        channels,
+                        features[s],
+                        kernel,
+                        block_stride,
+                        bias=plan.conv_bias,
+                        negative_slope=plan.negative_slope,
+                        dilation=dilation,
+                    )
+                )
                 channels = features[s]
             stages.append(nn.Sequential(*stage))
         self.stages = nn.ModuleList(stages)
@@ -236,15 +193,7 @@ class DeepLabV3Plus(nn.Module):
             if dims == 2
             else nn.Conv3d(plan.decoder_features, num_classes, 1)
         )
-        self._init_weights(plan.negative_slope)
-
-    def _init_weights(self, negative_slope: float) -> None:
-        """He initialisation as nnU-Net's InitWeights_He: kaiming normal (a = slope), zero biases."""
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-                nn.init.kaiming_normal_(module.weight, a=negative_slope)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        self.apply(lambda module: he_init(module, plan.negative_slope))
 
     def segmentation_heads(self) -> list[nn.Module]:
         """The convolution that produces the logits (the only output)."""

@@ -28,6 +28,7 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from nnseg.networks.blocks import check_plan, he_init
 from nnseg.planning.network_plans import FCNPlan
 
 
@@ -43,9 +44,7 @@ def build_fcn(plan: FCNPlan, in_channels: int, num_classes: int, *, deep_supervi
     Raises:
         ValueError: the plan is inconsistent (the message names the field).
     """
-    problems = plan.problems()
-    if problems:
-        raise ValueError(f"fcn plan: {problems[0]}")
+    check_plan(plan, FCNPlan)
     return FCN(plan, in_channels, num_classes)
 
 
@@ -105,7 +104,7 @@ class FCN(nn.Module):
             ]
             self.encoder.append(nn.Sequential(*layers))
             channels = features
-        self.apply(lambda module: _he_init(module, plan.negative_slope))
+        self.apply(lambda module: he_init(module, plan.negative_slope))
 
         scores = [conv(plan.features_per_stage[s], num_classes, 1) for s in self.score_stages]
         for parameter in (p for score in scores for p in score.parameters()):
@@ -147,11 +146,3 @@ def _upsampling(
     layer = conv_transpose(num_classes, num_classes, kernel, factor, padding, bias=bias)
     bilinear_init_(layer)
     return layer
-
-
-def _he_init(module: nn.Module, negative_slope: float) -> None:
-    """nnU-Net's InitWeights_He: kaiming normal for convolutions, zero biases."""
-    if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-        nn.init.kaiming_normal_(module.weight, a=negative_slope)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)

@@ -1,15 +1,13 @@
 """Measure a network's footprint on torch's meta device: shapes flow, nothing is allocated or computed.
 
-``measure`` uses an architecture's closed form when the registry has one (ResEnc: nnU-Net's own measure,
-so its plans equal nnU-Net's) and otherwise :func:`trace`: one forward pass of the eval-mode network on a
-meta tensor, summing the output elements of every convolution, transposed convolution and linear layer
-(nnU-Net's memory measure, which counts convolution outputs), plus what modules report through
-``extra_feature_map_elements(inputs, output)`` (attention matrices); FLOPs from torch's FlopCounterMode.
+:func:`trace` runs one forward pass of the eval-mode network on a meta tensor, summing the output elements of
+every convolution, transposed convolution and linear layer (nnU-Net's memory measure, which counts convolution
+outputs), plus what modules report through ``extra_feature_map_elements(inputs, output)`` (attention matrices,
+concatenations); FLOPs from torch's FlopCounterMode.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
@@ -28,16 +26,6 @@ COUNTED_LAYERS = (
     nn.ConvTranspose3d,
     nn.Linear,
 )
-
-
-def measure(plan: NetworkPlan, patch_size: Sequence[int], in_channels: int, num_classes: int) -> Footprint:
-    """The footprint of ``plan`` for one sample at ``patch_size``."""
-    from nnseg.networks.registry import architecture
-
-    closed_form = architecture(plan.architecture).footprint
-    if closed_form is not None:
-        return closed_form(plan, patch_size, in_channels, num_classes)
-    return trace(plan, tuple(patch_size), in_channels, num_classes)
 
 
 @lru_cache(maxsize=256)

@@ -20,7 +20,6 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from nnseg.planning.footprint import Footprint
 from nnseg.planning.network_plans import NETWORK_PLANS, NetworkPlan, network_plan_for
 
 
@@ -31,13 +30,10 @@ class Architecture:
     Attributes:
         name: the plan's ``architecture`` tag (its plan class holds the one-line summary).
         build: ``(plan, in_channels, num_classes, deep_supervision=None) -> nn.Module``.
-        footprint: a closed form ``(plan, patch, in_channels, num_classes) -> Footprint`` where one is needed
-            (to equal nnU-Net's planner); None measures on the meta device.
     """
 
     name: str
     build: Callable[..., nn.Module]
-    footprint: Callable[..., Footprint] | None = None
 
 
 def _registry() -> dict[str, Architecture]:
@@ -45,7 +41,7 @@ def _registry() -> dict[str, Architecture]:
 
     entries = [
         Architecture("unet", unet.build_unet),
-        Architecture("resenc_unet", resenc_unet.build_resenc_unet, resenc_unet.resenc_footprint),
+        Architecture("resenc_unet", resenc_unet.build_resenc_unet),
         Architecture("unetpp", unetpp.build_unetpp),
         Architecture("deeplabv3plus", deeplabv3plus.build_deeplabv3plus),
         Architecture("segformer", segformer.build_segformer),

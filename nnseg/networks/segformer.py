@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from nnseg.networks.blocks import check_plan
 from nnseg.planning.network_plans import SegFormerPlan
 
 LAYER_NORM_EPS = 1e-6  # MiT's norm_layer = partial(nn.LayerNorm, eps=1e-6)
@@ -250,18 +251,8 @@ def build_segformer(
     Raises:
         ValueError: the plan is inconsistent (the message names the field).
     """
-    dims = len(plan.kernel_sizes[0])
-    if dims not in (2, 3):
-        raise ValueError(f"segformer plan: kernel_sizes must have 2 or 3 axes, got {dims}")
-    for name in ("features_per_stage", "kernel_sizes", "strides", "depths", "num_heads", "sr_ratios"):
-        if len(getattr(plan, name)) != plan.n_stages:
-            raise ValueError(f"segformer plan: {name} needs n_stages = {plan.n_stages} entries")
-    for stage, (features, heads, ratio) in enumerate(zip(plan.features_per_stage, plan.num_heads, plan.sr_ratios)):
-        if heads < 1 or features % heads:
-            raise ValueError(f"segformer plan: num_heads[{stage}] = {heads} must divide features_per_stage[{stage}]")
-        if len(ratio) != dims or min(ratio) < 1:
-            raise ValueError(f"segformer plan: sr_ratios[{stage}] must hold {dims} values >= 1, got {list(ratio)}")
-    if min(plan.mlp_ratio, plan.decoder_features) < 1:
-        raise ValueError("segformer plan: mlp_ratio and decoder_features must be >= 1")
+    check_plan(plan, SegFormerPlan)
+    if plan.dims not in (2, 3):
+        raise ValueError(f"segformer plan: kernel_sizes must have 2 or 3 axes, got {plan.dims}")
     use_ds = plan.deep_supervision if deep_supervision is None else deep_supervision
     return SegFormer(plan, in_channels, num_classes, deep_supervision=use_ds)

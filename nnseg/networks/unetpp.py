@@ -20,6 +20,7 @@ only meaningful for weights trained with deep supervision (as in the papers).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import cast
 
@@ -27,6 +28,7 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from nnseg.networks.blocks import check_plan, he_init
 from nnseg.planning.network_plans import UNetPlusPlusPlan
 
 
@@ -44,9 +46,7 @@ def build_unetpp(
     Raises:
         ValueError: the plan is inconsistent (the message names the field).
     """
-    problems = plan.problems()
-    if problems:
-        raise ValueError(f"unetpp plan: {problems[0]}")
+    check_plan(plan, UNetPlusPlusPlan)
     use_ds = plan.deep_supervision if deep_supervision is None else deep_supervision
     return UNetPlusPlus(plan, in_channels, num_classes, deep_supervision=use_ds)
 
@@ -88,6 +88,8 @@ class UNetPlusPlus(nn.Module):
         self.deep_supervision = deep_supervision
         self.n_stages = n
         self.prune_level = n - 1 if plan.prune_level is None else plan.prune_level
+        self.strides = plan.strides
+        self.features = features
         conv_transpose: Callable[..., nn.Module] = nn.ConvTranspose3d if dims == 3 else nn.ConvTranspose2d
         conv: Callable[..., nn.Module] = nn.Conv3d if dims == 3 else nn.Conv2d
 
@@ -104,7 +106,7 @@ class UNetPlusPlus(nn.Module):
             self.ups.append(ups)
         n_heads = n - 1 if deep_supervision else 1
         self.heads = nn.ModuleList(conv(features[0], num_classes, 1) for _ in range(n_heads))
-        self.apply(lambda module: _he_init(module, plan.negative_slope))
+        self.apply(lambda module: he_init(module, plan.negative_slope))
 
     def segmentation_heads(self) -> list[nn.Module]:
         """The 1x1 convolutions producing the training outputs, in their order: X[0][n-1]'s first."""
@@ -129,6 +131,19 @@ class UNetPlusPlus(nn.Module):
             return [self.head_for(j)(top[j - 1]) for j in range(depth, 0, -1)]
         return self.head_for(depth)(top[-1])
 
+    def extra_feature_map_elements(self, inputs: tuple, output: torch.Tensor) -> int:
+        """The dense concatenations beyond a plain U-Net's (which the memory reference already covers): node
+        X[i][j] keeps (j + 1) x features_i channels for backward where a U-Net decoder keeps 2 x; the footprint
+        counts the difference, (j - 1) x features_i x voxels_i, for the columns this forward ran."""
+        depth = self.n_stages - 1 if self.training else self.prune_level
+        size = list(inputs[0].shape[2:])
+        total = 0
+        for i in range(depth + 1):
+            size = [edge // stride for edge, stride in zip(size, self.strides[i])]
+            for j in range(2, depth - i + 1):
+                total += (j - 1) * self.features[i] * math.prod(size)
+        return total * inputs[0].shape[0]
+
     def compute_top_nodes(self, x: torch.Tensor, depth: int) -> list[torch.Tensor]:
         """X[0][1..depth], computing only the nodes X[i][j] with i + j <= depth (the sub-network under X[0][depth])."""
         # rows[i] holds X[i][0..]; a row is released once no later node reads it (matters without autograd)
@@ -145,11 +160,3 @@ class UNetPlusPlus(nn.Module):
             rows[depth - j + 1] = []  # X[depth-j+1][*] fed only X[depth-j][j], just computed
             top.append(rows[0][j])
         return top
-
-
-def _he_init(module: nn.Module, negative_slope: float) -> None:
-    """nnU-Net's InitWeights_He: kaiming normal for (transposed) convolutions, zero biases."""
-    if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        nn.init.kaiming_normal_(module.weight, a=negative_slope)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)

@@ -69,11 +69,15 @@ class NetworkPlan:
         """Product of the strides per axis: the patch must be divisible by it."""
         return tuple(math.prod(s[axis] for s in self.strides) for axis in range(len(self.strides[0])))
 
+    #: stages the architecture needs at least
+    min_stages: ClassVar[int] = 1
+
     def problems(self) -> list[str]:
-        """``field: what is wrong`` for each inconsistency (field names relative to the network)."""
+        """``field: what is wrong`` for each inconsistency (field names relative to the network). The shared
+        fields are checked first; the architecture's own checks run only on a consistent topology."""
+        if self.n_stages < self.min_stages:
+            return [f"n_stages must be >= {self.min_stages} for {self.architecture}, got {self.n_stages}"]
         found = []
-        if self.n_stages < 1:
-            return [f"n_stages must be >= 1, got {self.n_stages}"]
         for name in self.per_stage_fields:
             value = getattr(self, name)
             if len(value) != self.n_stages:
@@ -91,7 +95,21 @@ class NetworkPlan:
             for stage, per_axis in enumerate(getattr(self, name)):
                 if len(per_axis) != dims or any(v < 1 for v in per_axis):
                     found.append(f"{name}[{stage}] must hold {dims} positive values, got {list(per_axis)}")
-        return found
+        return found or self._own_problems()
+
+    def _own_problems(self) -> list[str]:
+        """The architecture's own consistency checks (the shared fields are consistent when this runs)."""
+        return []
+
+    def _decoder_problems(self, counts: tuple[int, ...]) -> list[str]:
+        if len(counts) != self.n_stages - 1:
+            return [f"n_conv_per_stage_decoder needs n_stages - 1 = {self.n_stages - 1} entries, got {len(counts)}"]
+        return []
+
+    @classmethod
+    def from_topology(cls, topology: Topology, features: Sequence[int], preset: PlannerPreset) -> NetworkPlan:
+        """The architecture's planning rule: its plan for a topology the planner chose."""
+        raise NotImplementedError(f"{cls.__name__} has no planning rule")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,10 +133,13 @@ class UNetPlan(NetworkPlan):
     per_stage_fields = (*NetworkPlan.per_stage_fields, "n_conv_per_stage")
     positive_fields = ("features_per_stage", "n_conv_per_stage", "n_conv_per_stage_decoder")
 
-    def problems(self) -> list[str]:
-        found = super().problems()
-        if len(self.n_conv_per_stage_decoder) != self.n_stages - 1:
-            found.append(f"n_conv_per_stage_decoder needs n_stages - 1 = {self.n_stages - 1} entries")
+    def _own_problems(self) -> list[str]:
+        found = self._decoder_problems(self.n_conv_per_stage_decoder)
+        if set(self.n_conv_per_stage) | set(self.n_conv_per_stage_decoder) != {2}:
+            found.append(
+                "n_conv_per_stage / n_conv_per_stage_decoder: the plain U-Net (MONAI's DynUNet) has 2 convolutions "
+                f"per stage, got {list(self.n_conv_per_stage)} / {list(self.n_conv_per_stage_decoder)}"
+            )
         return found
 
     @classmethod
@@ -158,11 +179,10 @@ class ResEncUNetPlan(NetworkPlan):
     per_stage_fields = (*NetworkPlan.per_stage_fields, "n_blocks_per_stage")
     positive_fields = ("features_per_stage", "n_blocks_per_stage", "n_conv_per_stage_decoder")
 
-    def problems(self) -> list[str]:
-        found = super().problems()
-        if len(self.n_conv_per_stage_decoder) != self.n_stages - 1:
-            found.append(f"n_conv_per_stage_decoder needs n_stages - 1 = {self.n_stages - 1} entries")
-        return found
+    min_stages = 2
+
+    def _own_problems(self) -> list[str]:
+        return self._decoder_problems(self.n_conv_per_stage_decoder)
 
     @classmethod
     def from_topology(cls, topology: Topology, features: Sequence[int], preset: PlannerPreset) -> ResEncUNetPlan:
@@ -203,13 +223,22 @@ class UNetPlusPlusPlan(NetworkPlan):
     per_stage_fields = (*NetworkPlan.per_stage_fields, "n_conv_per_stage")
     positive_fields = ("features_per_stage", "n_conv_per_stage")
 
-    def problems(self) -> list[str]:
-        found = super().problems()
-        if self.n_stages < 2:
-            found.append(f"n_stages must be >= 2 for UNet++, got {self.n_stages}")
+    min_stages = 2
+
+    @property
+    def is_pruned(self) -> bool:
+        """Inference uses a shallower sub-network than the whole."""
+        return self.prune_level is not None and self.prune_level < self.n_stages - 1
+
+    def _own_problems(self) -> list[str]:
         if self.prune_level is not None and not 1 <= self.prune_level <= self.n_stages - 1:
-            found.append(f"prune_level must be null or in 1..{self.n_stages - 1}, got {self.prune_level}")
-        return found
+            return [f"prune_level must be null or in 1..{self.n_stages - 1}, got {self.prune_level}"]
+        if self.is_pruned and not self.deep_supervision:
+            return [
+                "prune_level: a pruned UNet++ predicts with a head that only deep supervision trains; set "
+                "deep_supervision to true or prune_level to null"
+            ]
+        return []
 
     @classmethod
     def from_topology(cls, topology: Topology, features: Sequence[int], preset: PlannerPreset) -> UNetPlusPlusPlan:
@@ -268,8 +297,8 @@ class DeepLabV3PlusPlan(NetworkPlan):
         "decoder_features",
     )
 
-    def problems(self) -> list[str]:
-        found = super().problems()
+    def _own_problems(self) -> list[str]:
+        found = []
         if self.output_stride not in (4, 8, 16, 32):
             found.append(f"output_stride must be 4, 8, 16 or 32, got {self.output_stride}")
         if not 0 <= self.low_level_stage <= self.n_stages - 1:
@@ -365,8 +394,8 @@ class SegFormerPlan(NetworkPlan):
     per_stage_fields = (*NetworkPlan.per_stage_fields, "depths", "num_heads", "sr_ratios")
     positive_fields = ("features_per_stage", "depths", "num_heads", "sr_ratios", "mlp_ratio", "decoder_features")
 
-    def problems(self) -> list[str]:
-        found = super().problems()
+    def _own_problems(self) -> list[str]:
+        found = []
         for stage, ratios in enumerate(self.sr_ratios):
             if len(ratios) != self.dims:
                 found.append(f"sr_ratios[{stage}] needs {self.dims} values, got {list(ratios)}")
@@ -435,8 +464,8 @@ class FCNPlan(NetworkPlan):
     per_stage_fields = (*NetworkPlan.per_stage_fields, "n_conv_per_stage")
     positive_fields = ("features_per_stage", "n_conv_per_stage")
 
-    def problems(self) -> list[str]:
-        found = super().problems()
+    def _own_problems(self) -> list[str]:
+        found = []
         if not self.score_stages or list(self.score_stages) != sorted(set(self.score_stages)):
             found.append(f"score_stages must be increasing stage indices, got {list(self.score_stages)}")
         elif self.score_stages[0] < 0 or self.score_stages[-1] != self.n_stages - 1:
@@ -478,7 +507,7 @@ def network_plan_for(
     architecture: str, topology: Topology, features: Sequence[int], preset: PlannerPreset
 ) -> AnyNetworkPlan:
     """The plan of ``architecture`` for a topology the planner chose."""
-    return plan_class(architecture).from_topology(topology, features, preset)  # type: ignore[attr-defined]
+    return plan_class(architecture).from_topology(topology, features, preset)  # type: ignore[return-value]
 
 
 def _repeat_last(values: Sequence[int], n: int) -> tuple[int, ...]:

@@ -21,6 +21,7 @@ from nnseg.planning.plan import (
     ConfigurationPlan,
     NormalizationScheme,
     Plan,
+    PlanError,
     ResamplingPlan,
 )
 from nnseg.planning.presets import FixedPatch, GpuMemoryBudget, PlannerPreset, StepTimeBudget
@@ -201,9 +202,15 @@ def plan_configuration(
 ) -> ConfigurationPlan:
     """Patch, batch and network for one configuration at ``spacing`` (planning order)."""
     dims = len(spacing)
-    candidate = fit_patch_to_budget(
-        [float(s) for s in spacing], [float(s) for s in median_shape], preset, len(normalization), num_classes
-    )
+    try:
+        candidate = fit_patch_to_budget(
+            [float(s) for s in spacing], [float(s) for s in median_shape], preset, len(normalization), num_classes
+        )
+    except ValueError as exc:  # e.g. images too small for the architecture's stages, or a budget nothing fits
+        raise PlanError(
+            f"{name}: cannot plan a {preset.architecture} for a median image of "
+            f"{' x '.join(str(round(float(s))) for s in median_shape)} voxels with preset {preset.name!r}: {exc}"
+        ) from None
     batch_size = batch_size_for(candidate, preset, dataset_voxels)
     topology = candidate.topology
     return ConfigurationPlan(

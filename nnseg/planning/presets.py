@@ -71,6 +71,11 @@ class FixedPatch:
     batch_size_3d: int = 2
     batch_size_2d: int = 12
 
+    def __post_init__(self) -> None:
+        for name in ("patch_edge_3d", "patch_edge_2d", "batch_size_3d", "batch_size_2d"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
 class PlannerPreset:
@@ -86,7 +91,8 @@ class PlannerPreset:
         max_features_3d / max_features_2d: cap on features per stage.
         feature_map_min_edge: smallest bottleneck edge (voxels).
         max_pool_per_axis: cap on downsamplings per axis (None: no cap, as nnU-Net v2).
-        conv_per_stage_encoder / conv_per_stage_decoder: convolutions per stage.
+        conv_per_stage_encoder / conv_per_stage_decoder: convolutions per stage of the plain U-Net (which builds
+            2), and per node of UNet++ / per stage of FCN (encoder); residual encoders have their own rule.
         encoder_blocks_per_stage: residual blocks per encoder stage of residual encoders (resenc_unet,
             deeplabv3plus); the last value repeats for deeper networks.
         min_batch_size: the batch never goes below this.
@@ -185,8 +191,12 @@ def available_presets() -> list[str]:
 
 def preset_summaries() -> dict[str, str]:
     """Shipped preset name -> the first sentence of its description (for ``--help``)."""
-    summaries = {}
-    for name in available_presets():
+    summaries: dict[str, str] = {}
+    try:
+        names = available_presets()
+    except NnsegError:  # no plans/ folder: the command that needs a preset says so
+        return summaries
+    for name in names:
         try:
             description = read_json(presets_dir() / f"{name}.json", "planner preset").get("description", "")
         except (NnsegError, AttributeError):
@@ -218,7 +228,10 @@ def load_preset(
         raise NnsegError(f"{path}: invalid planner preset: {exc}") from None
     if gpu_memory_gb is not None:
         if not isinstance(preset.budget, GpuMemoryBudget):
-            raise NnsegError(f"--gpu-memory-gb applies to GPU presets; preset {preset.name!r} plans for CPU step time")
+            raise NnsegError(
+                f"--gpu-memory-gb applies to GPU-memory presets; preset {preset.name!r} has a {preset.budget.type} "
+                "budget"
+            )
         if gpu_memory_gb <= 0:
             raise NnsegError(f"--gpu-memory-gb must be positive, got {gpu_memory_gb}")
         preset = replace(preset, budget=replace(preset.budget, gpu_memory_gb=float(gpu_memory_gb)))

@@ -26,11 +26,12 @@ import numpy as np
 import torch
 
 from nnseg.atomic import remove_stale_temporaries
-from nnseg.checkpoint import Checkpoint, TrainingState, capture_rng_state, restore_rng_state
+from nnseg.checkpoint import Checkpoint, TrainingState, capture_rng_state, load_weights, restore_rng_state
 from nnseg.distributed import DistributedContext
 from nnseg.errors import NnsegError
 from nnseg.inference.predictor import resolve_device
 from nnseg.networks import build_network
+from nnseg.planning.network_plans import UNetPlusPlusPlan
 from nnseg.planning.plan import ConfigurationPlan, Plan
 from nnseg.planning.splits import load_or_create_splits
 from nnseg.preprocessing.preprocess import is_done, preprocessing_hash
@@ -88,8 +89,16 @@ class Trainer:
         random.seed(config.seed + self.dist.rank)
 
         self.num_channels = len(self.plan.channel_names)
+        # deep supervision where the plan has it, unless the run turns it off (--no-deep-supervision)
+        self.deep_supervision = config.deep_supervision and self.config_plan.network.deep_supervision
+        network_plan = self.config_plan.network
+        if isinstance(network_plan, UNetPlusPlusPlan) and network_plan.is_pruned and not self.deep_supervision:
+            raise NnsegError(
+                "--no-deep-supervision: the plan prunes its UNet++ (prune_level), whose pruned head only "
+                "deep supervision trains; drop the option or set prune_level to null in plans.json"
+            )
         network = build_network(
-            self.config_plan.network, self.num_channels, self.plan.num_classes, deep_supervision=config.deep_supervision
+            self.config_plan.network, self.num_channels, self.plan.num_classes, deep_supervision=self.deep_supervision
         )
         self.network = network.to(self.device)
         self.model: torch.nn.Module = self.network
@@ -218,7 +227,7 @@ class Trainer:
     def _restore(self, checkpoint: Checkpoint) -> None:
         state = checkpoint.training
         assert state is not None  # checked by _resumable
-        self.network.load_state_dict(checkpoint.network_state)
+        load_weights(self.network, checkpoint.network_state, self.fold_paths.latest)
         self.optimizer.load_state_dict(state.optimizer)
         if state.scaler:
             self.scaler.load_state_dict(state.scaler)
@@ -269,7 +278,7 @@ class Trainer:
             configuration=self.train_config.configuration,
             fold=self.train_config.fold,
             network_state=self.network.state_dict(),
-            deep_supervision=self.train_config.deep_supervision,
+            deep_supervision=self.deep_supervision,
             finished=finished,
             epochs_trained=epoch + 1,
             nnseg_version=__version__,

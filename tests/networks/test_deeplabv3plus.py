@@ -91,7 +91,7 @@ def test_the_plans_strides_and_dilations_are_built() -> None:
                 assert conv.padding == tuple(d * (k // 2) for d, k in zip(expected_dilation, kernel))
             assert block.conv1.conv.stride == (applied if b == 0 else (1, 1, 1))
             assert block.conv2.conv.stride == (1, 1, 1)
-            pools = [m for m in block.skip if isinstance(m, nn.AvgPool3d)]
+            pools = [m for m in block.shortcut if isinstance(m, nn.AvgPool3d)]
             assert len(pools) == (1 if b == 0 and applied != (1, 1, 1) else 0)
     dilated = [c for c in convs(net.stages) if c.dilation != (1, 1, 1)]
     assert dilated and all(c.dilation == (1, 2, 2) for c in dilated)

@@ -11,7 +11,8 @@ from torch import nn
 
 import nnseg.networks
 from nnseg.networks.footprint import trace
-from nnseg.networks.resenc_unet import ResidualBlock, build_resenc_unet, resenc_footprint
+from nnseg.networks.resenc_unet import ResidualBlock, build_resenc_unet
+from nnseg.planning.footprint import resenc_footprint
 from nnseg.planning.network_plans import RESENC_BLOCKS_PER_STAGE, ResEncUNetPlan
 
 

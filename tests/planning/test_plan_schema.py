@@ -97,7 +97,7 @@ def test_presets_ship_and_load() -> None:
 def test_bad_presets_are_refused(tmp_path: Path) -> None:
     with pytest.raises(NnsegError, match="unknown preset 'gpu9000'; available: .*default"):
         load_preset("gpu9000")
-    with pytest.raises(NnsegError, match="applies to GPU presets"):
+    with pytest.raises(NnsegError, match="applies to GPU-memory presets; preset .cpu. has a step_time budget"):
         load_preset("cpu", gpu_memory_gb=8)
     broken = tmp_path / "mine.json"
     broken.write_text(
