@@ -148,6 +148,11 @@ def run_architecture(architecture: str, raw: Path, root: Path, args: argparse.Na
     return rows
 
 
+def _ordered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    order = available_architectures()
+    return sorted(rows, key=lambda r: order.index(r["architecture"]) if r["architecture"] in order else len(order))
+
+
 def table(results: list[dict[str, Any]]) -> str:
     classes = list(results[0]["dice"])
     lines = [
@@ -183,7 +188,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     left.set_xticks(x, names, rotation=30, ha="right")
     left.set_ylabel("Dice, held-out cases")
     left.set_ylim(0, 1)
-    left.legend(fontsize=8)
+    left.legend(fontsize=8, loc="lower left", ncol=4)
     left.set_title(f"equal iterations ({results[0]['iterations']})")
     for r in results:
         right.scatter(r["predict_s_per_case"], r["mean_dice"])
@@ -208,8 +213,12 @@ def main() -> None:
     if not (raw / "dataset.json").is_file():
         shutil.rmtree(raw, ignore_errors=True)
         generate_dataset(raw, dataset_config(args.seed), show_progress=False)
+    chosen = args.architectures.split(",")
+    saved = args.out / "results.json"
+    # rows of architectures not rerun now stay (rerun one with: --architectures NAME, after deleting its work_*)
+    kept = [r for r in json.loads(saved.read_text()) if r["architecture"] not in chosen] if saved.is_file() else []
     results: list[dict[str, Any]] = []
-    for architecture in args.architectures.split(","):
+    for architecture in chosen:
         for row in run_architecture(architecture, raw, args.out, args):
             results.append(row)
             dice = " / ".join(f"{v:.3f}" for v in row["dice"].values())
@@ -218,7 +227,8 @@ def main() -> None:
                 f"predict {row['predict_s_per_case']:.2f} s/case",
                 flush=True,
             )
-            (args.out / "results.json").write_text(json.dumps(results, indent=2))
+            saved.write_text(json.dumps(_ordered(kept + results), indent=2))
+    results = _ordered(kept + results)
     print("\n" + table(results))
     plot(results, args.out / "architectures.png")
     print(f"\nwrote {args.out / 'architectures.png'} and {args.out / 'results.json'}")

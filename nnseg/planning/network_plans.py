@@ -406,8 +406,9 @@ class SegFormerPlan(NetworkPlan):
 
     @classmethod
     def from_topology(cls, topology: Topology, features: Sequence[int], preset: PlannerPreset) -> SegFormerPlan:
-        """Four stages (fewer for shallow topologies) at total strides ~4, 8, 16, 32 per axis, grouped from the
-        topology's strides so the patch divisibility is the same; SegFormer-B0-like widths scaled to the preset
+        """Four stages (fewer for shallow topologies) at total strides ~4, 8, 16, 32 per axis (2, 4, 8, 16 when
+        the topology pools fewer than 5 times), grouped from the topology's strides so the patch divisibility is
+        the same; SegFormer-B0-like widths scaled to the preset
         (2, 4, 10, 16 x half the base features, with 1, 2, 5, 8 heads), 2 blocks per stage, spatial reduction 8, 4, 2, 1
         per axis in 2D (keys / 64, 16, 4, 1) and 4, 2, 1, 1 in 3D (keys / 64, 8, 1, 1), capped per axis by what the
         stage's feature map allows."""
@@ -415,8 +416,10 @@ class SegFormerPlan(NetworkPlan):
         dims = len(topology.patch_size)
         if not strides:
             strides = [(1,) * dims]
-        # the first embedding takes the first two downsamplings at once (SegFormer's stride-4 stem)
-        groups: list[list[tuple[int, ...]]] = [strides[:2]] + [[s] for s in strides[2:]]
+        # with 5+ downsamplings the first embedding takes two at once (SegFormer's stride-4 stem); fewer (small
+        # patches) keep one per stage, so the encoder stays hierarchical (3-4 stages) instead of collapsing to 2
+        stem = 2 if len(strides) >= 5 else 1
+        groups: list[list[tuple[int, ...]]] = [strides[:stem]] + [[s] for s in strides[stem:]]
         while len(groups) > 4:  # merge the deepest into the last stage
             groups[-2].extend(groups.pop())
         stage_strides = tuple(tuple(math.prod(s[a] for s in group) for a in range(dims)) for group in groups)

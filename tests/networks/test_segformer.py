@@ -152,14 +152,18 @@ def test_trace_counts_attention_matrices_and_parameters() -> None:
 
 
 def test_default_plan_matches_segformer_b0_layout() -> None:
+    # the planning rule: B0 widths (2, 4, 10, ...) x base / 2, heads (1, 2, 5, ...); a 32^3 patch pools 3 times, too
+    # few for the stride-4 stem (which would leave 2 stages), so three stride-2 stages (3^3 kernels)
     net = nnseg.networks.create("segformer", in_channels=1, classes=3, dims=3, patch_size=(32, 32, 32), base_features=8)
     assert net(torch.randn(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
-    # the planning rule: B0 widths (2, 4, ...) x base / 2, heads (1, 2, ...), a stride-4 7^3 stem; 32^3 has three
-    # downsamplings: the stem takes two, so two stages
-    assert [stage.patch_embed.out_channels for stage in net.stages] == [8, 16]
-    assert [stage.blocks[0].attn.num_heads for stage in net.stages] == [1, 2]
-    assert [stage.blocks[0].attn.sr_ratio for stage in net.stages] == [(4, 4, 4), (2, 2, 2)]
-    assert net.stages[0].patch_embed.stride == (4, 4, 4) and net.stages[0].patch_embed.kernel_size == (7, 7, 7)
+    assert [stage.patch_embed.out_channels for stage in net.stages] == [8, 16, 40]
+    assert [stage.blocks[0].attn.num_heads for stage in net.stages] == [1, 2, 5]
+    assert [stage.blocks[0].attn.sr_ratio for stage in net.stages] == [(4, 4, 4), (2, 2, 2), (1, 1, 1)]
+    assert net.stages[0].patch_embed.stride == (2, 2, 2) and net.stages[0].patch_embed.kernel_size == (3, 3, 3)
+    # a 128^3 patch pools 5 times: SegFormer's stride-4 7^3 stem and four stages
+    big = nnseg.networks.create("segformer", in_channels=1, classes=3, dims=3, base_features=8)
+    assert len(big.stages) == 4
+    assert big.stages[0].patch_embed.stride == (4, 4, 4) and big.stages[0].patch_embed.kernel_size == (7, 7, 7)
 
 
 def test_invalid_sr_ratios_name_the_field() -> None:

@@ -68,6 +68,20 @@ def test_round_trip(plan_file: Path) -> None:
             lambda d: d["configurations"]["3d_fullres"]["network"].update(n_conv_per_stage_decoder=[2]),
             "configurations.3d_fullres.network.n_conv_per_stage_decoder needs n_stages - 1",
         ),
+        (  # a tag that is not a string (a list is unhashable): still one clear line
+            lambda d: d["configurations"]["2d"]["network"].update(architecture=["unet"]),
+            r"configurations.2d.network.architecture: expected one of \[",
+        ),
+        (  # the plain U-Net builds 2 convolutions per stage: said at load, not as a traceback in training
+            lambda d: d["configurations"]["2d"]["network"].update(
+                n_conv_per_stage=[3] * len(d["configurations"]["2d"]["network"]["n_conv_per_stage"])
+            ),
+            "the plain U-Net .MONAI's DynUNet. has 2 convolutions per stage",
+        ),
+        (
+            lambda d: d["configurations"]["2d"]["network"].update(kernel_sizes=[]),
+            "configurations.2d.network.kernel_sizes has 0 entries",
+        ),
     ],
 )
 def test_hand_edits_are_refused_with_the_field_named(plan_file: Path, change, message: str) -> None:
@@ -92,6 +106,14 @@ def test_presets_ship_and_load() -> None:
     assert (default.base_features, default.max_features_3d, default.feature_map_min_edge) == (32, 320, 4)
     assert load_preset("default", gpu_memory_gb=24).budget.gpu_memory_gb == 24.0
     assert load_preset("cpu").budget.type == "step_time"
+
+
+def test_a_fixed_patch_preset_needs_positive_sizes(tmp_path: Path) -> None:
+    data = json.loads((presets_dir() / "nonewnet.json").read_text())
+    data["budget"]["batch_size_3d"] = 0
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(NnsegError, match="budget: batch_size_3d must be >= 1, got 0"):
+        load_preset(tmp_path / "bad.json")
 
 
 def test_bad_presets_are_refused(tmp_path: Path) -> None:

@@ -200,3 +200,32 @@ def test_missing_preprocessing_is_a_clear_error(tmp_path: Path, preprocessed_wor
 
     (preprocessed_work / "preprocessed").rename(tmp_path / "moved")
     assert main(["train", "--work", str(preprocessed_work), "--device", "cpu", "--epochs", "1"]) == 2
+
+
+def test_the_plans_deep_supervision_flag_decides_and_a_pruned_unetpp_keeps_it(preprocessed_work: Path) -> None:
+    """deep_supervision: false in plans.json trains without heads (the checkpoint says so); a plan that prunes its
+    UNet++ refuses --no-deep-supervision, since only deep supervision trains the pruned head."""
+    import json
+    from dataclasses import replace
+
+    from nnseg.errors import NnsegError
+    from nnseg.fingerprint import Fingerprint
+    from nnseg.planning import Plan, load_preset, make_plan
+    from nnseg.workspace import Workspace
+
+    plans = preprocessed_work / "plans.json"
+    data = json.loads(plans.read_text())
+    data["configurations"]["3d_fullres"]["network"]["deep_supervision"] = False
+    plans.write_text(json.dumps(data))
+    train(preprocessed_work, _config(epochs=1, tracking=False, final_validation=False), show_progress=False)
+    assert Checkpoint.load(Workspace.at(preprocessed_work).fold_paths("3d_fullres", 0).final).deep_supervision is False
+
+    plan = Plan.load(plans)
+    fingerprint = Fingerprint.load(Workspace.at(preprocessed_work).fingerprint)
+    preset = load_preset("cpu", architecture="unetpp")
+    unetpp = make_plan(fingerprint, plan.labels, preset, nnseg_version="t", dataset_root=plan.dataset_root)
+    config = unetpp.configurations["3d_fullres"]
+    pruned = replace(config, network=replace(config.network, prune_level=1))
+    replace(unetpp, configurations={**unetpp.configurations, "3d_fullres": pruned}).save(plans)
+    with pytest.raises(NnsegError, match="--no-deep-supervision: the plan prunes its UNet.."):
+        train(preprocessed_work, _config(deep_supervision=False, tracking=False), resume=False, show_progress=False)
