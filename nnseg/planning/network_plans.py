@@ -146,10 +146,7 @@ class UNetPlan(NetworkPlan):
     def from_topology(cls, topology: Topology, features: Sequence[int], preset: PlannerPreset) -> UNetPlan:
         n = topology.n_stages
         return cls(
-            n_stages=n,
-            features_per_stage=tuple(features),
-            kernel_sizes=topology.kernel_sizes,
-            strides=topology.strides,
+            **_topology_fields(topology, features),
             n_conv_per_stage=(preset.conv_per_stage_encoder,) * n,
             n_conv_per_stage_decoder=(preset.conv_per_stage_decoder,) * (n - 1),
         )
@@ -190,10 +187,7 @@ class ResEncUNetPlan(NetworkPlan):
         n = topology.n_stages
         blocks = _repeat_last(preset.encoder_blocks_per_stage, n)
         return cls(
-            n_stages=n,
-            features_per_stage=tuple(features),
-            kernel_sizes=topology.kernel_sizes,
-            strides=topology.strides,
+            **_topology_fields(topology, features),
             n_blocks_per_stage=blocks,
             n_conv_per_stage_decoder=(1,) * (n - 1),
         )
@@ -244,10 +238,7 @@ class UNetPlusPlusPlan(NetworkPlan):
     def from_topology(cls, topology: Topology, features: Sequence[int], preset: PlannerPreset) -> UNetPlusPlusPlan:
         n = topology.n_stages
         return cls(
-            n_stages=n,
-            features_per_stage=tuple(features),
-            kernel_sizes=topology.kernel_sizes,
-            strides=topology.strides,
+            **_topology_fields(topology, features),
             n_conv_per_stage=(preset.conv_per_stage_encoder,) * n,
         )
 
@@ -338,10 +329,7 @@ class DeepLabV3PlusPlan(NetworkPlan):
         pooled_most = [p for p, pools in zip(patch, topology.pool_per_axis) if pools == most_pools]
         output_stride = 16 if min(pooled_most) >= 128 else 8
         plan = cls(
-            n_stages=n,
-            features_per_stage=tuple(features),
-            kernel_sizes=topology.kernel_sizes,
-            strides=topology.strides,
+            **_topology_fields(topology, features),
             n_blocks_per_stage=_repeat_last(preset.encoder_blocks_per_stage, n),
             output_stride=output_stride,
             aspp_rates=(),
@@ -479,10 +467,7 @@ class FCNPlan(NetworkPlan):
     def from_topology(cls, topology: Topology, features: Sequence[int], preset: PlannerPreset) -> FCNPlan:
         n = topology.n_stages
         return cls(
-            n_stages=n,
-            features_per_stage=tuple(features),
-            kernel_sizes=topology.kernel_sizes,
-            strides=topology.strides,
+            **_topology_fields(topology, features),
             n_conv_per_stage=(preset.conv_per_stage_encoder,) * n,
             score_stages=tuple(range(max(0, n - 3), n)),
         )
@@ -511,6 +496,16 @@ def network_plan_for(
 ) -> AnyNetworkPlan:
     """The plan of ``architecture`` for a topology the planner chose."""
     return plan_class(architecture).from_topology(topology, features, preset)  # type: ignore[return-value]
+
+
+def _topology_fields(topology: Topology, features: Sequence[int]) -> dict:
+    """The shared fields of a network plan that follows the planner's topology as it is."""
+    return {
+        "n_stages": topology.n_stages,
+        "features_per_stage": tuple(features),
+        "kernel_sizes": topology.kernel_sizes,
+        "strides": topology.strides,
+    }
 
 
 def _repeat_last(values: Sequence[int], n: int) -> tuple[int, ...]:
