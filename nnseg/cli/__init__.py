@@ -12,8 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from nnseg.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Parser
+from nnseg.cli.export import add_export
 from nnseg.cli.predict import add_ensemble, add_evaluate, add_find_best, add_postprocess, add_predict
 from nnseg.cli.prepare import add_check, add_plan, add_preprocess, add_synth
+from nnseg.cli.register import add_register
 from nnseg.cli.train import add_demo, add_train
 from nnseg.errors import NnsegError
 
@@ -38,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_ensemble,
         add_find_best,
         add_postprocess,
+        add_export,
+        add_register,
         add_demo,
     ):
         add(sub)

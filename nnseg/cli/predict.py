@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from nnseg.cli.common import EXIT_BAD_INPUT, EXIT_OK, add_shard_options, launch_shard, warn
 from nnseg.errors import NnsegError
@@ -31,7 +32,18 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-i", "--input", type=Path, required=True, help="image folder or file")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument(
-        "-m", "--model", type=Path, required=True, help="work folder, models/<config> folder, or a checkpoint file"
+        "-m",
+        "--model",
+        type=Path,
+        required=True,
+        help="work folder, models/<config> folder, checkpoint file, export folder (nnseg export), or a registered "
+        "model: models:/NAME/VERSION or models:/NAME@ALIAS (nnseg register)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        metavar="URI",
+        help="MLflow server or store holding -m models:/... (default: the embedded store, as nnseg train)",
     )
     from nnseg.inference.config import PredictConfig
 
@@ -40,13 +52,22 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_predict)
 
 
-def _model_location(model: Path, config: str) -> tuple[Path, Path | None]:
-    """(checkpoint file or folder with fold_*, work folder when known)."""
+def _model_location(model: Path, config: str, tracking_uri: str | None = None) -> tuple[Path, Path | None]:
+    """(checkpoint file, folder with fold_* or export folder; work folder when known). A registered model
+    (``models:/...``) is downloaded first (cached, hashes checked)."""
+    from nnseg.deploy.export import is_export
+
+    if str(model).startswith("models:"):
+        from nnseg.deploy.registry import resolve_model_uri
+
+        model = resolve_model_uri(str(model), tracking_uri)  # <cache>/<model id>/models/<config>
     if not model.exists():
         raise NnsegError(
             f"-m {model}: not found; give a work folder (holding plans.json and models/), a "
-            "models/<config> folder, a fold_<k> folder or a checkpoint file"
+            "models/<config> folder, a fold_<k> folder, a checkpoint file or an export folder"
         )
+    if is_export(model):
+        return model, None
     work = Workspace.containing(model)
     if work is not None and work.root == model:
         if not work.models(config).is_dir():
@@ -61,13 +82,14 @@ def _model_location(model: Path, config: str) -> tuple[Path, Path | None]:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from nnseg.deploy.export import is_export
     from nnseg.inference.batch import predict_folder
     from nnseg.inference.config import PredictConfig
     from nnseg.inference.predictor import Predictor
 
     config = config_from_args(PredictConfig, args)
     writable_folder("-o", args.output)
-    location, work = _model_location(args.model, config.configuration)
+    location, work = _model_location(args.model, config.configuration, args.tracking_uri)
     shard, context = launch_shard(args)
     try:
         postprocess = None
@@ -78,17 +100,25 @@ def _run_predict(args: argparse.Namespace) -> int:
             import torch
 
             device = f"cuda:{context.local_rank}" if torch.cuda.is_available() else "cpu"
-        predictor = Predictor.from_checkpoints(
-            location,
-            folds=config.folds,
-            device=device,
-            mirror=config.mirror,
-            step_size=config.step_size,
-            window_batch=config.window_batch,
-            prune_level=config.prune,
-        )
+        settings: dict[str, Any] = {
+            "folds": config.folds,
+            "backend": config.backend,
+            "device": device,
+            "mirror": config.mirror,
+            "step_size": config.step_size,
+            "window_batch": config.window_batch,
+            "prune_level": config.prune,
+        }
+        if work is None and is_export(location):
+            predictor = Predictor.from_export(location, **settings)
+            rule = predictor.export.postprocessing_rule() if predictor.export and config.postprocess else None
+            postprocess = None if rule is None else rule.apply
+        else:
+            predictor = Predictor.from_checkpoints(location, **settings)
         predictor.on_warning = warn
         if context.is_main:
+            if predictor.export is not None:
+                print(f"using {predictor.export.describe(location)}")
             for source in predictor.sources:
                 print(f"using {source.describe()}")
                 if source.warning:

@@ -28,6 +28,13 @@ class PredictConfig:
     overlay: bool = option(False, "also write <case>_overlay.png for quick QC")
     postprocess: bool = option(True, "ignore inference.json's postprocessing")
     device: str = option("auto", "auto, cpu, cuda or cuda:N", validate=options.device)
+    backend: str = option(
+        "auto",
+        "what runs the network: torch, openvino or onnxruntime (CPU only; checkpoints are converted once and "
+        "cached in <fold>/.nnseg_cache/), or auto: openvino on the CPU when installed (fp32, faster), else torch",
+        validate=options.choice("auto", "torch", "openvino", "onnxruntime"),
+        metavar="NAME",
+    )
     window_batch: int = option(2, "windows per forward pass", validate=options.positive_int, metavar="N")
     prune: int | None = option(
         None,

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from nnseg import options
 from nnseg.atomic import atomic_path
 from nnseg.checkpoint import Checkpoint, load_weights
 from nnseg.dataset.reading import read_channels
+from nnseg.deploy.backends import CACHE_FOLDER, WindowRunner, resolve_backend, window_runners
 from nnseg.errors import NnsegError
 from nnseg.inference.sliding_window import predict_sliding_window
 from nnseg.io import Geometry, Volume, split_suffix, write_volume
@@ -35,7 +37,11 @@ from nnseg.planning.network_plans import NetworkPlan, UNetPlusPlusPlan
 from nnseg.planning.plan import ConfigurationPlan, Plan
 from nnseg.preprocessing.preprocess import preprocess_case
 from nnseg.preprocessing.restore import probabilities_to_labels, restore_probabilities
+from nnseg.schema import to_jsonable
 from nnseg.workspace import FoldPaths, fold_folder_name, fold_folders
+
+if TYPE_CHECKING:
+    from nnseg.deploy.export import Manifest
 
 #: Warn when an input's voxel size differs from the model's by more than this factor along an axis.
 SPACING_WARNING_FACTOR = 2.0
@@ -159,13 +165,21 @@ class Predictor:
         window_batch: int = 2,
         deep_supervision_heads: bool = True,
         prune_level: int | None = None,
+        backend: str = "torch",
+        cache_dirs: Sequence[Path | None] | None = None,
+        runners: Sequence[WindowRunner] | None = None,
     ) -> None:
+        """``backend``: torch, openvino, onnxruntime or auto (:func:`nnseg.deploy.backends.resolve_backend`;
+        ``nnseg predict`` defaults to auto, the API to torch so that training's validation is unchanged);
+        ``cache_dirs``: per state, where converted models are kept (None: converted in memory); ``runners``:
+        ready window runners instead of ``states`` (an export, :meth:`from_export`)."""
         self.plan = plan
         self.config_plan: ConfigurationPlan = plan.configuration(configuration)
         network_plan: NetworkPlan = self.config_plan.network
         if prune_level is not None:
             network_plan = _pruned(network_plan, prune_level, trained_heads=deep_supervision_heads)
-        self.device = resolve_device(options.device("device", device))
+        self.backend, device = resolve_backend(backend, options.device("device", device))
+        self.device = resolve_device(device)
         self.mirror = mirror
         self.step_size = options.fraction("step_size", step_size)
         self.window_batch = options.positive_int("window_batch", window_batch)
@@ -180,6 +194,22 @@ class Predictor:
             )
             load_weights(network, state, f"checkpoint {index + 1} of {len(states)}")
             self.networks.append(network.to(self.device).eval())
+        input_shape = (len(plan.channel_names), *self.config_plan.patch_size)
+        self.runners: list[WindowRunner] = (
+            list(runners)
+            if runners is not None
+            else window_runners(
+                self.networks,
+                states,
+                backend=self.backend,
+                device=self.device,
+                graph=to_jsonable(network_plan),
+                input_shape=input_shape,
+                cache_dirs=cache_dirs,
+            )
+        )
+        #: the export manifest when the runners come from an export folder
+        self.export: Manifest | None = None
         self.times = StageTimes()
         self.sources: list[CheckpointSource] = []
         #: called with a message when an input is suspicious but usable (the CLI prints it)
@@ -208,6 +238,7 @@ class Predictor:
             first.configuration,
             [c.network_state for c in checkpoints],
             deep_supervision_heads=first.deep_supervision,
+            cache_dirs=[path.parent / CACHE_FOLDER for path in files],
             **kwargs,
         )
         predictor.sources = [CheckpointSource(path, c) for path, c in zip(files, checkpoints)]
@@ -217,18 +248,45 @@ class Predictor:
     def mirror_axes(self) -> tuple[int, ...]:
         return tuple(range(self.config_plan.dimensions)) if self.mirror else ()
 
-    def _forward(self, network: torch.nn.Module):
-        def predict(batch: torch.Tensor) -> torch.Tensor:
-            if self.device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.float16):
-                    return network(batch)
-            return network(batch)
+    @classmethod
+    def from_export(
+        cls,
+        folder: str | os.PathLike,
+        *,
+        folds: Sequence[int | str] | None = None,
+        backend: str = "auto",
+        device: str = "auto",
+        prune_level: int | None = None,
+        **kwargs,
+    ) -> Predictor:
+        """An export folder of ``nnseg export`` (its ``manifest.json`` holds the plan): no checkpoint needed."""
+        from nnseg.deploy.export import Manifest, load_export
 
-        return predict
+        manifest = Manifest.load(folder)
+        if backend not in ("auto", manifest.runtime):
+            raise NnsegError(
+                f"--backend {backend}: {folder} is a {manifest.format} export, run by {manifest.runtime}; "
+                "leave --backend auto, or predict from the checkpoints"
+            )
+        if prune_level is not None:
+            raise NnsegError(f"--prune: {folder} is an export with a fixed network; predict from the checkpoints")
+        runtime, device = resolve_backend(manifest.runtime, options.device("device", device))
+        manifest, runners = load_export(folder, folds=folds, device=resolve_device(device))
+        predictor = cls(
+            manifest.plan_object(),
+            manifest.configuration,
+            [],
+            backend=runtime,
+            device=device,
+            runners=runners,
+            **kwargs,
+        )
+        predictor.export = manifest
+        return predictor
 
-    def _softmax(self, network: torch.nn.Module, data: torch.Tensor, body: torch.Tensor | None) -> torch.Tensor:
+    def _softmax(self, runner: WindowRunner, data: torch.Tensor, body: torch.Tensor | None) -> torch.Tensor:
         logits = predict_sliding_window(
-            self._forward(network),
+            runner,
             data,
             self.config_plan.patch_size,
             self.plan.num_classes,
@@ -241,10 +299,10 @@ class Predictor:
         return torch.softmax(logits, 0)
 
     def _probabilities_3d(self, data: torch.Tensor, body: torch.Tensor | None) -> torch.Tensor:
-        total = self._softmax(self.networks[0], data, body)
-        for network in self.networks[1:]:
-            total += self._softmax(network, data, body)
-        return total / len(self.networks)
+        total = self._softmax(self.runners[0], data, body)
+        for runner in self.runners[1:]:
+            total += self._softmax(runner, data, body)
+        return total / len(self.runners)
 
     def _probabilities_2d(self, data: torch.Tensor, body: torch.Tensor | None) -> torch.Tensor:
         slices = []

@@ -18,6 +18,11 @@ MLflow again and, when it answers, back-fills the missed calls into the same run
 Against an ``http(s)`` server each call is preceded by a 2 s, retry-free probe of the server's REST API, so
 an unreachable or failing server costs about nothing per call (:mod:`.probe`). Nothing here reads MLflow's
 HTTP settings or writes any environment variable.
+
+MLflow 3: experiments nnseg creates or uses are tagged ``mlflow.experimentKind = custom_model_development``
+(the UI files them as model development, not GenAI evaluation), and each finished fold becomes an MLflow
+*logged model* linked to its run and final metrics, referencing the checkpoint already uploaded as a run
+artifact (:meth:`MLflowTracker.log_model`).
 """
 
 from nnseg.tracking.base import (
@@ -35,7 +40,13 @@ from nnseg.tracking.fallback import (
     mlflow_with_fallback,
 )
 from nnseg.tracking.jsonl import FALLBACK_FILE, JsonlTracker
-from nnseg.tracking.mlflow_tracker import MLflowTracker
+from nnseg.tracking.mlflow_tracker import (
+    EXPERIMENT_KIND_TAG,
+    LOGGED_MODEL_TYPE,
+    MODEL_DEVELOPMENT,
+    MLflowTracker,
+    file_sha256,
+)
 from nnseg.tracking.probe import PROBE_TIMEOUT_S, probe_server
 from nnseg.tracking.uri import (
     ARTIFACT_DIR,
@@ -56,12 +67,15 @@ from nnseg.tracking.values import (
 __all__ = [
     "ARTIFACT_DIR",
     "DB_FILE",
+    "EXPERIMENT_KIND_TAG",
     "FALLBACK_FILE",
+    "LOGGED_MODEL_TYPE",
     "MAX_KEY_LENGTH",
     "MAX_METRICS_PER_BATCH",
     "MAX_PARAMS_PER_BATCH",
     "MAX_PARAM_VALUE_LENGTH",
     "MAX_TAG_VALUE_LENGTH",
+    "MODEL_DEVELOPMENT",
     "PROBE_TIMEOUT_S",
     "RETRY_INTERVAL_S",
     "RUN_STATUSES",
@@ -76,6 +90,7 @@ __all__ = [
     "TrackingWarning",
     "artifact_root",
     "default_tracking_uri",
+    "file_sha256",
     "flatten_params",
     "mlflow_with_fallback",
     "probe_server",

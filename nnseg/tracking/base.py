@@ -58,6 +58,20 @@ class Tracker(Protocol):
         """Set (or overwrite) run tags."""
         ...
 
+    def log_model(
+        self,
+        name: str,
+        checkpoint: str | os.PathLike,
+        *,
+        step: int,
+        metrics: Mapping[str, float] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """Record a trained model (its checkpoint file, already uploaded by :meth:`log_artifact`, is referenced,
+        not uploaded again) linked to the run, with its final ``metrics`` (also logged on the run at ``step``);
+        the model's id, or None when there is none (yet)."""
+        ...
+
     def end(self, status: RunStatus = "FINISHED") -> None:
         """Close the run with ``status``."""
         ...
@@ -85,6 +99,17 @@ class NullTracker:
         pass
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def log_model(
+        self,
+        name: str,
+        checkpoint: str | os.PathLike,
+        *,
+        step: int,
+        metrics: Mapping[str, float] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
         pass
 
     def end(self, status: RunStatus = "FINISHED") -> None:

@@ -156,6 +156,31 @@ class FallbackTracker:
         if clean:
             self._send(_Call("set_tags", (clean,)))
 
+    def log_model(
+        self,
+        name: str,
+        checkpoint: str | os.PathLike,
+        *,
+        step: int,
+        metrics: Mapping[str, float] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a trained model linked to the run; a missing checkpoint or bad values are skipped with a warning."""
+        path = Path(checkpoint)
+        if not path.is_file():
+            self._warn(f"model:{path}", f"model checkpoint {path} does not exist; model not recorded")
+            return
+        values, rejected = split_metrics(metrics or {})
+        for key, value in rejected.items():
+            self._warn(f"metric:{key}", f"metric {key!r} = {value!r} is not a number; skipped")
+        try:
+            flat = flatten_params(params or {})
+        except TypeError as exc:
+            self._warn(f"params:{exc}", f"log_model: {exc}; params skipped")
+            flat = {}
+        kwargs = {"step": int(step), "metrics": values, "params": flat}
+        self._send(_Call("log_model", (name, path.resolve()), kwargs))
+
     def end(self, status: RunStatus = "FINISHED") -> None:
         """Close the run (after one last back-fill attempt); a second call, or one before ``start``, does nothing.
 

@@ -21,9 +21,9 @@ class JsonlTracker:
     """Appends every call to ``path`` as ``{"kind", "step", "payload", "timestamp"}`` (one JSON object a line).
 
     ``kind`` is ``start``, ``params``, ``metrics`` (``step`` set, ``timestamp`` the measurement time),
-    ``artifact`` (the file's absolute path, not a copy), ``tags``, ``end``, or an event written by
-    :meth:`record_event` (``fallback``, ``recovered``). The folder is created on the first write. A write
-    that fails (read-only folder, full disk) gives one :class:`TrackingWarning` and is dropped: this
+    ``artifact`` (the file's absolute path, not a copy), ``tags``, ``model`` (a trained model), ``end``, or an
+    event written by :meth:`record_event` (``fallback``, ``recovered``). The folder is created on the first
+    write. A write that fails (read-only folder, full disk) gives one :class:`TrackingWarning` and is dropped: this
     tracker never raises for I/O. It has no run id.
     """
 
@@ -64,6 +64,27 @@ class JsonlTracker:
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self.record_event("tags", clean_tags(tags))
+
+    def log_model(
+        self,
+        name: str,
+        checkpoint: str | os.PathLike,
+        *,
+        step: int,
+        metrics: Mapping[str, float] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a trained model (``kind`` ``model``: name, checkpoint path, final metrics, params)."""
+        self.record_event(
+            "model",
+            {
+                "name": name,
+                "checkpoint": str(Path(checkpoint).resolve()),
+                "metrics": metric_values(metrics or {}),
+                "params": flatten_params(params or {}),
+            },
+            step=int(step),
+        )
 
     def end(self, status: RunStatus = "FINISHED") -> None:
         check_status(status)

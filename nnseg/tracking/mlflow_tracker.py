@@ -11,6 +11,7 @@ configured retries once.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -30,6 +31,12 @@ from nnseg.tracking.values import (
     metric_values,
     text,
 )
+
+#: MLflow 3's UI files an experiment without this tag under GenAI evaluation; nnseg trains models
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
+#: ``model_type`` of the logged models nnseg creates (one per trained fold)
+LOGGED_MODEL_TYPE = "nnseg-fold"
 
 
 class MLflowTracker:
@@ -159,6 +166,62 @@ class MLflowTracker:
         else:
             self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def log_model(
+        self,
+        name: str,
+        checkpoint: str | os.PathLike,
+        *,
+        step: int,
+        metrics: Mapping[str, float] | None = None,
+        params: Mapping[str, Any] | None = None,
+        artifact_path: str = "model",
+    ) -> str | None:
+        """Create an MLflow logged model linked to the run; its id (None when the store has no logged models).
+
+        The weights are not uploaded again: the model's tags name the run artifact
+        ``runs:/<run>/<artifact_path>/<file name>`` (uploaded by :meth:`log_artifact`), the local path and
+        the file's SHA-256. ``metrics`` are logged on the run at ``step`` and linked to the model. A store
+        without the logged-model API (MLflow 2) gives one warning and gets the metrics on the run only.
+
+        Raises:
+            FileNotFoundError: ``checkpoint`` does not exist.
+            TrackingError, MlflowException, OSError: MLflow cannot be reached or refused a call.
+        """
+        from mlflow.entities import LoggedModelOutput, Metric
+        from mlflow.exceptions import MlflowException
+
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"model checkpoint {path} does not exist")
+        run_id = self._ready()
+        values = metric_values(metrics or {})
+        stamp = now_ms()
+        tags = {
+            "nnseg.checkpoint.uri": f"runs:/{run_id}/{artifact_path}/{path.name}",
+            "nnseg.checkpoint.path": str(path.resolve()),
+            "nnseg.checkpoint.sha256": file_sha256(path),
+        }
+        try:
+            model = self.client.create_logged_model(
+                self.experiment_id or self._experiment_id(),
+                name=name,
+                source_run_id=run_id,
+                tags=tags,
+                params=flatten_params(params or {}),
+                model_type=LOGGED_MODEL_TYPE,
+            )
+        except MlflowException as exc:
+            if exc.error_code not in ("ENDPOINT_NOT_FOUND", "NOT_IMPLEMENTED", "FEATURE_DISABLED"):
+                raise
+            self._warn("logged-model", f"{self}: no logged models in this store ({exc.error_code}); metrics only")
+            self.log_metrics(values, step, timestamp_ms=stamp)
+            return None
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=int(step))])
+        items = [Metric(k, v, stamp, int(step), model_id=model.model_id) for k, v in values.items()]
+        self._log_batch("metrics", items, MAX_METRICS_PER_BATCH)
+        self.client.finalize_logged_model(model.model_id, "READY")
+        return model.model_id
+
     def end(self, status: RunStatus = "FINISHED") -> None:
         """Mark the run FINISHED, FAILED or KILLED; without an open run, or a second time, it does nothing.
 
@@ -170,6 +233,12 @@ class MLflowTracker:
             return
         self.client.set_terminated(self._ready(), status=status)
         self._ended = True
+
+    def ensure_experiment(self) -> str:
+        """The experiment's id, created (tagged as model development) when missing."""
+        self._probe()
+        self.experiment_id = self._experiment_id()
+        return self.experiment_id
 
     # -- internals -----------------------------------------------------------------------------------
 
@@ -195,7 +264,11 @@ class MLflowTracker:
         experiment = self.client.get_experiment_by_name(self.experiment)
         if experiment is None:
             try:
-                return self.client.create_experiment(self.experiment, artifact_location=self._artifact_location())
+                return self.client.create_experiment(
+                    self.experiment,
+                    artifact_location=self._artifact_location(),
+                    tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT},
+                )
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # another fold created it meanwhile
                     raise
@@ -205,6 +278,8 @@ class MLflowTracker:
                 f"experiment {self.experiment!r} (id {experiment.experiment_id}) is deleted; restore it with "
                 f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` or choose another name"
             )
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # an experiment made elsewhere: file it as model development
+            self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
         return experiment.experiment_id
 
     def _artifact_location(self) -> str | None:
@@ -247,3 +322,12 @@ def _context_tags(tags: dict[str, str]) -> dict[str, str]:
         return {str(k): text(v)[:MAX_TAG_VALUE_LENGTH] for k, v in resolve_tags(tags).items()}
     except Exception:  # noqa: BLE001 - context tags are a nicety
         return tags
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

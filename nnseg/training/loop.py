@@ -519,8 +519,14 @@ class Trainer:
                 if path.is_file():
                     self.tracker.log_artifact(path)
             self.tracker.log_artifact(self.fold_paths.final, artifact_path="model")
-            if validation is not None:
-                self.tracker.log_metrics({"final_val_mean_dice": validation["mean_dice"]}, step=self.epoch - 1)
+            config = self.train_config  # the fold as an MLflow logged model, with its final metrics (not re-uploaded)
+            self.tracker.log_model(
+                f"{self.plan.dataset_name}-{config.configuration}-{config.fold_name}",
+                self.fold_paths.final,
+                step=self.epoch - 1,
+                metrics={} if validation is None else {"final_val_mean_dice": validation["mean_dice"]},
+                params={"configuration": config.configuration, "fold": str(config.fold), "epochs": self.epoch},
+            )
         self.dist.barrier()
         return validation
 

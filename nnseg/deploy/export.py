@@ -1,0 +1,359 @@
+"""``nnseg export``: trained folds as ONNX, OpenVINO IR or TorchScript files, checked against PyTorch.
+
+    from nnseg.deploy.export import export_model
+    manifest = export_model("nnseg_work", "exported", format="onnx")    # every cross-validation fold
+    predictor = nnseg.Predictor.from_export("exported")                 # no checkpoint needed
+
+An export folder holds, per fold, the network in eval mode without deep-supervision heads, for windows
+``(N, channels, *patch)`` (N dynamic): ``fold_<k>.onnx``, ``fold_<k>.xml`` + ``.bin`` or ``fold_<k>.pt``; and
+``manifest.json``: nnseg version, format, precision, configuration, the plan (preprocessing and labels, so
+prediction needs no checkpoint), the postprocessing of ``inference.json`` when the work folder has one,
+each fold's weights sha256 (:func:`nnseg.deploy.backends.weights_sha256`) and the parity figures: the
+largest |logit difference| from PyTorch on random patches and on preprocessed training cases. A fold off
+by more than the tolerance fails the export, and nothing is written (the folder is built aside and renamed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nnseg.checkpoint import Checkpoint, CheckpointError, load_weights
+from nnseg.deploy import backends
+from nnseg.errors import NnsegError
+from nnseg.networks import build_network
+from nnseg.planning.plan import Plan
+from nnseg.schema import SchemaError, load_dataclass, read_json, to_jsonable, write_json_atomic
+from nnseg.workspace import Workspace
+
+FORMATS = ("onnx", "openvino", "torchscript")
+#: the runtime that runs each format
+RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino", "torchscript": "torch"}
+PRECISIONS = ("fp32",)
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+#: largest |logit difference| from PyTorch an fp32 export may show
+TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class FoldExport:
+    """One exported fold: its file(s), where its weights came from, how close it is to PyTorch.
+
+    Attributes:
+        parity: ``{"random": {"patches": n, "max_abs_diff": x}, "real": {"cases": [...], "max_abs_diff": y}}``
+            (``real`` is None without preprocessed training cases).
+    """
+
+    fold: int | str
+    file: str
+    checkpoint: str
+    weights_sha256: str
+    parity: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json`` of an export folder (see the module docstring)."""
+
+    manifest_version: int
+    nnseg_version: str
+    format: str
+    precision: str
+    configuration: str
+    input_shape: tuple[int | str, ...]
+    plan: dict[str, Any]
+    labels: dict[str, Any]
+    postprocessing: dict[str, Any] | None
+    folds: tuple[FoldExport, ...]
+
+    @property
+    def runtime(self) -> str:
+        return RUNTIMES[self.format]
+
+    def plan_object(self) -> Plan:
+        plan = load_dataclass(Plan, self.plan, "plan")
+        plan.validate()
+        return plan
+
+    def postprocessing_rule(self) -> Any:
+        """The :class:`~nnseg.postprocessing.PostprocessingRule` exported with the model, or None."""
+        from nnseg.postprocessing import PostprocessingRule
+
+        return None if self.postprocessing is None else PostprocessingRule.from_dict(self.postprocessing)
+
+    def describe(self, folder: Path) -> str:
+        folds = ", ".join(str(f.fold) for f in self.folds)
+        return f"{self.configuration} {self.format} export {folder} (fold(s) {folds}, {self.precision})"
+
+    def save(self, folder: Path) -> Path:
+        return write_json_atomic(folder / MANIFEST, asdict(self))
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> Manifest:
+        path = Path(folder) / MANIFEST
+        data = read_json(path, "export manifest (written by nnseg export)")
+        try:
+            manifest = load_dataclass(cls, data, "manifest")
+            if manifest.format not in FORMATS:
+                raise SchemaError(f"format: expected one of {', '.join(FORMATS)}, got {manifest.format!r}")
+            manifest.plan_object().configuration(manifest.configuration)
+        except (NnsegError, ValueError, TypeError) as exc:
+            raise NnsegError(f"{path}: damaged export manifest ({exc}); export the model again") from None
+        return manifest
+
+
+def is_export(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an export folder (holds ``manifest.json``)."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+def export_model(
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    format: str,
+    folds: Sequence[int | str] | None = None,
+    configuration: str = "3d_fullres",
+    precision: str = "fp32",
+    tolerance: float = TOLERANCE,
+    random_patches: int = 2,
+    real_cases: int = 2,
+) -> Manifest:
+    """Export the folds of ``model`` (work folder, ``models/<config>``, fold folder or checkpoint) to ``output``.
+
+    Raises:
+        NnsegError: an unknown format or precision, a missing runtime package, no model, ``output`` a file or
+            a non-empty folder that is not an export, or a fold whose logits differ from PyTorch's by more than
+            ``tolerance`` (nothing is written then).
+    """
+    if format not in FORMATS:
+        raise NnsegError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if precision not in PRECISIONS:
+        raise NnsegError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    option = f"--format {format}"
+    if format == "onnx":
+        backends.require("onnx", option)
+        backends.require("onnxruntime", option)  # the parity check runs the file
+    elif format == "openvino":
+        backends.require("openvino", option)
+    output = _check_output(Path(output))
+    files, work = _locate(Path(model), configuration, folds)
+    checkpoints = [Checkpoint.load(p) for p in files]
+    first = checkpoints[0]
+    for path, checkpoint in zip(files[1:], checkpoints[1:]):
+        if checkpoint.configuration != first.configuration or checkpoint.plan != first.plan:
+            raise NnsegError(f"{path}: checkpoint was trained with another plan/configuration than {files[0]}")
+    config_plan = first.plan.configuration(first.configuration)
+    channels = len(first.plan.channel_names)
+    samples = {"random": _random_patches(random_patches, channels, config_plan.patch_size)}
+    real = _real_patches(work, config_plan.data_identifier, config_plan.patch_size, real_cases)
+    scratch = output.parent / f".{output.name}.{os.getpid()}.tmp"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        exported = []
+        for path, checkpoint in zip(files, checkpoints):
+            network, reference = _networks(checkpoint, path)
+            example = backends.example_input(channels, config_plan.patch_size)
+            name = _write(format, network, example, scratch / f"fold_{checkpoint.fold}")
+            runner = _runner(format, scratch / name, precision)
+            parity = _parity(reference, runner, samples["random"], real, tolerance, checkpoint.fold, format)
+            sha = backends.weights_sha256(checkpoint.network_state)
+            exported.append(FoldExport(checkpoint.fold, name, str(path), sha, parity))
+        from nnseg import __version__
+
+        manifest = Manifest(
+            manifest_version=MANIFEST_VERSION,
+            nnseg_version=__version__,
+            format=format,
+            precision=precision,
+            configuration=first.configuration,
+            input_shape=("N", channels, *config_plan.patch_size),
+            plan=to_jsonable(first.plan),
+            labels=to_jsonable(first.plan.labels),
+            postprocessing=_postprocessing(work, first.configuration),
+            folds=tuple(exported),
+        )
+        manifest.save(scratch)
+        _replace_folder(scratch, output)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return manifest
+
+
+def load_export(
+    folder: str | os.PathLike, *, folds: Sequence[int | str] | None = None, device: torch.device | None = None
+) -> tuple[Manifest, list[backends.WindowRunner]]:
+    """The manifest and one runner per fold (all, or ``folds``) of an export folder."""
+    folder = Path(folder)
+    manifest = Manifest.load(folder)
+    chosen = list(manifest.folds)
+    if folds:
+        by_name = {str(f.fold): f for f in manifest.folds}
+        missing = [str(f) for f in folds if str(f) not in by_name]
+        if missing:
+            raise NnsegError(
+                f"-f {' '.join(missing)}: not in the export {folder} (it holds fold(s) {', '.join(by_name)})"
+            )
+        chosen = [by_name[str(f)] for f in folds]
+    runners = []
+    for entry in chosen:
+        path = folder / entry.file
+        if not path.is_file():
+            raise NnsegError(f"{path}: missing from the export; export the model again")
+        runners.append(_runner(manifest.format, path, manifest.precision, device or torch.device("cpu")))
+    return manifest, runners
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _check_output(output: Path) -> Path:
+    if output.is_file():
+        raise NnsegError(f"-o {output}: is a file; give a folder for the export (it is created)")
+    if output.is_dir() and any(output.iterdir()) and not is_export(output):
+        raise NnsegError(
+            f"-o {output}: folder exists and is not an nnseg export; give a new or empty folder "
+            "(an earlier export is replaced)"
+        )
+    return output
+
+
+def _locate(model: Path, configuration: str, folds: Sequence[int | str] | None) -> tuple[list[Path], Path | None]:
+    """(checkpoint files, work folder or None) of ``-m``."""
+    from nnseg.inference.predictor import find_checkpoints
+
+    if not model.exists():
+        raise NnsegError(
+            f"-m {model}: not found; give a work folder (holding plans.json and models/), a "
+            "models/<config> folder, a fold_<k> folder or a checkpoint file"
+        )
+    work = Workspace.containing(model)
+    location = model
+    if work is not None and work.root == model:
+        location = work.models(configuration)
+        if not location.is_dir():
+            raise NnsegError(
+                f"-m {model}: no trained {configuration} model in it (no {location}); train it first "
+                f"(nnseg train --work {model} --config {configuration}) or choose another -c"
+            )
+    return find_checkpoints(location, folds), None if work is None else work.root
+
+
+def _networks(checkpoint: Checkpoint, path: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the network to export: eval mode, no deep-supervision heads; the network as the predictor runs it)."""
+    plan, config = checkpoint.plan, checkpoint.plan.configuration(checkpoint.configuration)
+    channels, classes = len(plan.channel_names), plan.num_classes
+    reference = build_network(config.network, channels, classes, deep_supervision=checkpoint.deep_supervision)
+    load_weights(reference, checkpoint.network_state, path)
+    network = build_network(config.network, channels, classes, deep_supervision=False)
+    wanted = network.state_dict()
+    missing = sorted(set(wanted) - set(checkpoint.network_state))
+    if missing:
+        raise CheckpointError(f"{path}: the weights lack {missing[0]}; retrain, or export with the nnseg that wrote it")
+    load_weights(network, {k: v for k, v in checkpoint.network_state.items() if k in wanted}, path)
+    return network.eval(), reference.eval()
+
+
+def _write(format: str, network: torch.nn.Module, example: torch.Tensor, stem: Path) -> str:
+    """Write one fold in ``format``; returns the file name the manifest lists."""
+    if format == "onnx":
+        backends.write_onnx(network, example, stem.with_suffix(".onnx"))
+        return stem.name + ".onnx"
+    if format == "openvino":
+        backends.save_openvino(backends.convert_openvino(network, example), stem.with_suffix(".xml"))
+        return stem.name + ".xml"
+    backends.write_torchscript(network, example, stem.with_suffix(".pt"))
+    return stem.name + ".pt"
+
+
+def _runner(format: str, path: Path, precision: str, device: torch.device | None = None) -> backends.WindowRunner:
+    if format == "onnx":
+        return backends.OnnxRuntimeRunner(path)
+    if format == "openvino":
+        return backends.OpenVinoRunner(path, precision={"fp32": "f32"}[precision])
+    return backends.load_torchscript(path, device or torch.device("cpu"))
+
+
+def _random_patches(count: int, channels: int, patch: Sequence[int]) -> torch.Tensor:
+    return torch.randn((count, channels, *patch), generator=torch.Generator().manual_seed(1))
+
+
+def _real_patches(
+    work: Path | None, data_identifier: str, patch: Sequence[int], count: int
+) -> tuple[list[str], torch.Tensor] | None:
+    """Centre windows of up to ``count`` preprocessed training cases (zero-padded to the patch), or None."""
+    if work is None:
+        return None
+    folder = Workspace(work).preprocessed(data_identifier)
+    files = sorted(p for p in folder.glob("*.npy") if not p.stem.endswith(("_seg", "_locations")))[:count]
+    if not files:
+        return None
+    windows = []
+    for file in files:
+        data = np.load(file, mmap_mode="r")
+        starts = [max(0, (s - p) // 2) for s, p in zip(data.shape[1:], patch)]
+        crop = np.asarray(data[(slice(None), *(slice(a, a + p) for a, p in zip(starts, patch)))], np.float32)
+        padding = [(0, 0)] + [(0, p - s) for s, p in zip(crop.shape[1:], patch)]
+        windows.append(np.pad(crop, padding))
+    return [f.stem for f in files], torch.from_numpy(np.stack(windows))
+
+
+def _parity(
+    reference: torch.nn.Module,
+    runner: backends.WindowRunner,
+    random: torch.Tensor,
+    real: tuple[list[str], torch.Tensor] | None,
+    tolerance: float,
+    fold: int | str,
+    format: str,
+) -> dict[str, Any]:
+    """Largest |logit difference| of ``runner`` from ``reference`` per sample set; NnsegError above tolerance."""
+    result: dict[str, Any] = {"tolerance": tolerance, "random": None, "real": None}
+    sets: list[tuple[str, torch.Tensor, dict[str, Any]]] = [("random", random, {"patches": len(random)})]
+    if real is not None:
+        sets.append(("real", real[1], {"cases": real[0]}))
+    for name, batch, info in sets:
+        with torch.no_grad():
+            expected = reference(batch).float()
+        difference = float((runner(batch).float() - expected).abs().max())
+        result[name] = {**info, "max_abs_diff": difference}
+        if not difference <= tolerance:  # NaN fails too
+            raise NnsegError(
+                f"fold {fold}: the {format} export's logits differ from PyTorch's by up to {difference:.3g} on "
+                f"{name} patches (tolerance {tolerance:g}); nothing was exported. Report this with the model's "
+                "architecture, or export another --format"
+            )
+    return result
+
+
+def _postprocessing(work: Path | None, configuration: str) -> dict[str, Any] | None:
+    """``inference.json``'s postprocessing when it applies to ``configuration`` (as ``nnseg predict`` does)."""
+    if work is None or not Workspace(work).inference_choice.is_file():
+        return None
+    from nnseg.ensembling import InferenceChoice
+
+    choice = InferenceChoice.load(Workspace(work).inference_choice)
+    return choice.postprocessing.to_dict() if configuration in choice.configurations else None
+
+
+def _replace_folder(scratch: Path, output: Path) -> None:
+    """Move the finished export into place; an earlier export there is replaced only once the new one is whole."""
+    old = output.parent / f".{output.name}.{os.getpid()}.old"
+    if output.exists():
+        os.replace(output, old)
+    try:
+        os.replace(scratch, output)
+    except OSError:
+        if old.exists():
+            os.replace(old, output)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
