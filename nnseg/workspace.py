@@ -133,8 +133,13 @@ class Workspace:
     def preprocessed(self, data_identifier: str) -> Path:
         return self.root / "preprocessed" / data_identifier
 
+    @property
+    def models_root(self) -> Path:
+        """Every configuration's trained models (``models/<configuration>/fold_<k>``)."""
+        return self.root / "models"
+
     def models(self, configuration: str) -> Path:
-        return self.root / "models" / configuration
+        return self.models_root / configuration
 
     def fold(self, configuration: str, fold: int | str) -> Path:
         return self.models(configuration) / fold_folder_name(fold)

@@ -378,7 +378,7 @@ def test_predict_names_each_checkpoint_and_warns_when_not_final(
 
 
 def test_fold_all_is_not_averaged_with_the_cross_validation_folds(trained_work: Path, tmp_path: Path) -> None:
-    from nnseg.inference.predictor import find_checkpoints
+    from nnseg.inference.checkpoints import find_checkpoints
 
     work = _copy_work(trained_work, tmp_path)
     models = work / "models" / "3d_fullres"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nnseg.cli.common import EXIT_OK
-from nnseg.options import cli_type, fold
+from nnseg.cli.common import EXIT_OK, warn
+from nnseg.options import cli_type, fold, positive_int
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
     from nnseg.deploy.export import FORMATS, TOLERANCE
+    from nnseg.deploy.quantize import CALIBRATION_PATCHES, CALIBRATION_SEED, MAX_DICE_DROP
 
     p = sub.add_parser(
         "export",
@@ -36,17 +37,79 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     # no argparse choices: an unknown format gets the same one-line NnsegError as from the Python API
     p.add_argument("--format", required=True, metavar="FORMAT", help=" | ".join(FORMATS))
     p.add_argument("-o", "--output", type=Path, required=True, help="export folder (created; an export is replaced)")
+    q = p.add_argument_group("int8 (OpenVINO)")
+    q.add_argument(
+        "--int8",
+        action="store_true",
+        help="quantize with NNCF (post-training, calibrated on the fold's preprocessed training patches) and "
+        "check the Dice on the fold's validation cases against fp32; needs -m in a work folder",
+    )
+    q.add_argument(
+        "--calibration-patches",
+        type=cli_type(positive_int, "--calibration-patches"),
+        default=CALIBRATION_PATCHES,
+        metavar="N",
+        help=f"calibration patches per fold (default {CALIBRATION_PATCHES})",
+    )
+    q.add_argument(
+        "--calibration-seed",
+        type=int,
+        default=CALIBRATION_SEED,
+        metavar="S",
+        help=f"seed of the calibration sampling (default {CALIBRATION_SEED})",
+    )
+    q.add_argument(
+        "--max-dice-drop",
+        type=float,
+        default=MAX_DICE_DROP,
+        metavar="D",
+        help=f"refuse when the mean validation Dice drops by more than D (default {MAX_DICE_DROP:g})",
+    )
+    q.add_argument("--force", action="store_true", help="write the int8 export even when its Dice drops more")
     p.set_defaults(handler=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from nnseg.deploy.export import export_model
+    from nnseg.deploy.quantize import QuantizationSettings
+    from nnseg.errors import NnsegError
 
-    manifest = export_model(args.model, args.output, format=args.format, folds=args.folds, configuration=args.config)
+    int8_options = [
+        name
+        for name, given in (
+            ("--calibration-patches", args.calibration_patches != QuantizationSettings.calibration_patches),
+            ("--calibration-seed", args.calibration_seed != QuantizationSettings.seed),
+            ("--max-dice-drop", args.max_dice_drop != QuantizationSettings.max_dice_drop),
+            ("--force", args.force),
+        )
+        if given
+    ]
+    if int8_options and not args.int8:
+        raise NnsegError(f"{', '.join(int8_options)}: only with --int8")
+    settings = QuantizationSettings(args.calibration_patches, args.calibration_seed, args.max_dice_drop, args.force)
+    manifest = export_model(
+        args.model,
+        args.output,
+        format=args.format,
+        folds=args.folds,
+        configuration=args.config,
+        precision="int8" if args.int8 else "fp32",
+        quantization=settings,
+        on_warning=warn,
+    )
     for entry in manifest.folds:
         real = entry.parity["real"]
         figures = f"random {entry.parity['random']['max_abs_diff']:.2g}"
         figures += f", real {real['max_abs_diff']:.2g}" if real else ", no preprocessed cases"
         print(f"fold {entry.fold}: {args.output / entry.file} (max |logit diff| vs PyTorch: {figures})")
+        if entry.quantization is not None:
+            dice = entry.quantization["dice"]
+            classes = ", ".join(f"{c} {v:+.4f}" for c, v in dice["change"]["per_class"].items())
+            print(
+                f"fold {entry.fold}: int8 mean Dice {dice['int8']['mean']:.4f} vs fp32 {dice['fp32']['mean']:.4f} "
+                f"on {len(entry.quantization['validation_cases'])} validation case(s) (change "
+                f"{dice['change']['mean']:+.4f}; {classes}), calibrated on "
+                f"{entry.quantization['calibration']['patches']} patches"
+            )
     print(f"wrote {manifest.describe(args.output)}; predict with: nnseg predict -m {args.output} -i IMAGES -o OUT")
     return EXIT_OK

@@ -11,13 +11,18 @@ prediction needs no checkpoint), the postprocessing of ``inference.json`` when t
 each fold's weights sha256 (:func:`nnseg.deploy.backends.weights_sha256`) and the parity figures: the
 largest |logit difference| from PyTorch on random patches and on preprocessed training cases. A fold off
 by more than the tolerance fails the export, and nothing is written (the folder is built aside and renamed).
+
+``precision="int8"`` (``--format openvino --int8``): each fold's fp32 IR, once it passed the parity check
+(its figures are the ones listed), is quantized by NNCF and checked by the Dice on the fold's validation
+cases (:mod:`nnseg.deploy.quantize`); the fold's ``quantization`` entry records calibration and Dice.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,16 +32,19 @@ import torch
 
 from nnseg.checkpoint import Checkpoint, CheckpointError, load_weights
 from nnseg.deploy import backends
+from nnseg.deploy.quantize import QuantizationSettings, fold_cases, quantize_fold, require_nncf
 from nnseg.errors import NnsegError
 from nnseg.networks import build_network
 from nnseg.planning.plan import Plan
 from nnseg.schema import SchemaError, load_dataclass, read_json, to_jsonable, write_json_atomic
-from nnseg.workspace import Workspace
+from nnseg.workspace import Workspace, fold_folder_name
 
 FORMATS = ("onnx", "openvino", "torchscript")
 #: the runtime that runs each format
 RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino", "torchscript": "torch"}
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "int8")
+#: the OpenVINO inference precision hint of each export precision (int8 layers run in int8 whatever the hint)
+_OPENVINO_HINTS = {"fp32": "f32", "int8": "f32"}
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 #: largest |logit difference| from PyTorch an fp32 export may show
@@ -49,7 +57,8 @@ class FoldExport:
 
     Attributes:
         parity: ``{"random": {"patches": n, "max_abs_diff": x}, "real": {"cases": [...], "max_abs_diff": y}}``
-            (``real`` is None without preprocessed training cases).
+            (``real`` is None without preprocessed training cases; of the fp32 graph for an int8 export).
+        quantization: int8 exports: calibration set and Dice figures (:mod:`nnseg.deploy.quantize`), else None.
     """
 
     fold: int | str
@@ -57,6 +66,7 @@ class FoldExport:
     checkpoint: str
     weights_sha256: str
     parity: dict[str, Any]
+    quantization: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,8 @@ class Manifest:
             manifest = load_dataclass(cls, data, "manifest")
             if manifest.format not in FORMATS:
                 raise SchemaError(f"format: expected one of {', '.join(FORMATS)}, got {manifest.format!r}")
+            if manifest.precision not in PRECISIONS:
+                raise SchemaError(f"precision: expected one of {', '.join(PRECISIONS)}, got {manifest.precision!r}")
             manifest.plan_object().configuration(manifest.configuration)
         except (NnsegError, ValueError, TypeError) as exc:
             raise NnsegError(f"{path}: damaged export manifest ({exc}); export the model again") from None
@@ -126,18 +138,32 @@ def export_model(
     tolerance: float = TOLERANCE,
     random_patches: int = 2,
     real_cases: int = 2,
+    quantization: QuantizationSettings | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Export the folds of ``model`` (work folder, ``models/<config>``, fold folder or checkpoint) to ``output``.
 
+    ``precision="int8"`` (OpenVINO only; ``model`` in a work folder) quantizes with ``quantization`` (default
+    :class:`~nnseg.deploy.quantize.QuantizationSettings`); ``on_warning`` gets the warning of a forced export
+    (default :func:`warnings.warn`).
+
     Raises:
         NnsegError: an unknown format or precision, a missing runtime package, no model, ``output`` a file or
-            a non-empty folder that is not an export, or a fold whose logits differ from PyTorch's by more than
-            ``tolerance`` (nothing is written then).
+            a non-empty folder that is not an export, a fold whose logits differ from PyTorch's by more than
+            ``tolerance``, or an int8 fold whose mean Dice drops more than allowed and not forced (nothing is
+            written then).
     """
     if format not in FORMATS:
         raise NnsegError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     if precision not in PRECISIONS:
         raise NnsegError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "int8":
+        if format != "openvino":
+            raise NnsegError(f"--int8 applies to --format openvino only, not --format {format}")
+        require_nncf()
+    settings = quantization or QuantizationSettings()
+    settings.check()
+    warn = on_warning or _warn
     option = f"--format {format}"
     if format == "onnx":
         backends.require("onnx", option)
@@ -152,6 +178,9 @@ def export_model(
         if checkpoint.configuration != first.configuration or checkpoint.plan != first.plan:
             raise NnsegError(f"{path}: checkpoint was trained with another plan/configuration than {files[0]}")
     config_plan = first.plan.configuration(first.configuration)
+    if precision == "int8":
+        for checkpoint in checkpoints:
+            fold_cases(work, checkpoint.fold)  # a fold without splits fails before any conversion
     channels = len(first.plan.channel_names)
     samples = {"random": _random_patches(random_patches, channels, config_plan.patch_size)}
     real = _real_patches(work, config_plan.data_identifier, config_plan.patch_size, real_cases)
@@ -163,11 +192,26 @@ def export_model(
         for path, checkpoint in zip(files, checkpoints):
             network, reference = _networks(checkpoint, path)
             example = backends.example_input(channels, config_plan.patch_size)
-            name = _write(format, network, example, scratch / f"fold_{checkpoint.fold}")
-            runner = _runner(format, scratch / name, precision)
+            folder = scratch / ".fp32" if precision == "int8" else scratch
+            folder.mkdir(exist_ok=True)
+            name = _write(format, network, example, folder / fold_folder_name(checkpoint.fold))
+            runner = _runner(format, folder / name, "fp32")
             parity = _parity(reference, runner, samples["random"], real, tolerance, checkpoint.fold, format)
+            quantized = None
+            if precision == "int8":
+                quantized = quantize_fold(
+                    folder / name,
+                    scratch / name,
+                    work=work,
+                    plan=first.plan,
+                    configuration=first.configuration,
+                    fold=checkpoint.fold,
+                    settings=settings,
+                    on_warning=warn,
+                )
             sha = backends.weights_sha256(checkpoint.network_state)
-            exported.append(FoldExport(checkpoint.fold, name, str(path), sha, parity))
+            exported.append(FoldExport(checkpoint.fold, name, str(path), sha, parity, quantized))
+        shutil.rmtree(scratch / ".fp32", ignore_errors=True)
         from nnseg import __version__
 
         manifest = Manifest(
@@ -216,6 +260,10 @@ def load_export(
 # ---------------------------------------------------------------------------------------------- helpers
 
 
+def _warn(message: str) -> None:
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
 def _check_output(output: Path) -> Path:
     if output.is_file():
         raise NnsegError(f"-o {output}: is a file; give a folder for the export (it is created)")
@@ -229,7 +277,7 @@ def _check_output(output: Path) -> Path:
 
 def _locate(model: Path, configuration: str, folds: Sequence[int | str] | None) -> tuple[list[Path], Path | None]:
     """(checkpoint files, work folder or None) of ``-m``."""
-    from nnseg.inference.predictor import find_checkpoints
+    from nnseg.inference.checkpoints import find_checkpoints
 
     if not model.exists():
         raise NnsegError(
@@ -279,7 +327,7 @@ def _runner(format: str, path: Path, precision: str, device: torch.device | None
     if format == "onnx":
         return backends.OnnxRuntimeRunner(path)
     if format == "openvino":
-        return backends.OpenVinoRunner(path, precision={"fp32": "f32"}[precision])
+        return backends.OpenVinoRunner(path, precision=_OPENVINO_HINTS[precision])
     return backends.load_torchscript(path, device or torch.device("cpu"))
 
 

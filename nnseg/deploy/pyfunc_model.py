@@ -90,8 +90,9 @@ class NnsegPyfuncModel(PythonModel):
 def model_folder(root: Path) -> Path:
     """The ``models/<configuration>`` folder (holding ``fold_*``) of a model folder."""
     from nnseg.errors import NnsegError
+    from nnseg.workspace import Workspace
 
-    folders = sorted(p for p in (root / "models").glob("*") if p.is_dir())
+    folders = sorted(p for p in Workspace(root).models_root.glob("*") if p.is_dir())
     if len(folders) != 1:
         raise NnsegError(f"{root}: not an nnseg model folder (expected one models/<configuration> folder)")
     return folders[0]

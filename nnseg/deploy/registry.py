@@ -59,7 +59,7 @@ def register_model(
     Returns:
         ``(name, version)``.
     """
-    from nnseg.inference.predictor import find_checkpoints
+    from nnseg.inference.checkpoints import find_checkpoints
 
     _check_name(name, "model name")
     if alias is not None:
@@ -86,7 +86,7 @@ def resolve_model_uri(uri: str, tracking_uri: str | None, *, cache_dir: str | os
     """The local ``models/<configuration>`` folder (``fold_<k>/checkpoint_final.pt``) of a registered model.
 
     ``uri`` is ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``. The model is downloaded once into
-    ``cache_dir`` (default ``$XDG_CACHE_HOME/nnseg/models`` or ``~/.cache/nnseg/models``), keyed by
+    ``cache_dir`` (default ``$XDG_CACHE_HOME/nnseg/registered`` or ``~/.cache/nnseg/registered``), keyed by
     MLflow's model id, and its checkpoints are checked against the SHA-256s recorded at registration.
     The folder lies in a small work folder (``plans.json``, and ``inference.json`` when the model was
     registered with postprocessing), so ``Workspace.containing(folder)`` finds its postprocessing.
@@ -387,7 +387,7 @@ def _intact(folder: Path) -> bool:
 
 def _cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "nnseg" / "models"
+    return Path(base) / "nnseg" / "registered"
 
 
 def _first_line(exc: BaseException) -> str:

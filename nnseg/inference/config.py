@@ -22,7 +22,20 @@ class PredictConfig:
         many=True,
     )
     step_size: float = option(0.5, "window step as a fraction of the patch, in (0, 1]", validate=options.fraction)
-    mirror: bool = option(True, "disable mirroring test-time augmentation", flag="--no-tta")
+    mirror: bool = option(True, "no mirroring test-time augmentation (the same as --tta none)", flag="--no-tta")
+    tta: str = option(
+        "full",
+        "mirroring test-time augmentation: full (every flip combination, 2^dims passes per window, nnU-Net's), "
+        "fast (in-plane axes only: 4 passes per 3D window, 2 per 2D one) or none",
+        validate=options.choice("full", "fast", "none"),
+        metavar="MODE",
+    )
+    skip_air: bool = option(
+        "no",
+        "CT models: don't run windows holding only air (HU <= -500 outside the body, 10 mm margin)",
+        validate=options.yes_no,
+        metavar="yes|no",
+    )
     save_probabilities: bool = option(False, "also write <case>.npz probabilities (for nnseg ensemble)")
     overwrite: bool = option(False, "replace existing predictions")
     overlay: bool = option(False, "also write <case>_overlay.png for quick QC")
@@ -57,3 +70,12 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         options.validate_fields(self)
+        if not self.mirror and self.tta != "none":
+            if self.tta != "full":  # full is the default: --no-tta alone means none
+                raise options.OptionError(f"--no-tta contradicts --tta {self.tta}; give one of them")
+            object.__setattr__(self, "tta", "none")
+
+    @property
+    def tta_mode(self) -> str:
+        """The test-time augmentation to run: ``tta``, or none with ``--no-tta``."""
+        return self.tta if self.mirror else "none"

@@ -5,7 +5,8 @@
     labels = predictor.predict("case_0000.nii.gz", "case_pred.nii.gz")
 
 Per case: preprocess exactly as in training (transpose, crop, normalize, resample),
-sliding-window inference with Gaussian weighting and mirroring, softmax averaged over
+sliding-window inference with Gaussian weighting and mirroring (``tta``; windows of CT air skipped
+with ``skip_air``, :mod:`nnseg.inference.skipping`), softmax averaged over
 the checkpoints (folds), resample back per class while taking the argmax (never more
 than two volumes of the original size in memory), uncrop, transpose back, and write
 with the input's geometry.
@@ -30,15 +31,16 @@ from nnseg.checkpoint import Checkpoint, load_weights
 from nnseg.dataset.reading import read_channels
 from nnseg.deploy.backends import CACHE_FOLDER, WindowRunner, resolve_backend, window_runners
 from nnseg.errors import NnsegError
-from nnseg.inference.sliding_window import predict_sliding_window
+from nnseg.inference.checkpoints import CheckpointSource, find_checkpoints
+from nnseg.inference.skipping import air_body_mask, mirror_axes_for
+from nnseg.inference.sliding_window import WindowStats, predict_sliding_window
 from nnseg.io import Geometry, Volume, split_suffix, write_volume
 from nnseg.networks import build_network
 from nnseg.planning.network_plans import NetworkPlan, UNetPlusPlusPlan
 from nnseg.planning.plan import ConfigurationPlan, Plan
 from nnseg.preprocessing.preprocess import preprocess_case
-from nnseg.preprocessing.restore import probabilities_to_labels, restore_probabilities
+from nnseg.preprocessing.restore import RESAMPLE_METHODS, probabilities_to_labels, restore_probabilities
 from nnseg.schema import to_jsonable
-from nnseg.workspace import FoldPaths, fold_folder_name, fold_folders
 
 if TYPE_CHECKING:
     from nnseg.deploy.export import Manifest
@@ -76,67 +78,6 @@ def _warn(message: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=3)
 
 
-def find_checkpoints(model_dir: str | os.PathLike, folds: Sequence[int | str] | None = None) -> list[Path]:
-    """One checkpoint per fold of ``model_dir`` (final, else best, else latest), for ``folds`` or every fold found.
-
-    ``model_dir`` may be a ``models/<config>`` folder, one ``fold_*`` folder or a checkpoint file. Without
-    ``folds``, ``fold_all`` (trained on every case) is used only when no cross-validation fold exists: averaging
-    it with the folds would weigh the same cases twice.
-    """
-    model_dir = Path(model_dir)
-    if model_dir.is_file():
-        return [model_dir]
-    if not model_dir.is_dir():
-        raise NnsegError(
-            f"{model_dir}: model not found; give a work folder (holding plans.json and models/), a "
-            "models/<config> folder, a fold_<k> folder or a checkpoint file"
-        )
-    if FoldPaths(model_dir).is_fold:
-        fold_dirs = [FoldPaths(model_dir)]
-    elif folds:
-        fold_dirs = [FoldPaths(model_dir / fold_folder_name(f)) for f in folds]
-    else:
-        fold_dirs = fold_folders(model_dir, cross_validation_only=True) or fold_folders(model_dir)
-    if not fold_dirs:
-        raise NnsegError(
-            f"{model_dir}: no fold_*/ folders; train a fold first (nnseg train) or point -m at a checkpoint file"
-        )
-    found = []
-    for fold in fold_dirs:
-        candidates = [path for path in fold.checkpoints_by_preference if path.is_file()]
-        if not candidates:
-            what = "folder not found" if not fold.root.is_dir() else "no checkpoint in it"
-            raise NnsegError(
-                f"{fold.root}: {what} (expected one of {', '.join(p.name for p in fold.checkpoints_by_preference)})"
-            )
-        found.append(candidates[0])
-    return found
-
-
-@dataclass(frozen=True)
-class CheckpointSource:
-    """Which checkpoint a predictor network came from, for the user to see."""
-
-    path: Path
-    checkpoint: Checkpoint
-
-    def describe(self) -> str:
-        c = self.checkpoint
-        state = "finished" if c.finished else "UNFINISHED"
-        return f"{c.configuration} fold {c.fold}: {self.path} ({state}, {c.epochs_trained} epoch(s))"
-
-    @property
-    def warning(self) -> str | None:
-        """Why this checkpoint may not be what the user wants, or None."""
-        if self.checkpoint.finished and self.path == FoldPaths(self.path.parent).final:
-            return None
-        return (
-            f"{self.path}: not the final checkpoint of a finished training ({self.checkpoint.epochs_trained} "
-            "epoch(s) done); predictions may be worse than the finished model's. Finish training with "
-            "nnseg train (it resumes) or choose the folds with -f"
-        )
-
-
 @dataclass
 class StageTimes:
     """Seconds spent per stage, accumulated over cases (printed by ``nnseg predict``)."""
@@ -161,6 +102,9 @@ class Predictor:
         *,
         device: str = "auto",
         mirror: bool = True,
+        tta: str = "full",
+        skip_air: bool = False,
+        resample: str = "auto",
         step_size: float = 0.5,
         window_batch: int = 2,
         deep_supervision_heads: bool = True,
@@ -172,7 +116,9 @@ class Predictor:
         """``backend``: torch, openvino, onnxruntime or auto (:func:`nnseg.deploy.backends.resolve_backend`;
         ``nnseg predict`` defaults to auto, the API to torch so that training's validation is unchanged);
         ``cache_dirs``: per state, where converted models are kept (None: converted in memory); ``runners``:
-        ready window runners instead of ``states`` (an export, :meth:`from_export`)."""
+        ready window runners instead of ``states`` (an export, :meth:`from_export`); ``tta``: full, fast or none
+        (``mirror=False`` is ``none``); ``skip_air``: don't run windows of air only (CT models only);
+        ``resample``: how probabilities go back to the input grid (``probabilities_to_labels``' method)."""
         self.plan = plan
         self.config_plan: ConfigurationPlan = plan.configuration(configuration)
         network_plan: NetworkPlan = self.config_plan.network
@@ -180,7 +126,13 @@ class Predictor:
             network_plan = _pruned(network_plan, prune_level, trained_heads=deep_supervision_heads)
         self.backend, device = resolve_backend(backend, options.device("device", device))
         self.device = resolve_device(device)
-        self.mirror = mirror
+        tta = options.choice("full", "fast", "none")("tta", tta)
+        #: spatial axes whose flips are averaged (test-time augmentation); may be set to any of them
+        self.mirror_axes: tuple[int, ...] = mirror_axes_for(tta if mirror else "none", self.config_plan.dimensions)
+        self.skip_air = options.yes_no("skip_air", skip_air)
+        self.resample = options.choice(*RESAMPLE_METHODS)("resample", resample)
+        #: windows and forward passes, accumulated over cases
+        self.work = WindowStats()
         self.step_size = options.fraction("step_size", step_size)
         self.window_batch = options.positive_int("window_batch", window_batch)
         self.networks = []
@@ -244,10 +196,6 @@ class Predictor:
         predictor.sources = [CheckpointSource(path, c) for path, c in zip(files, checkpoints)]
         return predictor
 
-    @property
-    def mirror_axes(self) -> tuple[int, ...]:
-        return tuple(range(self.config_plan.dimensions)) if self.mirror else ()
-
     @classmethod
     def from_export(
         cls,
@@ -295,6 +243,7 @@ class Predictor:
             window_batch=self.window_batch,
             body_mask=body,
             device=self.device,
+            stats=self.work,
         )
         return torch.softmax(logits, 0)
 
@@ -324,7 +273,11 @@ class Predictor:
         started = time.perf_counter()
         case = preprocess_case(images, geometry, None, self.plan, self.config_plan, case_id=case_id)
         data = torch.from_numpy(case.data)
-        body = None if case.body is None else torch.from_numpy(case.body)
+        mask = case.body
+        if self.skip_air:
+            air = air_body_mask(case.data, self.config_plan.normalization, case.properties.spacing)
+            mask = mask if air is None else air if mask is None else mask & air
+        body = None if mask is None else torch.from_numpy(mask)
         self.times.add("preprocess", time.perf_counter() - started)
         started = time.perf_counter()
         if self.config_plan.dimensions == 3:
@@ -333,7 +286,9 @@ class Predictor:
             probabilities = self._probabilities_2d(data, body)
         self.times.add("network", time.perf_counter() - started)
         started = time.perf_counter()
-        labels = probabilities_to_labels(probabilities, case.properties, self.plan, self.config_plan.resampling)
+        labels = probabilities_to_labels(
+            probabilities, case.properties, self.plan, self.config_plan.resampling, method=self.resample
+        )
         full = None
         if return_probabilities:
             full = restore_probabilities(probabilities, case.properties, self.plan, self.config_plan.resampling)

@@ -2,9 +2,10 @@
 
 Windows overlap by ``1 - step_size`` (0.5 by default), are weighted by a Gaussian
 importance map (sigma = 1/8 of the patch edge) and averaged as logits, as nnU-Net does.
-What we do less of: windows that contain no voxel of the nonzero (body) mask are
-skipped, and windows with their mirrored copies go through the network in batches of
-``window_batch`` inputs (one window in one mirror orientation each).
+What we do less of: windows that contain no voxel of the body mask (the nonzero mask,
+and for CT the air mask of :mod:`nnseg.inference.skipping`) are skipped, and windows
+with their mirrored copies go through the network in batches of ``window_batch`` inputs
+(one window in one mirror orientation each).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,6 +21,20 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class WindowStats:
+    """Work done by :func:`predict_sliding_window`, accumulated over calls.
+
+    ``windows``: window positions; ``run``: those not skipped; ``inputs``: network inputs (run windows x
+    mirrorings); ``forward_passes``: calls of the network (batches of up to ``window_batch`` inputs).
+    """
+
+    windows: int = 0
+    run: int = 0
+    inputs: int = 0
+    forward_passes: int = 0
 
 
 def window_starts(size: Sequence[int], patch: Sequence[int], step_size: float) -> list[list[int]]:
@@ -69,6 +85,7 @@ def predict_sliding_window(
     body_mask: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
+    stats: WindowStats | None = None,
 ) -> torch.Tensor:
     """Logits ``(classes, *spatial)`` (float32, CPU) for ``image`` ``(channels, *spatial)``.
 
@@ -84,6 +101,7 @@ def predict_sliding_window(
         body_mask: ``(*spatial)`` bool; windows without any True voxel are skipped and predicted background.
         device: where the network runs; stitching buffers stay on the CPU.
         progress: called with the number of windows done after each batch.
+        stats: counts of windows and forward passes are added to it.
     """
     spatial = tuple(image.shape[1:])
     patch = tuple(int(p) for p in patch)
@@ -101,9 +119,15 @@ def predict_sliding_window(
         tuple(slice(s, s + p) for s, p in zip(start, patch))
         for start in itertools.product(*window_starts(padded, patch, step_size))
     ]
+    total = len(windows)
     if body_mask is not None:
         windows = [w for w in windows if bool(body_mask[w].any())] or windows[:1]
     flips = mirror_combinations(mirror_axes)
+    if stats is not None:
+        stats.windows += total
+        stats.run += len(windows)
+        stats.inputs += len(windows) * len(flips)
+        stats.forward_passes += math.ceil(len(windows) * len(flips) / window_batch)
     weights_device = weights.to(device)
     # every (window, mirror) pair is one network input; pairs share forward passes of `window_batch` inputs
     jobs = [(index, flip) for index in range(len(windows)) for flip in flips]

@@ -368,8 +368,10 @@ class Trainer:
                 self._epoch(train_loader, val_loader)
                 self.epoch_walls.append(time.perf_counter() - epoch_started)
                 if self.budget is not None:
-                    fitted = self.budget.fit(self._elapsed_s(), self.epoch, self.epoch_walls)
-                    self.planned_epochs = self.dist.from_main(fitted)
+                    fitted = self.dist.from_main(self.budget.fit(self._elapsed_s(), self.epoch, self.epoch_walls))
+                    if fitted != self.planned_epochs and self.dist.is_main:  # the epoch logged the fit before it
+                        self.tracker.log_metrics({"planned_epochs": float(fitted)}, step=self.epoch - 1)
+                    self.planned_epochs = fitted
                 if (
                     self.train_config.max_wall_time_s
                     and time.perf_counter() - started > self.train_config.max_wall_time_s

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from nnseg.dataset import load_dataset
 from nnseg.dataset.reading import read_case_labels
-from nnseg.evaluation.summary import MetricAccumulator
+from nnseg.evaluation.summary import EvaluationSummary, MetricAccumulator
 from nnseg.inference.predictor import Predictor
 from nnseg.planning.plan import Plan
 from nnseg.progress import progress
@@ -27,25 +27,50 @@ def validate_fold(
     """
     fold = FoldPaths(fold_dir)
     predictor = Predictor.from_checkpoints([fold.final], device=device)
+    summary = score_cases(
+        predictor,
+        plan,
+        case_ids,
+        output=fold.validation,
+        desc=f"validation {configuration}",
+        show_progress=show_progress,
+    )
+    summary.write_json(fold.validation_summary)
+    return summary.to_dict()
+
+
+def score_cases(
+    predictor: Predictor,
+    plan: Plan,
+    case_ids: list[str],
+    *,
+    output: Path | None = None,
+    desc: str = "final validation",
+    show_progress: bool = True,
+) -> EvaluationSummary:
+    """Predict training cases of the plan's dataset from their raw images and score them against their labels.
+
+    ``output``: where ``<case><ending>`` and ``<case>.npz`` probabilities are written (None: nothing is written).
+    ``nnseg export --int8`` scores its fp32 and int8 exports through this too.
+    """
     dataset = load_dataset(plan.dataset_root)
-    out = fold.validation
     scores = MetricAccumulator({name: value for name, value in plan.labels.items() if value != 0})
-    for case_id in progress(
-        case_ids, total=len(case_ids), desc=f"validation {configuration}", unit="case", enabled=show_progress
-    ):
+    for case_id in progress(case_ids, total=len(case_ids), desc=desc, unit="case", enabled=show_progress):
         case = dataset.case(case_id)
-        target = out / f"{case_id}{dataset.file_ending}"
-        # probabilities are kept for find-best (ensembles of configurations, postprocessing decisions)
-        prediction = predictor.predict(list(case.image_files), target, save_probabilities=True)
         reference = read_case_labels(case)
+        target = None if output is None else output / f"{case_id}{dataset.file_ending}"
+        if target is None:
+            prediction = predictor.predict_files(list(case.image_files)).labels
+        else:
+            # probabilities are kept for find-best (ensembles of configurations, postprocessing decisions)
+            prediction = predictor.predict(list(case.image_files), target, save_probabilities=True)
         scores.add(
             case_id,
             prediction,
             reference.array,
             reference.geometry.spacing,
-            prediction_path=str(target),
+            prediction_path="" if target is None else str(target),
             reference_path=str(case.label_file),
         )
-    summary = scores.summary(str(out), str(dataset.root / "labelsTr"))
-    summary.write_json(fold.validation_summary)
-    return summary.to_dict()
+    where = "" if output is None else str(output)
+    return scores.summary(where, str(dataset.root / "labelsTr"))

@@ -240,7 +240,7 @@ def test_bad_export_input_is_one_line_exit_2(
 
 def test_export_api_errors_are_nnseg_errors(trained_work: Path, tmp_path: Path) -> None:
     with pytest.raises(NnsegError, match="--precision must be one of fp32"):
-        export_model(trained_work, tmp_path / "out", format="onnx", precision="int8")
+        export_model(trained_work, tmp_path / "out", format="onnx", precision="fp16")
     work = Path(shutil.copytree(trained_work / "models", tmp_path / "models"))
     with pytest.raises(NnsegError, match="fold_3: folder not found"):
         export_model(work / "3d_fullres", tmp_path / "out", format="onnx", folds=[3])

@@ -1,0 +1,224 @@
+"""``nnseg export --format openvino --int8``: NNCF post-training quantization of a fold, checked by Dice.
+
+Per fold: the fp32 IR (already checked against PyTorch) is quantized by :func:`nncf.quantize` on
+preprocessed patches of the fold's training cases (the plan's patch size, a third of them centred on
+foreground as training samples them, seeded), with NNCF's overflow fix on every layer (CPUs without
+VNNI can saturate int8 accumulators, which leaky-ReLU networks reach). Then the fold's validation cases
+(``splits.json``) are predicted from their raw images by the fp32 and by the int8 model through the
+predictor of ``nnseg predict`` and scored as final validation scores them
+(:func:`nnseg.training.validation.score_cases`). A mean Dice drop above ``max_dice_drop`` refuses the
+export unless forced. What the manifest records per fold (``quantization``)::
+
+    {"overflow_fix": "enable", "nncf_version": str,
+     "calibration": {"cases": [...], "patches": n, "seed": s, "oversample_foreground": f},
+     "validation_cases": [...],
+     "dice": {"fp32": {"mean": x, "per_class": {...}}, "int8": {...}, "change": {"mean": d, "per_class": {...}}},
+     "max_dice_drop": t, "forced": bool}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnseg.deploy import backends
+from nnseg.errors import NnsegError
+from nnseg.planning.plan import Plan
+from nnseg.schema import read_json
+from nnseg.workspace import Workspace
+
+#: default calibration patches per fold
+CALIBRATION_PATCHES = 32
+CALIBRATION_SEED = 0
+#: default largest mean-Dice drop (fp32 minus int8) an int8 export may show on the fold's validation cases
+MAX_DICE_DROP = 0.005
+#: fraction of calibration patches centred on foreground (training's default sampling)
+OVERSAMPLE_FOREGROUND = 1 / 3
+
+
+@dataclass(frozen=True)
+class QuantizationSettings:
+    """What ``--int8`` was asked for."""
+
+    calibration_patches: int = CALIBRATION_PATCHES
+    seed: int = CALIBRATION_SEED
+    max_dice_drop: float = MAX_DICE_DROP
+    force: bool = False
+
+    def check(self) -> None:
+        if isinstance(self.calibration_patches, bool) or not (
+            isinstance(self.calibration_patches, int) and self.calibration_patches >= 1
+        ):
+            raise NnsegError(f"--calibration-patches must be a positive integer, got {self.calibration_patches!r}")
+        if not isinstance(self.max_dice_drop, (int, float)) or math.isnan(self.max_dice_drop):
+            raise NnsegError(f"--max-dice-drop must be a number, got {self.max_dice_drop!r}")
+
+
+def require_nncf() -> Any:
+    """Import NNCF (and OpenVINO), or raise an NnsegError with the pip command that installs them."""
+    backends.require("openvino", "--int8")
+    try:
+        import nncf
+    except ImportError:
+        raise NnsegError("--int8 needs the nncf package: pip install 'nnseg[openvino]'") from None
+    return nncf
+
+
+def fold_cases(work: Path | None, fold: int | str) -> tuple[Path, list[str], list[str]]:
+    """(work folder, training cases, validation cases) of a cross-validation ``fold`` in ``work``'s splits.json."""
+    if work is None:
+        raise NnsegError(
+            "--int8: -m must be a work folder (or lie in one): calibration needs the fold's preprocessed "
+            "training cases and the Dice check its validation cases (splits.json)"
+        )
+    if str(fold) == "all":
+        raise NnsegError(
+            "--int8: fold_all has no validation cases to check the int8 model's Dice on; export a "
+            "cross-validation fold (-f 0 ...)"
+        )
+    path = Workspace(work).splits
+    splits = read_json(path, "splits file")
+    index = int(fold)
+    if not isinstance(splits, list) or not 0 <= index < len(splits) or not isinstance(splits[index], dict):
+        raise NnsegError(f"{path}: has no fold {fold}; the checkpoint's fold must be in the work folder's splits")
+    train, val = list(splits[index].get("train", [])), list(splits[index].get("val", []))
+    if not train or not val:
+        raise NnsegError(f"{path}: fold {fold} needs training and validation cases for --int8")
+    return work, train, val
+
+
+def calibration_patches(
+    work: Path, plan: Plan, configuration: str, case_ids: Sequence[str], count: int, seed: int
+) -> tuple[list[str], np.ndarray]:
+    """(case ids drawn, ``count`` patches ``(count, c, *patch)``) from the preprocessed cache, sampled as in
+    training (uniform cases, a third centred on foreground) with ``seed``."""
+    from nnseg.training.data import PatchSampler
+
+    config = plan.configuration(configuration)
+    sampler = PatchSampler(
+        Workspace(work).preprocessed(config.data_identifier),
+        sorted(case_ids),
+        config.patch_size,
+        count,
+        oversample_foreground=OVERSAMPLE_FOREGROUND,
+        dimensions=config.dimensions,
+        seed=seed,
+    )
+    batch = sampler.next_batch()
+    return list(batch.case_ids), batch.image
+
+
+def quantize_ir(source: Path, target: Path, patches: np.ndarray) -> None:
+    """Quantize the OpenVINO IR ``source`` to int8 on ``patches`` (one per calibration step) into ``target``."""
+    nncf = require_nncf()
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    ov = backends.require("openvino", "--int8")
+    model = ov.Core().read_model(str(source))
+    dataset = nncf.Dataset([patches[i : i + 1] for i in range(len(patches))])
+    with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars would mix with nnseg's output
+        quantized = nncf.quantize(
+            model,
+            dataset,
+            subset_size=len(patches),
+            advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE),
+        )
+    backends.save_openvino(quantized, target)
+
+
+def _dice(summary: Any) -> dict[str, Any]:
+    return {"mean": summary.mean_dice, "per_class": dict(summary.mean_dice_per_class)}
+
+
+def _defined(value: Any) -> Any:
+    """``value`` with undefined (NaN) figures as None, for JSON."""
+    if isinstance(value, dict):
+        return {k: _defined(v) for k, v in value.items()}
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _format(value: float) -> str:
+    return f"{value:+.4f}" if math.isfinite(value) else "undefined"
+
+
+def check_dice(
+    plan: Plan,
+    configuration: str,
+    fp32: Path,
+    int8: Path,
+    val_ids: Sequence[str],
+    settings: QuantizationSettings,
+    fold: int | str,
+    on_warning: Callable[[str], None],
+) -> dict[str, Any]:
+    """Score the fp32 and the int8 IR on ``val_ids`` through the same predictor; NnsegError (or, forced, a
+    warning) when the mean Dice drops by more than ``settings.max_dice_drop``."""
+    from nnseg.inference.predictor import Predictor
+    from nnseg.training.validation import score_cases
+
+    figures = {}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        runner = backends.OpenVinoRunner(path)
+        predictor = Predictor(plan, configuration, [], backend="openvino", device="cpu", runners=[runner])
+        summary = score_cases(predictor, plan, list(val_ids), desc=f"fold {fold} {name} Dice", show_progress=False)
+        figures[name] = _dice(summary)
+    change = {
+        "mean": figures["int8"]["mean"] - figures["fp32"]["mean"],
+        "per_class": {c: figures["int8"]["per_class"][c] - v for c, v in figures["fp32"]["per_class"].items()},
+    }
+    figures["change"] = change
+    drop = -change["mean"]
+    classes = ", ".join(f"{c} {_format(v)}" for c, v in change["per_class"].items())
+    text = (
+        f"fold {fold}: the int8 model's mean Dice on {len(val_ids)} validation case(s) is "
+        f"{figures['int8']['mean']:.4f} against fp32's {figures['fp32']['mean']:.4f} (change {_format(-drop)}; "
+        f"per class {classes}), more than --max-dice-drop {settings.max_dice_drop:g} below"
+    )
+    if not drop <= settings.max_dice_drop:  # NaN (no Dice defined) is not a pass either
+        if not settings.force:
+            raise NnsegError(f"{text}; nothing was exported. Export fp32, raise --max-dice-drop, or pass --force")
+        on_warning(f"{text}; written anyway (--force)")
+    return _defined(figures)
+
+
+def quantize_fold(
+    fp32: Path,
+    target: Path,
+    *,
+    work: Path | None,
+    plan: Plan,
+    configuration: str,
+    fold: int | str,
+    settings: QuantizationSettings,
+    on_warning: Callable[[str], None],
+) -> dict[str, Any]:
+    """Quantize one fold's fp32 IR into ``target`` and check its Dice; returns the manifest's ``quantization``."""
+    nncf = require_nncf()
+    work, train_ids, val_ids = fold_cases(work, fold)
+    drawn, patches = calibration_patches(
+        work, plan, configuration, train_ids, settings.calibration_patches, settings.seed
+    )
+    quantize_ir(fp32, target, patches)
+    dice = check_dice(plan, configuration, fp32, target, val_ids, settings, fold, on_warning)
+    return {
+        "overflow_fix": "enable",
+        "nncf_version": str(nncf.__version__),
+        "calibration": {
+            "cases": sorted(set(drawn)),
+            "patches": len(patches),
+            "seed": settings.seed,
+            "oversample_foreground": OVERSAMPLE_FOREGROUND,
+        },
+        "validation_cases": list(val_ids),
+        "dice": dice,
+        "max_dice_drop": settings.max_dice_drop,
+        "forced": settings.force
+        and not (dice["change"]["mean"] is not None and -dice["change"]["mean"] <= settings.max_dice_drop),
+    }

@@ -1,0 +1,73 @@
+"""Which checkpoints a model folder holds (one per fold), and where each came from."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnseg.checkpoint import Checkpoint
+from nnseg.errors import NnsegError
+from nnseg.workspace import FoldPaths, fold_folder_name, fold_folders
+
+
+def find_checkpoints(model_dir: str | os.PathLike, folds: Sequence[int | str] | None = None) -> list[Path]:
+    """One checkpoint per fold of ``model_dir`` (final, else best, else latest), for ``folds`` or every fold found.
+
+    ``model_dir`` may be a ``models/<config>`` folder, one ``fold_*`` folder or a checkpoint file. Without
+    ``folds``, ``fold_all`` (trained on every case) is used only when no cross-validation fold exists: averaging
+    it with the folds would weigh the same cases twice.
+    """
+    model_dir = Path(model_dir)
+    if model_dir.is_file():
+        return [model_dir]
+    if not model_dir.is_dir():
+        raise NnsegError(
+            f"{model_dir}: model not found; give a work folder (holding plans.json and models/), a "
+            "models/<config> folder, a fold_<k> folder or a checkpoint file"
+        )
+    if FoldPaths(model_dir).is_fold:
+        fold_dirs = [FoldPaths(model_dir)]
+    elif folds:
+        fold_dirs = [FoldPaths(model_dir / fold_folder_name(f)) for f in folds]
+    else:
+        fold_dirs = fold_folders(model_dir, cross_validation_only=True) or fold_folders(model_dir)
+    if not fold_dirs:
+        raise NnsegError(
+            f"{model_dir}: no fold_*/ folders; train a fold first (nnseg train) or point -m at a checkpoint file"
+        )
+    found = []
+    for fold in fold_dirs:
+        candidates = [path for path in fold.checkpoints_by_preference if path.is_file()]
+        if not candidates:
+            what = "folder not found" if not fold.root.is_dir() else "no checkpoint in it"
+            raise NnsegError(
+                f"{fold.root}: {what} (expected one of {', '.join(p.name for p in fold.checkpoints_by_preference)})"
+            )
+        found.append(candidates[0])
+    return found
+
+
+@dataclass(frozen=True)
+class CheckpointSource:
+    """Which checkpoint a predictor network came from, for the user to see."""
+
+    path: Path
+    checkpoint: Checkpoint
+
+    def describe(self) -> str:
+        c = self.checkpoint
+        state = "finished" if c.finished else "UNFINISHED"
+        return f"{c.configuration} fold {c.fold}: {self.path} ({state}, {c.epochs_trained} epoch(s))"
+
+    @property
+    def warning(self) -> str | None:
+        """Why this checkpoint may not be what the user wants, or None."""
+        if self.checkpoint.finished and self.path == FoldPaths(self.path.parent).final:
+            return None
+        return (
+            f"{self.path}: not the final checkpoint of a finished training ({self.checkpoint.epochs_trained} "
+            "epoch(s) done); predictions may be worse than the finished model's. Finish training with "
+            "nnseg train (it resumes) or choose the folds with -f"
+        )
