@@ -23,3 +23,15 @@ def rotation(degrees: float) -> np.ndarray:
     rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
     rx = np.array([[1, 0, 0], [0, np.cos(a / 2), -np.sin(a / 2)], [0, np.sin(a / 2), np.cos(a / 2)]])
     return rz @ rx
+
+
+def run_cli(args: list, capsys) -> tuple[int, str]:
+    """Exit code and stderr+stdout of ``nnseg ARGS`` run in this process (an uncaught exception fails the test)."""
+    from nnseg.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.err + captured.out

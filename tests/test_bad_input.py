@@ -16,18 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from nnseg.cli import main
 from nnseg.errors import NnsegError
-
-
-def run_cli(args: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Exit code and stderr+stdout of ``nnseg ARGS`` run in this process (an uncaught exception fails the test)."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
+from tests.helpers import run_cli
 
 
 def _raw(work: Path) -> Path:

@@ -20,18 +20,9 @@ from nnseg.deploy.export import FORMATS, Manifest, export_model, load_export
 from nnseg.errors import NnsegError
 from nnseg.io import read_volume
 from nnseg.networks import build_network
+from tests.helpers import run_cli
 
 CHECKPOINT = Path("models/3d_fullres/fold_0/checkpoint_final.pt")
-
-
-def run_cli(args: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Exit code and stderr+stdout of ``nnseg ARGS`` run in this process."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
 
 
 def raw_dataset(work: Path) -> Path:
