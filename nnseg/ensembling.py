@@ -64,6 +64,16 @@ class InferenceChoice:
         return cls(tuple(names), rule)
 
 
+def chosen_postprocessing(work: str | os.PathLike, configuration: str) -> PostprocessingRule | None:
+    """The postprocessing find-best chose for ``configuration`` (``<work>/inference.json``); None when the work
+    folder has no such file or the choice is for other configurations. A broken file raises NnsegError."""
+    path = Workspace(Path(work)).inference_choice
+    if not path.is_file():
+        return None
+    choice = InferenceChoice.load(path)
+    return choice.postprocessing if configuration in choice.configurations else None
+
+
 def _probability_files(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.npz")) if not p.name.startswith(".")}
 

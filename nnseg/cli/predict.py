@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from nnseg.cli.common import EXIT_BAD_INPUT, EXIT_OK, add_shard_options, launch_shard, warn
-from nnseg.errors import NnsegError
 from nnseg.options import (
     add_config_options,
     cli_type,
@@ -53,32 +52,23 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _model_location(model: Path, config: str, tracking_uri: str | None = None) -> tuple[Path, Path | None]:
-    """(checkpoint file, folder with fold_* or export folder; work folder when known). A registered model
-    (``models:/...``) is downloaded first (cached, hashes checked)."""
+    """(checkpoint file, folder with fold_* or export folder; the work folder when -m is it or its models/<config>,
+    whose find-best postprocessing then applies). A registered model (``models:/...``) is downloaded first
+    (cached, hashes checked)."""
     from nnseg.deploy.export import is_export
+    from nnseg.inference.checkpoints import locate_model
 
     if str(model).startswith("models:"):
         from nnseg.deploy.registry import resolve_model_uri
 
         model = resolve_model_uri(str(model), tracking_uri)  # <cache>/<model id>/models/<config>
-    if not model.exists():
-        raise NnsegError(
-            f"-m {model}: not found; give a work folder (holding plans.json and models/), a "
-            "models/<config> folder, a fold_<k> folder, a checkpoint file or an export folder"
-        )
-    if is_export(model):
+    if model.exists() and is_export(model):
         return model, None
-    work = Workspace.containing(model)
-    if work is not None and work.root == model:
-        if not work.models(config).is_dir():
-            raise NnsegError(
-                f"-m {model}: no trained {config} model in it (no {work.models(config)}); train it "
-                f"first (nnseg train --work {model} --config {config}) or choose another -c"
-            )
-        return work.models(config), model
-    if work is not None and work.models(model.name) == model:
-        return model, work.root
-    return model, None
+    kinds = "a models/<config> folder, a fold_<k> folder, a checkpoint file or an export folder"
+    location, work = locate_model(model, config, kinds=kinds)
+    if work is not None and (work.root == model or work.models(model.name) == model):
+        return location, work.root
+    return location, None
 
 
 def _run_predict(args: argparse.Namespace) -> int:
@@ -161,13 +151,10 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 def _load_postprocessing(work: Path, config: str):
     """The postprocessing rule chosen by find-best for this configuration, or None."""
-    from nnseg.ensembling import InferenceChoice
+    from nnseg.ensembling import chosen_postprocessing
 
-    path = Workspace.at(work).inference_choice
-    if not path.is_file():
-        return None
-    choice = InferenceChoice.load(path)
-    return choice.postprocessing.apply if config in choice.configurations else None
+    rule = chosen_postprocessing(work, config)
+    return None if rule is None else rule.apply
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:

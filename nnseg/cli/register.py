@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from nnseg.cli.common import EXIT_OK
+from nnseg.options import cli_type, fold
 
 
 def add_register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +28,14 @@ def add_register(sub: argparse._SubParsersAction) -> None:
         help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI, else the work folder's mlflow.db)",
     )
     p.add_argument("-c", "--config", default="3d_fullres", help="configuration of a work folder (default 3d_fullres)")
-    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to include (default: every trained fold)")
+    p.add_argument(
+        "-f",
+        "--folds",
+        nargs="+",
+        type=cli_type(fold, "--folds"),
+        default=None,
+        help="folds to include (default: every trained fold)",
+    )
     p.add_argument("--alias", default=None, help="also point this alias (e.g. champion) at the new version")
     p.add_argument("--experiment", default=None, help="experiment of the logged model (default: the dataset name)")
     p.set_defaults(handler=_run_register)
@@ -36,13 +44,12 @@ def add_register(sub: argparse._SubParsersAction) -> None:
 def _run_register(args: argparse.Namespace) -> int:
     from nnseg.deploy.registry import register_model
 
-    folds = [int(f) if f.isdigit() else f for f in args.folds] if args.folds else None
     name, version = register_model(
         args.model,
         args.name,
         tracking_uri=args.tracking_uri,
         configuration=args.config,
-        folds=folds,
+        folds=args.folds,
         alias=args.alias,
         experiment=args.experiment,
     )

@@ -277,22 +277,9 @@ def _check_output(output: Path) -> Path:
 
 def _locate(model: Path, configuration: str, folds: Sequence[int | str] | None) -> tuple[list[Path], Path | None]:
     """(checkpoint files, work folder or None) of ``-m``."""
-    from nnseg.inference.checkpoints import find_checkpoints
+    from nnseg.inference.checkpoints import find_checkpoints, locate_model
 
-    if not model.exists():
-        raise NnsegError(
-            f"-m {model}: not found; give a work folder (holding plans.json and models/), a "
-            "models/<config> folder, a fold_<k> folder or a checkpoint file"
-        )
-    work = Workspace.containing(model)
-    location = model
-    if work is not None and work.root == model:
-        location = work.models(configuration)
-        if not location.is_dir():
-            raise NnsegError(
-                f"-m {model}: no trained {configuration} model in it (no {location}); train it first "
-                f"(nnseg train --work {model} --config {configuration}) or choose another -c"
-            )
+    location, work = locate_model(model, configuration)
     return find_checkpoints(location, folds), None if work is None else work.root
 
 
@@ -385,12 +372,10 @@ def _parity(
 
 def _postprocessing(work: Path | None, configuration: str) -> dict[str, Any] | None:
     """``inference.json``'s postprocessing when it applies to ``configuration`` (as ``nnseg predict`` does)."""
-    if work is None or not Workspace(work).inference_choice.is_file():
-        return None
-    from nnseg.ensembling import InferenceChoice
+    from nnseg.ensembling import chosen_postprocessing
 
-    choice = InferenceChoice.load(Workspace(work).inference_choice)
-    return choice.postprocessing.to_dict() if configuration in choice.configurations else None
+    rule = None if work is None else chosen_postprocessing(work, configuration)
+    return None if rule is None else rule.to_dict()
 
 
 def _replace_folder(scratch: Path, output: Path) -> None:

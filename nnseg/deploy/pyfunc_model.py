@@ -76,15 +76,10 @@ class NnsegPyfuncModel(PythonModel):
         return self._predictors[device]
 
     def _postprocessing(self, predictor: Any) -> Any:
-        from nnseg.ensembling import InferenceChoice
-        from nnseg.workspace import Workspace
+        from nnseg.ensembling import chosen_postprocessing
 
-        path = Workspace(self._root).inference_choice
-        if not path.is_file():
-            return None
-        choice = InferenceChoice.load(path)
-        configuration = model_folder(self._root).name
-        return choice.postprocessing.apply if configuration in choice.configurations else None
+        rule = chosen_postprocessing(self._root, model_folder(self._root).name)
+        return None if rule is None else rule.apply
 
 
 def model_folder(root: Path) -> Path:

@@ -59,18 +59,12 @@ def register_model(
     Returns:
         ``(name, version)``.
     """
-    from nnseg.inference.checkpoints import find_checkpoints
+    from nnseg.inference.checkpoints import find_checkpoints, locate_model
 
     _check_name(name, "model name")
     if alias is not None:
         _check_name(alias, "alias")
-    model = Path(model)
-    work = Workspace.containing(model) if model.exists() else None
-    location = model
-    if work is not None and work.root == model:
-        location = work.models(configuration)
-        if not location.is_dir():
-            raise NnsegError(f"{model}: no trained {configuration} model in it (no {location}); choose another -c")
+    location, work = locate_model(Path(model), configuration)
     files = find_checkpoints(location, folds)
     checkpoints = _finished(files)
     uri = _tracking_uri(tracking_uri, work.root if work is not None else None)
@@ -156,7 +150,7 @@ def _stage(root: Path, files: list[Path], checkpoints: list[Checkpoint], work: W
     """Write the model folder (a small work folder) under ``root``; its manifest."""
     from nnseg import __version__
     from nnseg.deploy.pyfunc_model import LABELS_FILE, MANIFEST_FILE
-    from nnseg.ensembling import InferenceChoice
+    from nnseg.ensembling import chosen_postprocessing
     from nnseg.schema import to_jsonable
     from nnseg.tracking import file_sha256
 
@@ -171,11 +165,11 @@ def _stage(root: Path, files: list[Path], checkpoints: list[Checkpoint], work: W
     mini.plans.write_text(json.dumps(to_jsonable(first.plan), indent=2))
     (root / LABELS_FILE).write_text(json.dumps(to_jsonable(first.plan.labels), indent=2))
     postprocessing = None
-    if work is not None and work.inference_choice.is_file():
-        choice = InferenceChoice.load(work.inference_choice)  # a broken file fails here, not at predict time
-        if first.configuration in choice.configurations:
-            shutil.copyfile(work.inference_choice, mini.inference_choice)
-            postprocessing = choice.postprocessing.describe()
+    # a broken inference.json fails here, not at predict time
+    rule = None if work is None else chosen_postprocessing(work.root, first.configuration)
+    if work is not None and rule is not None:
+        shutil.copyfile(work.inference_choice, mini.inference_choice)
+        postprocessing = rule.describe()
     manifest = {
         "nnseg_version": __version__,
         "configuration": first.configuration,

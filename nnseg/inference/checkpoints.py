@@ -9,7 +9,27 @@ from pathlib import Path
 
 from nnseg.checkpoint import Checkpoint
 from nnseg.errors import NnsegError
-from nnseg.workspace import FoldPaths, fold_folder_name, fold_folders
+from nnseg.workspace import FoldPaths, Workspace, fold_folder_name, fold_folders
+
+#: what ``-m`` may name besides a work folder
+MODEL_KINDS = "a models/<config> folder, a fold_<k> folder or a checkpoint file"
+
+
+def locate_model(model: Path, configuration: str, *, kinds: str = MODEL_KINDS) -> tuple[Path, Workspace | None]:
+    """Where ``-m`` points: a work folder's ``models/<configuration>``, else ``model`` itself; and the work folder
+    it lies in (None outside one). A missing path or an untrained configuration raises NnsegError."""
+    if not model.exists():
+        raise NnsegError(f"-m {model}: not found; give a work folder (holding plans.json and models/), {kinds}")
+    work = Workspace.containing(model)
+    if work is not None and work.root == model:
+        location = work.models(configuration)
+        if not location.is_dir():
+            raise NnsegError(
+                f"-m {model}: no trained {configuration} model in it (no {location}); train it "
+                f"first (nnseg train --work {model} --config {configuration}) or choose another -c"
+            )
+        return location, work
+    return model, work
 
 
 def find_checkpoints(model_dir: str | os.PathLike, folds: Sequence[int | str] | None = None) -> list[Path]:

@@ -14,22 +14,13 @@ import pytest
 from nnseg.cli import main
 from nnseg.deploy.export import Manifest
 from nnseg.deploy.quantize import calibration_patches, fold_cases
+from tests.helpers import run_cli
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
 #: few patches keep the tests fast; the tiny fixture has 4 training cases in fold 0
 INT8 = ["--int8", "--calibration-patches", "4"]
-
-
-def run_cli(args: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Exit code and stderr+stdout of ``nnseg ARGS`` run in this process."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
 
 
 @pytest.fixture(scope="module")
