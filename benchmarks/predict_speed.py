@@ -1,14 +1,31 @@
-"""Inference speed on this CPU: ``nnseg predict`` vs ``nnUNetv2_predict``, same volumes, same plan, both with TTA.
+"""Inference on this CPU: ``nnUNetv2_predict`` against ``nnseg predict``, trained models, same held-out volumes.
 
-Both tools get a randomly initialised network of the identical topology (nnU-Net v2's default
-3d_fullres plan of the dataset, which ``nnseg plan`` reproduces; the time does not depend on
-the weights): nnU-Net's PlainConvUNet written as an nnU-Net model folder, nnseg's DynUNet as
-an nnseg checkpoint. Each tool predicts the same test images (mirroring on all axes, 50 %
-overlap, CPU); the table gives seconds per case and the ratio. Outputs are compared as a
-sanity check of the geometry only (different random weights give different labels).
+One CT phantom dataset (``--cases`` training cases, ``--test-cases`` held-out cases with labels).
+Both tools train fold 0 for the same budget (``--epochs`` x ``--iters`` iterations; nnU-Net through
+a trainer class this script writes into the nnU-Net install, ``nnUNetTrainer_nnsegBench<E>x<I>``,
+which changes only the schedule's length) on nnU-Net's default 3d_fullres plan, which
+``nnseg plan`` reproduces (the script checks patch and topology). nnseg also trains the ``cpu``
+preset's model for the same budget. Then every command predicts the held-out images, on the CPU:
 
-    .venv/bin/python benchmarks/predict_speed.py --nnunet-python /path/to/nnunet-venv/bin/python \\
-        [--cases 6] [--test-cases 3] [--shape 110,122,134]
+- nnUNetv2_predict: its default plan, TTA (all mirror axes), its defaults otherwise;
+- nnseg, same plan, torch, TTA full (the same work as nnU-Net);
+- nnseg, same plan, OpenVINO fp32, TTA full;
+- nnseg, same plan, OpenVINO int8 (``nnseg export --int8``, Dice-checked at export), TTA full;
+- nnseg, same plan, OpenVINO bf16 (``nnseg export --bf16``), TTA full, where the CPU has bf16;
+- nnseg, ``cpu`` preset model, every default (``nnseg predict -m WORK -i -o``);
+- the ``cpu`` model with ``--tta fast`` and with ``--skip-air yes`` (the Dice cost of each).
+
+Each command runs twice; the table gives the second run (OpenVINO's compiled model cached, files
+in the page cache), whole command (start-up, reading, writing), seconds per case, peak RSS of the
+process tree, and Dice per class on the held-out labels. The first run's seconds are in
+``results.json``.
+
+    .venv/bin/python benchmarks/predict_speed.py --nnunet-python /tmp/nnunet-venv/bin/python \\
+        [--out /tmp/nnseg_predict_speed] [--phase train|predict|all] [--epochs 12] [--iters 25]
+
+``--out`` keeps the dataset, the trained models and the exports: a second call re-uses them
+(``--phase predict`` measures only). Train while the machine is busy if you must; measure on a
+quiet one.
 """
 
 from __future__ import annotations
@@ -19,146 +36,276 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nnseg.api import plan
-from nnseg.checkpoint import Checkpoint
-from nnseg.io import read_volume
-from nnseg.networks import build_network
-from nnseg.synth import SynthConfig, generate_dataset
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-NNUNET_MODEL_SCRIPT = r"""
-import json, sys, torch
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-plans_file, dataset_json, out = sys.argv[1:4]
-plans = json.load(open(plans_file))
-arch = plans["configurations"]["3d_fullres"]["architecture"]
-net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
-                             len(json.load(open(dataset_json))["channel_names"]),
-                             len(json.load(open(dataset_json))["labels"]), deep_supervision=True)
-torch.save({"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer",
-            "init_args": {"configuration": "3d_fullres"}, "inference_allowed_mirroring_axes": (0, 1, 2)}, out)
-print(sum(p.numel() for p in net.parameters()))
-"""
+from _rss import run_measured  # noqa: E402
+
+from nnseg.api import plan  # noqa: E402
+from nnseg.evaluation import evaluate_folders  # noqa: E402
+from nnseg.preprocessing.preprocess import preprocess_dataset  # noqa: E402
+from nnseg.synth import SynthConfig, generate_dataset  # noqa: E402
+from nnseg.training.config import TrainConfig  # noqa: E402
+from nnseg.training.loop import train  # noqa: E402
+
+DATASET_ID = 998
+DATASET = f"Dataset{DATASET_ID}_PredictSpeed"
+
+TRAINER_TEMPLATE = '''"""Written by nnseg's benchmarks/predict_speed.py: nnUNetTrainer with a shorter schedule."""
+import torch
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
-def timed(command: list[str], env: dict[str, str] | None = None) -> float:
+class {name}(nnUNetTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = {epochs}
+        self.num_iterations_per_epoch = {iters}
+        self.num_val_iterations_per_epoch = 5
+'''
+
+NNUNET_LOCATE = "import nnunetv2, os; print(os.path.dirname(nnunetv2.__file__))"
+
+
+@dataclass
+class Row:
+    name: str
+    seconds: float
+    first_seconds: float
+    peak_mib: float
+    dice: dict[str, float]
+
+
+def nnunet_env(out: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (out / "nnunet" / key).mkdir(parents=True, exist_ok=True)
+        env[key] = str(out / "nnunet" / key)
+    env["nnUNet_n_proc_DA"] = "2"
+    env["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
+    return env
+
+
+def run(command: list[str], env: dict[str, str] | None = None) -> float:
     started = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"{command[0]} failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     return time.perf_counter() - started
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nnunet-python", required=True)
-    parser.add_argument("--cases", type=int, default=6)
-    parser.add_argument("--test-cases", type=int, default=3)
-    parser.add_argument("--shape", default="110,122,134")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    out = args.out or Path(tempfile.mkdtemp(prefix="nnseg_predict_bench_"))
+def make_dataset(out: Path, args: argparse.Namespace) -> Path:
     raw = out / "raw"
     if not (raw / "dataset.json").is_file():
         shape = tuple(int(s) for s in args.shape.split(","))
         generate_dataset(
             raw,
-            SynthConfig(num_cases=args.cases, num_test=args.test_cases, shape=shape, spacing=(1.0, 1.0, 1.0), seed=41),
+            SynthConfig(num_cases=args.cases, num_test=args.test_cases, shape=shape, seed=args.seed),  # type: ignore[arg-type]
             show_progress=False,
         )
-    nnunet_bin = Path(args.nnunet_python).parent
-    env = dict(os.environ)
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (out / "nnunet" / key).mkdir(parents=True, exist_ok=True)
-        env[key] = str(out / "nnunet" / key)
-    link = out / "nnunet" / "nnUNet_raw" / "Dataset999_Bench"
+    return raw
+
+
+def train_nnunet(out: Path, raw: Path, args: argparse.Namespace) -> tuple[Path, float | None]:
+    """nnU-Net's fold 0 at the benchmark's budget; (model folder, training seconds or None when reused)."""
+    env = nnunet_env(out)
+    bin_dir = Path(args.nnunet_python).parent
+    link = out / "nnunet" / "nnUNet_raw" / DATASET
     if not link.exists():
         link.symlink_to(raw.resolve())
-    timed([str(nnunet_bin / "nnUNetv2_plan_and_preprocess"), "-d", "999", "--no_pp", "-npfp", "2"], env)
-    plans_file = out / "nnunet" / "nnUNet_preprocessed" / "Dataset999_Bench" / "nnUNetPlans.json"
-    model = out / "nnunet" / "nnUNet_results" / "Dataset999_Bench" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-    (model / "fold_0").mkdir(parents=True, exist_ok=True)
-    shutil.copy(plans_file, model / "plans.json")
-    shutil.copy(raw / "dataset.json", model / "dataset.json")
-    nnunet_params = subprocess.run(
-        [
-            args.nnunet_python,
-            "-c",
-            NNUNET_MODEL_SCRIPT,
-            str(plans_file),
-            str(raw / "dataset.json"),
-            str(model / "fold_0" / "checkpoint_final.pth"),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    trainer = f"nnUNetTrainer_nnsegBench{args.epochs}x{args.iters}"
+    located = subprocess.run([args.nnunet_python, "-c", NNUNET_LOCATE], capture_output=True, text=True, check=True)
+    package = Path(located.stdout.strip())
+    trainer_file = package / "training" / "nnUNetTrainer" / "variants" / "nnseg_bench" / f"{trainer}.py"
+    if not trainer_file.is_file():
+        trainer_file.parent.mkdir(parents=True, exist_ok=True)
+        (trainer_file.parent / "__init__.py").touch()
+        trainer_file.write_text(TRAINER_TEMPLATE.format(name=trainer, epochs=args.epochs, iters=args.iters))
+    model = out / "nnunet" / "nnUNet_results" / DATASET / f"{trainer}__nnUNetPlans__3d_fullres"
+    if (model / "fold_0" / "checkpoint_final.pth").is_file():
+        return model, None
+    preprocessed = out / "nnunet" / "nnUNet_preprocessed" / DATASET / "nnUNetPlans_3d_fullres"
+    if not preprocessed.is_dir():
+        run(
+            [str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "2"],
+            env,
+        )
+    started = time.perf_counter()
+    run([str(bin_dir / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], env)
+    return model, time.perf_counter() - started
 
-    work = out / "nnseg_work"
-    ours = plan(raw, work, preset="default", show_progress=False).plan
-    config = ours.configuration("3d_fullres")
-    theirs = json.loads(plans_file.read_text())["configurations"]["3d_fullres"]
-    if list(config.patch_size) != theirs["patch_size"]:
-        raise RuntimeError(f"plans differ: nnseg patch {config.patch_size} vs nnU-Net {theirs['patch_size']}")
-    network = build_network(config.network, len(ours.channel_names), ours.num_classes)
-    checkpoint = Checkpoint.for_network(ours, "3d_fullres", network).save(
-        work / "models" / "3d_fullres" / "fold_0" / "checkpoint_final.pt"
+
+def train_nnseg(raw: Path, work: Path, preset: str, args: argparse.Namespace) -> float | None:
+    """nnseg's fold 0 at the benchmark's budget; training seconds, or None when reused."""
+    if (work / "models" / "3d_fullres" / "fold_0" / "checkpoint_final.pt").is_file():
+        return None
+    if not (work / "plans.json").is_file():
+        plan(raw, work, preset=preset, show_progress=False)
+    preprocess_dataset(work, configurations=["3d_fullres"], show_progress=False)
+    started = time.perf_counter()
+    train(
+        work,
+        TrainConfig(fold=0, epochs=args.epochs, iters_per_epoch=args.iters, val_iters=5, device="cpu", tracking=False),
+        show_progress=False,
+    )
+    return time.perf_counter() - started
+
+
+def check_same_plan(out: Path, work: Path) -> str:
+    """nnseg's default plan must equal nnU-Net's (patch, batch, kernels, strides, features); a one-line description."""
+    theirs = json.loads((out / "nnunet" / "nnUNet_preprocessed" / DATASET / "nnUNetPlans.json").read_text())
+    config = theirs["configurations"]["3d_fullres"]
+    ours = json.loads((work / "plans.json").read_text())["configurations"]["3d_fullres"]
+    kwargs = config["architecture"]["arch_kwargs"]
+    pairs = {
+        "patch": (ours["patch_size"], config["patch_size"]),
+        "batch": (ours["batch_size"], config["batch_size"]),
+        "kernels": (ours["network"]["kernel_sizes"], kwargs["kernel_sizes"]),
+        "strides": (ours["network"]["strides"], kwargs["strides"]),
+        "features": (ours["network"]["features_per_stage"], kwargs["features_per_stage"]),
+    }
+    differ = {k: v for k, v in pairs.items() if list(map(list, v[0]) if k in ("kernels", "strides") else v[0]) != v[1]}
+    if differ:
+        raise RuntimeError(f"nnseg's default plan differs from nnU-Net's: {differ}")
+    return (
+        f"patch {config['patch_size']}, batch {config['batch_size']}, "
+        f"features {kwargs['features_per_stage'][0]}..{kwargs['features_per_stage'][-1]}"
     )
 
-    test_images = raw / "imagesTs"
-    n = len(list(test_images.glob("*_0000.nii.gz")))
-    their_out, our_out = out / "pred_nnunet", out / "pred_nnseg"
-    shutil.rmtree(their_out, ignore_errors=True)
-    shutil.rmtree(our_out, ignore_errors=True)
-    their_seconds = timed(
-        [
-            str(nnunet_bin / "nnUNetv2_predict"),
-            "-i",
-            str(test_images),
-            "-o",
-            str(their_out),
-            "-d",
-            "999",
-            "-c",
-            "3d_fullres",
-            "-f",
-            "0",
-            "-device",
-            "cpu",
-            "--disable_progress_bar",
-        ],
-        env,
+
+def dice(predictions: Path, raw: Path) -> dict[str, float]:
+    labels = json.loads((raw / "dataset.json").read_text())["labels"]
+    summary = evaluate_folders(
+        predictions, raw / "labelsTs", {k: v for k, v in labels.items() if v}, show_progress=False
     )
-    our_seconds = timed(
-        [
-            str(Path(sys.executable).with_name("nnseg")),
-            "predict",
-            "-i",
-            str(test_images),
-            "-o",
-            str(our_out),
-            "-m",
-            str(checkpoint),
-            "--device",
-            "cpu",
-        ]
-    )
-    for path in sorted(their_out.glob("*.nii.gz")):
-        a, b = read_volume(path), read_volume(our_out / path.name)
-        if a.array.shape != b.array.shape or abs(a.geometry.affine - b.geometry.affine).max() > 1e-4:
-            raise RuntimeError(f"{path.name}: outputs differ in shape or geometry")
-    ours_params = sum(p.numel() for p in network.parameters())
+    per_class = summary.mean_dice_per_class()
+    return {**per_class, "mean": sum(per_class.values()) / len(per_class)}
+
+
+def measure(name: str, command: list[str], output: Path, raw: Path, env: dict[str, str] | None = None) -> Row:
+    """Run ``command`` twice into a fresh ``output``; the second run counts."""
+    times = []
+    peak = 0.0
+    for _ in range(2):
+        shutil.rmtree(output, ignore_errors=True)
+        measured = run_measured(command, env)
+        times.append(measured.seconds)
+        peak = measured.peak_mib
+    row = Row(name, times[1], times[0], peak, dice(output, raw))
+    print(f"  {name}: {row.seconds:.1f} s (first {row.first_seconds:.1f} s), {peak:.0f} MiB, ", end="")
+    print(f"Dice {row.dice['mean']:.4f}")
+    return row
+
+
+def bf16_supported() -> bool:
+    try:
+        import openvino as ov
+    except ImportError:
+        return False
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def predict_all(out: Path, raw: Path, nnunet_model: Path, args: argparse.Namespace) -> list[Row]:
+    nnseg_bin = str(Path(sys.executable).with_name("nnseg"))
+    same, cpu = out / "nnseg_same_plan", out / "nnseg_cpu"
+    images, pred = raw / "imagesTs", out / "predictions"
+    exports = out / "exports"
+    int8, bf16 = exports / "int8", exports / "bf16"
+    export = [nnseg_bin, "export", "-m", str(same), "-f", "0", "--format", "openvino", "--force", "-o"]
+    if not (int8 / "manifest.json").is_file():
+        print(run_measured([*export, str(int8), "--int8"]).stdout.strip())
+    has_bf16 = bf16_supported()
+    if has_bf16 and not (bf16 / "manifest.json").is_file():
+        print(run_measured([*export, str(bf16), "--bf16"]).stdout.strip())
+    nnunet_cmd = [
+        str(Path(args.nnunet_python).parent / "nnUNetv2_predict"),
+        "-i", str(images), "-o", str(pred / "nnunet"), "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0",
+        "-tr", nnunet_model.name.split("__")[0], "-device", "cpu", "--disable_progress_bar",
+    ]  # fmt: skip
+
+    def ours(model: Path, folder: str, *extra: str) -> list[str]:
+        return [nnseg_bin, "predict", "-m", str(model), "-i", str(images), "-o", str(pred / folder), *extra]
+
+    rows = [measure("nnUNetv2_predict (default plan, TTA)", nnunet_cmd, pred / "nnunet", raw, nnunet_env(out))]
+    variants = [
+        ("nnseg same plan, torch fp32, TTA full", ours(same, "same_torch", "--backend", "torch"), "same_torch"),
+        ("nnseg same plan, OpenVINO fp32, TTA full", ours(same, "same_ov", "--backend", "openvino"), "same_ov"),
+        ("nnseg same plan, OpenVINO int8, TTA full", ours(int8, "same_int8"), "same_int8"),
+    ]
+    if has_bf16:
+        variants.append(("nnseg same plan, OpenVINO bf16, TTA full", ours(bf16, "same_bf16"), "same_bf16"))
+    variants += [
+        ("nnseg default: cpu preset, every default", ours(cpu, "cpu_default"), "cpu_default"),
+        ("nnseg cpu preset, --tta fast", ours(cpu, "cpu_fast", "--tta", "fast"), "cpu_fast"),
+        ("nnseg cpu preset, --skip-air yes", ours(cpu, "cpu_skip", "--skip-air", "yes"), "cpu_skip"),
+    ]
+    rows += [measure(name, command, pred / folder, raw) for name, command, folder in variants]
+    return rows
+
+
+def table(rows: list[Row], cases: int) -> str:
+    classes = [c for c in rows[0].dice if c != "mean"]
+    base = rows[0].seconds
+    dice_columns = " | ".join(f"Dice {c}" for c in classes)
+    lines = [
+        f"| command | s / case | speed-up vs nnU-Net | peak RSS (MiB) | {dice_columns} | mean Dice |",
+        "|---|---:|---:|---:|" + "---:|" * (len(classes) + 1),
+    ]
+    for row in rows:
+        figures = " | ".join(f"{row.dice[c]:.4f}" for c in [*classes, "mean"])
+        lines.append(
+            f"| {row.name} | {row.seconds / cases:.2f} | {base / row.seconds:.2f}x | {row.peak_mib:.0f} | {figures} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nnunet-python", required=True, help="python of a venv with nnunetv2 installed")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/nnseg_predict_speed"))
+    parser.add_argument("--phase", choices=("train", "predict", "all"), default="all")
+    parser.add_argument("--cases", type=int, default=12)
+    parser.add_argument("--test-cases", type=int, default=4)
+    parser.add_argument("--shape", default="72,88,88")
+    parser.add_argument("--seed", type=int, default=41)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--iters", type=int, default=25)
+    args = parser.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    raw = make_dataset(out, args)
+    results_file = out / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    nnunet_model, seconds = train_nnunet(out, raw, args)
+    results.setdefault("train_seconds", {})
+    if seconds is not None:
+        results["train_seconds"]["nnunet"] = seconds
+    for name, preset in (("nnseg_same_plan", "default"), ("nnseg_cpu", "cpu")):
+        seconds = train_nnseg(raw, out / name, preset, args)
+        if seconds is not None:
+            results["train_seconds"][name] = seconds
+    results["plan"] = check_same_plan(out, out / "nnseg_same_plan")
+    results["budget"] = f"{args.epochs} x {args.iters} iterations, fold 0"
+    results_file.write_text(json.dumps(results, indent=2))
+    print(f"trained ({results['budget']}); default plan {results['plan']}; training seconds {results['train_seconds']}")
+    if args.phase == "train":
+        return 0
+    cases = len(list((raw / "imagesTs").glob("*_0000.nii.gz")))
+    rows = predict_all(out, raw, nnunet_model, args)
+    results["rows"] = [asdict(r) for r in rows]
+    results["cases"] = cases
+    results_file.write_text(json.dumps(results, indent=2))
     print(
-        f"{n} test cases of ~{args.shape} voxels; 3d_fullres patch {config.patch_size}, "
-        f"{config.network.n_stages} stages; parameters nnU-Net {nnunet_params}, nnseg {ours_params}; CPU, TTA on"
+        f"\n{cases} held-out CT phantoms of ~{args.shape} voxels; models trained {results['budget']}; "
+        f"nnU-Net's default plan: {results['plan']}; CPU ({os.cpu_count()} cores); second of two runs, "
+        "whole command\n"
     )
-    print("| tool | total (s) | s / case |\n|---|---:|---:|")
-    print(f"| nnUNetv2_predict | {their_seconds:.1f} | {their_seconds / n:.1f} |")
-    print(f"| nnseg predict | {our_seconds:.1f} | {our_seconds / n:.1f} |")
-    print(f"speed-up nnU-Net / nnseg: {their_seconds / our_seconds:.2f}x (includes start-up of each command)")
+    print(table(rows, cases))
     return 0
 
 

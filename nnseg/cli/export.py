@@ -37,12 +37,19 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     # no argparse choices: an unknown format gets the same one-line NnsegError as from the Python API
     p.add_argument("--format", required=True, metavar="FORMAT", help=" | ".join(FORMATS))
     p.add_argument("-o", "--output", type=Path, required=True, help="export folder (created; an export is replaced)")
-    q = p.add_argument_group("int8 (OpenVINO)")
-    q.add_argument(
+    q = p.add_argument_group("reduced precision (OpenVINO)")
+    reduced = q.add_mutually_exclusive_group()
+    reduced.add_argument(
         "--int8",
         action="store_true",
         help="quantize with NNCF (post-training, calibrated on the fold's preprocessed training patches) and "
         "check the Dice on the fold's validation cases against fp32; needs -m in a work folder",
+    )
+    reduced.add_argument(
+        "--bf16",
+        action="store_true",
+        help="run in bf16 (CPUs with AVX512-BF16/AMX) after the same Dice check against fp32; needs -m in a work "
+        "folder",
     )
     q.add_argument(
         "--calibration-patches",
@@ -65,7 +72,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
         metavar="D",
         help=f"refuse when the mean validation Dice drops by more than D (default {MAX_DICE_DROP:g})",
     )
-    q.add_argument("--force", action="store_true", help="write the int8 export even when its Dice drops more")
+    q.add_argument("--force", action="store_true", help="write the int8/bf16 export even when its Dice drops more")
     p.set_defaults(handler=_run_export)
 
 
@@ -79,13 +86,22 @@ def _run_export(args: argparse.Namespace) -> int:
         for name, given in (
             ("--calibration-patches", args.calibration_patches != QuantizationSettings.calibration_patches),
             ("--calibration-seed", args.calibration_seed != QuantizationSettings.seed),
-            ("--max-dice-drop", args.max_dice_drop != QuantizationSettings.max_dice_drop),
-            ("--force", args.force),
         )
         if given
     ]
     if int8_options and not args.int8:
         raise NnsegError(f"{', '.join(int8_options)}: only with --int8")
+    checked_options = [
+        name
+        for name, given in (
+            ("--max-dice-drop", args.max_dice_drop != QuantizationSettings.max_dice_drop),
+            ("--force", args.force),
+        )
+        if given
+    ]
+    if checked_options and not (args.int8 or args.bf16):
+        raise NnsegError(f"{', '.join(checked_options)}: only with --int8 or --bf16")
+    precision = "int8" if args.int8 else "bf16" if args.bf16 else "fp32"
     settings = QuantizationSettings(args.calibration_patches, args.calibration_seed, args.max_dice_drop, args.force)
     manifest = export_model(
         args.model,
@@ -93,7 +109,7 @@ def _run_export(args: argparse.Namespace) -> int:
         format=args.format,
         folds=args.folds,
         configuration=args.config,
-        precision="int8" if args.int8 else "fp32",
+        precision=precision,
         quantization=settings,
         on_warning=warn,
     )
@@ -105,11 +121,12 @@ def _run_export(args: argparse.Namespace) -> int:
         if entry.quantization is not None:
             dice = entry.quantization["dice"]
             classes = ", ".join(f"{c} {v:+.4f}" for c, v in dice["change"]["per_class"].items())
+            calibration = entry.quantization.get("calibration")
             print(
-                f"fold {entry.fold}: int8 mean Dice {dice['int8']['mean']:.4f} vs fp32 {dice['fp32']['mean']:.4f} "
-                f"on {len(entry.quantization['validation_cases'])} validation case(s) (change "
-                f"{dice['change']['mean']:+.4f}; {classes}), calibrated on "
-                f"{entry.quantization['calibration']['patches']} patches"
+                f"fold {entry.fold}: {precision} mean Dice {dice[precision]['mean']:.4f} vs fp32 "
+                f"{dice['fp32']['mean']:.4f} on {len(entry.quantization['validation_cases'])} validation case(s) "
+                f"(change {dice['change']['mean']:+.4f}; {classes})"
+                + (f", calibrated on {calibration['patches']} patches" if calibration else "")
             )
     print(f"wrote {manifest.describe(args.output)}; predict with: nnseg predict -m {args.output} -i IMAGES -o OUT")
     return EXIT_OK

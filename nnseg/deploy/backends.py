@@ -116,14 +116,26 @@ class OnnxRuntimeRunner:
         return torch.from_numpy(self.session.run(None, {self.input_name: _numpy(batch)})[0])
 
 
+def openvino_has_bf16() -> bool:
+    """Whether OpenVINO runs bf16 natively on this CPU (AVX512-BF16 or AMX)."""
+    ov = require("openvino", "--bf16")
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 class OpenVinoRunner:
-    """An OpenVINO model (``ov.Model`` or an IR ``.xml`` path) compiled for the CPU."""
+    """An OpenVINO model (``ov.Model`` or an IR ``.xml`` path) compiled for the CPU.
+
+    ``precision="bf16"`` on a CPU without bf16 runs in f32 (at least as accurate, slower) with a warning.
+    """
 
     def __init__(self, model: Any, *, precision: str = "f32") -> None:
         if precision not in OPENVINO_PRECISIONS:
             raise NnsegError(f"OpenVINO precision must be one of {', '.join(OPENVINO_PRECISIONS)}, got {precision!r}")
         ov = require("openvino", "--backend openvino")
         core = ov.Core()
+        if precision == "bf16" and not openvino_has_bf16():
+            warnings.warn("this CPU has no bf16 support in OpenVINO: the bf16 export runs in f32", stacklevel=2)
+            precision = "f32"
         if isinstance(model, (str, os.PathLike)):
             model = core.read_model(str(model))
         self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision})

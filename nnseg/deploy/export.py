@@ -15,6 +15,8 @@ by more than the tolerance fails the export, and nothing is written (the folder 
 ``precision="int8"`` (``--format openvino --int8``): each fold's fp32 IR, once it passed the parity check
 (its figures are the ones listed), is quantized by NNCF and checked by the Dice on the fold's validation
 cases (:mod:`nnseg.deploy.quantize`); the fold's ``quantization`` entry records calibration and Dice.
+``precision="bf16"`` (``--format openvino --bf16``, CPUs with bf16 only): the fp32 IR, run by OpenVINO in
+bf16, Dice-checked the same way.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 
 from nnseg.checkpoint import Checkpoint, CheckpointError, load_weights
 from nnseg.deploy import backends
-from nnseg.deploy.quantize import QuantizationSettings, fold_cases, quantize_fold, require_nncf
+from nnseg.deploy.quantize import QuantizationSettings, bf16_fold, fold_cases, quantize_fold, require_nncf
 from nnseg.errors import NnsegError
 from nnseg.networks import build_network
 from nnseg.planning.plan import Plan
@@ -42,9 +44,9 @@ from nnseg.workspace import Workspace, fold_folder_name
 FORMATS = ("onnx", "openvino", "torchscript")
 #: the runtime that runs each format
 RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino", "torchscript": "torch"}
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "bf16")
 #: the OpenVINO inference precision hint of each export precision (int8 layers run in int8 whatever the hint)
-_OPENVINO_HINTS = {"fp32": "f32", "int8": "f32"}
+_OPENVINO_HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 #: largest |logit difference| from PyTorch an fp32 export may show
@@ -157,10 +159,15 @@ def export_model(
         raise NnsegError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     if precision not in PRECISIONS:
         raise NnsegError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "fp32" and format != "openvino":
+        raise NnsegError(f"--{precision} applies to --format openvino only, not --format {format}")
     if precision == "int8":
-        if format != "openvino":
-            raise NnsegError(f"--int8 applies to --format openvino only, not --format {format}")
         require_nncf()
+    if precision == "bf16" and not backends.openvino_has_bf16():
+        raise NnsegError(
+            "--bf16: this CPU has no bf16 support in OpenVINO (OPTIMIZATION_CAPABILITIES lacks BF16), so the Dice "
+            "check cannot run in bf16; export fp32 (or --int8)"
+        )
     settings = quantization or QuantizationSettings()
     settings.check()
     warn = on_warning or _warn
@@ -178,9 +185,9 @@ def export_model(
         if checkpoint.configuration != first.configuration or checkpoint.plan != first.plan:
             raise NnsegError(f"{path}: checkpoint was trained with another plan/configuration than {files[0]}")
     config_plan = first.plan.configuration(first.configuration)
-    if precision == "int8":
+    if precision != "fp32":
         for checkpoint in checkpoints:
-            fold_cases(work, checkpoint.fold)  # a fold without splits fails before any conversion
+            fold_cases(work, checkpoint.fold, precision)  # a fold without splits fails before any conversion
     channels = len(first.plan.channel_names)
     samples = {"random": _random_patches(random_patches, channels, config_plan.patch_size)}
     real = _real_patches(work, config_plan.data_identifier, config_plan.patch_size, real_cases)
@@ -198,7 +205,17 @@ def export_model(
             runner = _runner(format, folder / name, "fp32")
             parity = _parity(reference, runner, samples["random"], real, tolerance, checkpoint.fold, format)
             quantized = None
-            if precision == "int8":
+            if precision == "bf16":
+                quantized = bf16_fold(
+                    folder / name,
+                    work=work,
+                    plan=first.plan,
+                    configuration=first.configuration,
+                    fold=checkpoint.fold,
+                    settings=settings,
+                    on_warning=warn,
+                )
+            elif precision == "int8":
                 quantized = quantize_fold(
                     folder / name,
                     scratch / name,

@@ -1,4 +1,5 @@
-"""``nnseg export --format openvino --int8``: NNCF post-training quantization of a fold, checked by Dice.
+"""Reduced precision for ``nnseg export --format openvino``: ``--int8`` (NNCF post-training quantization) and
+``--bf16`` (OpenVINO's bf16 inference on CPUs that have it), each checked by Dice.
 
 Per fold: the fp32 IR (already checked against PyTorch) is quantized by :func:`nncf.quantize` on
 preprocessed patches of the fold's training cases (the plan's patch size, a third of them centred on
@@ -7,7 +8,10 @@ VNNI can saturate int8 accumulators, which leaky-ReLU networks reach). Then the 
 (``splits.json``) are predicted from their raw images by the fp32 and by the int8 model through the
 predictor of ``nnseg predict`` and scored as final validation scores them
 (:func:`nnseg.training.validation.score_cases`). A mean Dice drop above ``max_dice_drop`` refuses the
-export unless forced. What the manifest records per fold (``quantization``)::
+export unless forced. ``--bf16`` keeps the fp32 IR and records ``precision: bf16`` in the manifest, so
+OpenVINO runs it with ``INFERENCE_PRECISION_HINT=bf16``; it is checked the same way (no calibration).
+What the manifest records per fold (``quantization``; for bf16 without the NNCF and calibration keys,
+and ``bf16`` in place of ``int8``)::
 
     {"overflow_fix": "enable", "nncf_version": str,
      "calibration": {"cases": [...], "patches": n, "seed": s, "oversample_foreground": f},
@@ -71,16 +75,17 @@ def require_nncf() -> Any:
     return nncf
 
 
-def fold_cases(work: Path | None, fold: int | str) -> tuple[Path, list[str], list[str]]:
+def fold_cases(work: Path | None, fold: int | str, precision: str = "int8") -> tuple[Path, list[str], list[str]]:
     """(work folder, training cases, validation cases) of a cross-validation ``fold`` in ``work``'s splits.json."""
     if work is None:
+        calibration = " and calibration its preprocessed training cases" if precision == "int8" else ""
         raise NnsegError(
-            "--int8: -m must be a work folder (or lie in one): calibration needs the fold's preprocessed "
-            "training cases and the Dice check its validation cases (splits.json)"
+            f"--{precision}: -m must be a work folder (or lie in one): the Dice check needs the fold's "
+            f"validation cases (splits.json){calibration}"
         )
     if str(fold) == "all":
         raise NnsegError(
-            "--int8: fold_all has no validation cases to check the int8 model's Dice on; export a "
+            f"--{precision}: fold_all has no validation cases to check the {precision} model's Dice on; export a "
             "cross-validation fold (-f 0 ...)"
         )
     path = Workspace(work).splits
@@ -90,7 +95,7 @@ def fold_cases(work: Path | None, fold: int | str) -> tuple[Path, list[str], lis
         raise NnsegError(f"{path}: has no fold {fold}; the checkpoint's fold must be in the work folder's splits")
     train, val = list(splits[index].get("train", [])), list(splits[index].get("val", []))
     if not train or not val:
-        raise NnsegError(f"{path}: fold {fold} needs training and validation cases for --int8")
+        raise NnsegError(f"{path}: fold {fold} needs training and validation cases for --{precision}")
     return work, train, val
 
 
@@ -151,34 +156,33 @@ def _format(value: float) -> str:
 def check_dice(
     plan: Plan,
     configuration: str,
-    fp32: Path,
-    int8: Path,
+    runners: dict[str, backends.WindowRunner],
     val_ids: Sequence[str],
     settings: QuantizationSettings,
     fold: int | str,
     on_warning: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Score the fp32 and the int8 IR on ``val_ids`` through the same predictor; NnsegError (or, forced, a
-    warning) when the mean Dice drops by more than ``settings.max_dice_drop``."""
+    """Score ``runners`` (``{"fp32": ..., precision: ...}``) on ``val_ids`` through the same predictor; NnsegError
+    (or, forced, a warning) when the reduced precision's mean Dice is more than ``settings.max_dice_drop`` below."""
     from nnseg.inference.predictor import Predictor
     from nnseg.training.validation import score_cases
 
+    (reduced,) = (name for name in runners if name != "fp32")
     figures = {}
-    for name, path in (("fp32", fp32), ("int8", int8)):
-        runner = backends.OpenVinoRunner(path)
+    for name, runner in runners.items():
         predictor = Predictor(plan, configuration, [], backend="openvino", device="cpu", runners=[runner])
         summary = score_cases(predictor, plan, list(val_ids), desc=f"fold {fold} {name} Dice", show_progress=False)
         figures[name] = _dice(summary)
     change = {
-        "mean": figures["int8"]["mean"] - figures["fp32"]["mean"],
-        "per_class": {c: figures["int8"]["per_class"][c] - v for c, v in figures["fp32"]["per_class"].items()},
+        "mean": figures[reduced]["mean"] - figures["fp32"]["mean"],
+        "per_class": {c: figures[reduced]["per_class"][c] - v for c, v in figures["fp32"]["per_class"].items()},
     }
     figures["change"] = change
     drop = -change["mean"]
     classes = ", ".join(f"{c} {_format(v)}" for c, v in change["per_class"].items())
     text = (
-        f"fold {fold}: the int8 model's mean Dice on {len(val_ids)} validation case(s) is "
-        f"{figures['int8']['mean']:.4f} against fp32's {figures['fp32']['mean']:.4f} (change {_format(-drop)}; "
+        f"fold {fold}: the {reduced} model's mean Dice on {len(val_ids)} validation case(s) is "
+        f"{figures[reduced]['mean']:.4f} against fp32's {figures['fp32']['mean']:.4f} (change {_format(-drop)}; "
         f"per class {classes}), more than --max-dice-drop {settings.max_dice_drop:g} below"
     )
     if not drop <= settings.max_dice_drop:  # NaN (no Dice defined) is not a pass either
@@ -186,6 +190,37 @@ def check_dice(
             raise NnsegError(f"{text}; nothing was exported. Export fp32, raise --max-dice-drop, or pass --force")
         on_warning(f"{text}; written anyway (--force)")
     return _defined(figures)
+
+
+def _checked(dice: dict[str, Any], val_ids: Sequence[str], settings: QuantizationSettings) -> dict[str, Any]:
+    """The manifest entries of a Dice check."""
+    change = dice["change"]["mean"]
+    return {
+        "validation_cases": list(val_ids),
+        "dice": dice,
+        "max_dice_drop": settings.max_dice_drop,
+        "forced": settings.force and not (change is not None and -change <= settings.max_dice_drop),
+    }
+
+
+def bf16_fold(
+    ir: Path,
+    *,
+    work: Path | None,
+    plan: Plan,
+    configuration: str,
+    fold: int | str,
+    settings: QuantizationSettings,
+    on_warning: Callable[[str], None],
+) -> dict[str, Any]:
+    """Check one fold's fp32 IR run in bf16 against fp32 by Dice; returns the manifest's ``quantization``."""
+    _, _, val_ids = fold_cases(work, fold, "bf16")
+    runners: dict[str, backends.WindowRunner] = {
+        "fp32": backends.OpenVinoRunner(ir),
+        "bf16": backends.OpenVinoRunner(ir, precision="bf16"),
+    }
+    dice = check_dice(plan, configuration, runners, val_ids, settings, fold, on_warning)
+    return {"inference_precision_hint": "bf16", **_checked(dice, val_ids, settings)}
 
 
 def quantize_fold(
@@ -206,7 +241,11 @@ def quantize_fold(
         work, plan, configuration, train_ids, settings.calibration_patches, settings.seed
     )
     quantize_ir(fp32, target, patches)
-    dice = check_dice(plan, configuration, fp32, target, val_ids, settings, fold, on_warning)
+    runners: dict[str, backends.WindowRunner] = {
+        "fp32": backends.OpenVinoRunner(fp32),
+        "int8": backends.OpenVinoRunner(target),
+    }
+    dice = check_dice(plan, configuration, runners, val_ids, settings, fold, on_warning)
     return {
         "overflow_fix": "enable",
         "nncf_version": str(nncf.__version__),
@@ -216,9 +255,5 @@ def quantize_fold(
             "seed": settings.seed,
             "oversample_foreground": OVERSAMPLE_FOREGROUND,
         },
-        "validation_cases": list(val_ids),
-        "dice": dice,
-        "max_dice_drop": settings.max_dice_drop,
-        "forced": settings.force
-        and not (dice["change"]["mean"] is not None and -dice["change"]["mean"] <= settings.max_dice_drop),
+        **_checked(dice, val_ids, settings),
     }

@@ -110,8 +110,11 @@ def test_force_writes_with_a_warning(int8_export: tuple[Path, str]) -> None:
     [
         (["--format", "onnx", "--int8"], "--int8 applies to --format openvino only, not --format onnx"),
         (["--format", "torchscript", "--int8"], "--int8 applies to --format openvino only"),
-        (["--format", "openvino", "--force"], "--force: only with --int8"),
-        (["--format", "openvino", "--max-dice-drop", "0.1"], "--max-dice-drop: only with --int8"),
+        (["--format", "openvino", "--force"], "--force: only with --int8 or --bf16"),
+        (["--format", "openvino", "--max-dice-drop", "0.1"], "--max-dice-drop: only with --int8 or --bf16"),
+        (["--format", "openvino", "--bf16", "--calibration-patches", "3"], "--calibration-patches: only with --int8"),
+        (["--format", "onnx", "--bf16"], "--bf16 applies to --format openvino only, not --format onnx"),
+        (["--format", "openvino", "--bf16", "--int8"], "not allowed with argument"),
         (["--format", "openvino", "--int8", "--calibration-patches", "0"], "--calibration-patches"),
     ],
 )
@@ -133,3 +136,49 @@ def test_int8_needs_a_cross_validation_fold_of_a_work_folder(
     lone.write_bytes(checkpoint.read_bytes())
     code, output = run_cli(["export", "-m", lone, "--format", "openvino", "--int8", "-o", tmp_path / "e"], capsys)
     assert code == 2 and "--int8: -m must be a work folder" in output
+
+
+needs_bf16 = pytest.mark.skipif(
+    not __import__("nnseg.deploy.backends", fromlist=["x"]).openvino_has_bf16(), reason="this CPU has no bf16"
+)
+
+
+@needs_bf16
+def test_bf16_export_is_dice_checked_and_predicts_in_bf16(
+    trained_work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bf16"
+    code, output = run_cli(
+        ["export", "-m", trained_work, "-f", "0", "--format", "openvino", "--bf16", "--max-dice-drop", "1", "-o", out],
+        capsys,
+    )
+    assert code == 0, output
+    assert "fold 0: bf16 mean Dice" in output and "calibrated" not in output
+    manifest = Manifest.load(out)
+    assert manifest.precision == "bf16"
+    (entry,) = manifest.folds
+    q = entry.quantization
+    assert q is not None and q["inference_precision_hint"] == "bf16" and q["forced"] is False
+    _, _, val = fold_cases(trained_work, 0)
+    assert q["validation_cases"] == val and set(q["dice"]) == {"fp32", "bf16", "change"}
+    # the IR is the fp32 one (no quantization nodes); bf16 is how OpenVINO runs it
+    assert "FakeQuantize" not in (out / entry.file).read_text()
+    from nnseg.deploy.export import load_export
+
+    _, (runner,) = load_export(out)
+    assert runner.compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "bf16"
+    raw = Path(json.loads((trained_work / "plans.json").read_text())["dataset_root"])
+    predictions = tmp_path / "pred"
+    code, output = run_cli(["predict", "-m", out, "-i", raw / "imagesTs", "-o", predictions, "--device", "cpu"], capsys)
+    assert code == 0, output
+    assert list(predictions.glob("*.nii.gz"))
+
+
+@needs_bf16
+def test_bf16_needs_a_cross_validation_fold_of_a_work_folder(
+    trained_work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lone = tmp_path / "lone.pt"
+    lone.write_bytes((trained_work / "models/3d_fullres/fold_0/checkpoint_final.pt").read_bytes())
+    code, output = run_cli(["export", "-m", lone, "--format", "openvino", "--bf16", "-o", tmp_path / "e"], capsys)
+    assert code == 2 and "--bf16: -m must be a work folder" in output
