@@ -2,7 +2,8 @@
 
 NIfTI (``.nii``, ``.nii.gz``) goes through nibabel: it raises on truncated files and
 keeps NaN/Inf, where SimpleITK's NIfTI reader silently zero-fills and zeroes them.
-MetaImage and NRRD (``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``) go through SimpleITK.
+MetaImage and NRRD (``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``) go through SimpleITK, imported only then
+(0.3 s of every command's start-up otherwise).
 Arrays come back in array order ``(k, j, i)`` or ``(c, k, j, i)`` (see
 :mod:`nnseg.io.geometry`).
 """
@@ -18,7 +19,6 @@ from typing import cast
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
-import SimpleITK as sitk
 from nibabel.arrayproxy import ArrayProxy
 from nibabel.openers import ImageOpener
 from nibabel.volumeutils import apply_read_scaling
@@ -156,6 +156,8 @@ def _load_nifti(path: Path, *, with_data: bool, dtype: np.dtype | None = None) -
 def _load_itk(path: Path, *, with_data: bool, dtype: np.dtype | None = None) -> Volume:
     if not path.exists():
         raise ImageReadError(f"{path}: file not found")
+    import SimpleITK as sitk
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -219,6 +221,8 @@ def read_geometry(path: str | os.PathLike) -> tuple[Geometry, int]:
         shape: tuple[int, ...] = getattr(nib.load(str(path)), "shape", ())
         return volume.geometry, int(shape[3]) if len(shape) == 4 else 1
     volume = _load_itk(path, with_data=False)
+    import SimpleITK as sitk
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
@@ -323,6 +327,8 @@ def _write_nifti(path: Path, array: np.ndarray, geometry: Geometry) -> None:
 
 
 def _write_itk(path: Path, array: np.ndarray, geometry: Geometry) -> None:
+    import SimpleITK as sitk
+
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))
     spacing, origin, direction = geometry.to_itk()
     image.SetSpacing(spacing)
