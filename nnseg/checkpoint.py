@@ -146,6 +146,8 @@ class Checkpoint:
             return {
                 "channel_names": plan.channel_names,
                 "labels": plan.labels,
+                "regions_class_order": plan.regions_class_order,
+                "objective": plan.objective,
                 "transpose_forward": plan.transpose_forward,
                 "configurations": {self.configuration: plan.configurations.get(self.configuration)},
             }

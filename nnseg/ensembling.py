@@ -2,7 +2,8 @@
 
 ``ensemble_folders`` averages the saved probabilities (``<case>.npz`` written by
 ``nnseg predict --save-probabilities``) of several prediction folders and writes the
-argmax with the geometry of the first folder's label map.
+argmax (for region models: each region thresholded and painted in the ``regions_class_order`` the ``.npz``
+records) with the geometry of the first folder's label map.
 
 ``find_best`` streams the cross-validation predictions of every trained configuration
 (``models/<config>/fold_*/validation/``) case by case, scores each configuration and each
@@ -29,6 +30,7 @@ from nnseg.errors import NnsegError
 from nnseg.evaluation.metrics import json_safe
 from nnseg.evaluation.summary import MetricAccumulator
 from nnseg.io import Volume, read_volume, split_suffix, write_volume
+from nnseg.labels import LabelScheme, segment
 from nnseg.planning.plan import Plan
 from nnseg.postprocessing import PostprocessingRule, decide_postprocessing
 from nnseg.progress import progress
@@ -96,6 +98,14 @@ def load_probabilities(path: Path) -> np.ndarray:
         return data["probabilities"].astype(np.float32)
 
 
+def _regions_class_order(path: Path) -> tuple[int, ...] | None:
+    """The paint order a ``.npz`` of region (sigmoid) probabilities records; None for softmax probabilities."""
+    with np.load(path) as data:
+        if "regions_class_order" not in data.files or not data["regions_class_order"].size:
+            return None
+        return tuple(int(v) for v in data["regions_class_order"])
+
+
 def ensemble_folders(
     folders: list[str | os.PathLike], output: str | os.PathLike, *, overwrite: bool = False, show_progress: bool = True
 ) -> list[Path]:
@@ -133,7 +143,14 @@ def ensemble_folders(
                 f"{found[0][case_id]}: probabilities of shape {mean.shape[1:]} do not match "
                 f"{reference_label} {geometry.shape}"
             )
-        written.append(write_volume(target, mean.argmax(0).astype(np.uint8), geometry, is_label=True))
+        orders = {_regions_class_order(files[case_id]) for files in found}
+        if len(orders) > 1:
+            raise NnsegError(
+                f"{case_id}: the folders hold probabilities of different label schemes (softmax and regions, or "
+                f"regions painted in other orders: {sorted(map(str, orders))}); ensemble models of one plan"
+            )
+        labels = np.asarray(segment(mean, orders.pop()))
+        written.append(write_volume(target, labels, geometry, is_label=True))
     return written
 
 
@@ -149,32 +166,36 @@ def _candidates(names: list[str]) -> list[tuple[str, ...]]:
     return [(n,) for n in names] + list(itertools.combinations(names, 2))
 
 
-def _ensemble(probabilities: dict[str, np.ndarray], combo: tuple[str, ...]) -> np.ndarray:
+def _ensemble(probabilities: dict[str, np.ndarray], combo: tuple[str, ...], scheme: LabelScheme) -> np.ndarray:
     """Label map of the mean probabilities of the configurations in ``combo``."""
     total = probabilities[combo[0]].copy()
     for name in combo[1:]:
         total += probabilities[name]
     total /= len(combo)
-    return total.argmax(0).astype(np.uint8)
+    return np.asarray(scheme.segmentation(total))
 
 
 def _score_case(
-    case_id: str, files: dict[str, dict[str, Path]], reference: Volume, scores: dict[tuple[str, ...], MetricAccumulator]
+    case_id: str,
+    files: dict[str, dict[str, Path]],
+    reference: Volume,
+    scores: dict[tuple[str, ...], MetricAccumulator],
+    scheme: LabelScheme,
 ) -> None:
     """Load each configuration's probabilities of one case once and score every candidate on them."""
     loaded = {name: load_probabilities(files[name][case_id]) for name in files}
     for combo, accumulator in scores.items():
-        accumulator.add(case_id, _ensemble(loaded, combo), reference.array, reference.geometry.spacing)
+        accumulator.add(case_id, _ensemble(loaded, combo, scheme), reference.array, reference.geometry.spacing)
 
 
 def _best_predictions(
-    cases: list[str], files: dict[str, dict[str, Path]], best: tuple[str, ...], dataset: Dataset
+    cases: list[str], files: dict[str, dict[str, Path]], best: tuple[str, ...], dataset: Dataset, scheme: LabelScheme
 ) -> Iterator[tuple[np.ndarray, np.ndarray, tuple[float, ...]]]:
     """(prediction of ``best``, reference, spacing) per case, one case in memory at a time."""
     for case_id in cases:
         reference = read_case_labels(dataset.case(case_id))
         # the probabilities are freed before the yield; only label maps outlive a case
-        prediction = _ensemble({name: load_probabilities(files[name][case_id]) for name in best}, best)
+        prediction = _ensemble({name: load_probabilities(files[name][case_id]) for name in best}, best, scheme)
         yield prediction, reference.array, reference.geometry.spacing
 
 
@@ -208,13 +229,16 @@ def find_best(
     if not cases:
         raise NnsegError("the configurations share no validated case")
     dataset = load_dataset(plan.dataset_root)
-    labels = {name: value for name, value in plan.labels.items() if value != 0}
-    scores = {combo: MetricAccumulator(labels, metrics=("dice",)) for combo in _candidates(names)}
+    scheme = plan.scheme
+    scores = {
+        combo: MetricAccumulator(scheme.foreground, metrics=("dice",), ignore_value=scheme.ignore_value)
+        for combo in _candidates(names)
+    }
     for case_id in progress(cases, total=len(cases), desc="find-best", unit="case", enabled=show_progress):
-        _score_case(case_id, files, read_case_labels(dataset.case(case_id)), scores)
+        _score_case(case_id, files, read_case_labels(dataset.case(case_id)), scores, scheme)
     candidates = {combo: accumulator.summary().mean_dice for combo, accumulator in scores.items()}
     best = max(candidates, key=lambda combo: candidates[combo])
-    rule, report = decide_postprocessing(_best_predictions(cases, files, best, dataset), labels)
+    rule, report = decide_postprocessing(_best_predictions(cases, files, best, dataset, scheme), scheme)
     result = {
         "configurations": list(best),
         "mean_dice": candidates[best],

@@ -21,7 +21,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 from nnseg.atomic import remove_stale_temporaries
@@ -34,6 +33,7 @@ from nnseg.evaluation.metrics import (
 )
 from nnseg.evaluation.summary import summarize_class
 from nnseg.io import IMAGE_SUFFIXES, Geometry, read_label_map, write_volume
+from nnseg.labels import evaluated_classes
 from nnseg.parallel import parallel_map
 from nnseg.schema import SchemaError
 
@@ -62,6 +62,8 @@ def _largest_of(crop: np.ndarray) -> tuple[np.ndarray, int]:
     order, so ties go to the component met first.
     """
     if crop.ndim == 3:
+        import SimpleITK as sitk  # here only: 0.3 s of start-up for commands that never postprocess
+
         labeller = sitk.ConnectedComponentImageFilter()
         labeller.SetFullyConnected(True)
         image = labeller.Execute(sitk.GetImageFromArray(crop.view(np.uint8)))
@@ -232,9 +234,12 @@ class _Case:
     prediction: np.ndarray
     reference: np.ndarray
     spacing: tuple[float, ...]
+    ignore_value: int | None = None
 
 
-def _prepare_case(index: int, prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]) -> _Case:
+def _prepare_case(
+    index: int, prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float], ignore: int | None = None
+) -> _Case:
     """Crop a case (copies, so the full arrays can be freed)."""
     prediction, reference = np.asarray(prediction), np.asarray(reference)
     if prediction.shape != reference.shape:
@@ -244,12 +249,14 @@ def _prepare_case(index: int, prediction: np.ndarray, reference: np.ndarray, spa
     box = _bounding_box((prediction != 0) | (reference != 0))
     if box is None:
         box = tuple(slice(0, 0) for _ in prediction.shape)
-    return _Case(prediction[box].copy(), reference[box].copy(), tuple(float(s) for s in spacing))
+    return _Case(prediction[box].copy(), reference[box].copy(), tuple(float(s) for s in spacing), ignore)
 
 
 def _case_dice(prediction: np.ndarray, case: _Case, classes: dict[str, tuple[int, ...]]) -> dict[str, ClassMetrics]:
     """Dice per class of one case (1 when the class is absent from both), by the evaluation core."""
-    return compute_metrics(prediction, case.reference, case.spacing, classes, metrics=("dice",))
+    return compute_metrics(
+        prediction, case.reference, case.spacing, classes, metrics=("dice",), ignore_value=case.ignore_value
+    )
 
 
 def _class_means(per_case: Sequence[dict[str, ClassMetrics]], classes: dict[str, tuple[int, ...]]) -> dict[str, float]:
@@ -289,14 +296,15 @@ def _rescore(
     ]
 
 
-def _foreground_classes(labels: Mapping[str, int | Sequence[int]]) -> dict[str, tuple[int, ...]]:
-    classes = {name: values for name, values in normalize_labels(labels).items() if values != (0,)}
+def _foreground_classes(labels: Mapping[str, int | Sequence[int]]) -> tuple[dict[str, tuple[int, ...]], int | None]:
+    named, ignore = evaluated_classes(labels)
+    classes = {name: values for name, values in normalize_labels(named).items() if values != (0,)}
     if not classes:
         raise NnsegError("decide_postprocessing: labels has no foreground class (only the background, 0)")
     for name, values in classes.items():
         if 0 in values:
             raise NnsegError(f"decide_postprocessing: class {name!r} includes the background (0) in {list(values)}")
-    return classes
+    return classes, ignore
 
 
 def _spec_of(values: tuple[int, ...]) -> LabelSpec:
@@ -326,8 +334,9 @@ def decide_postprocessing(
         cases: (prediction, reference, spacing in mm) per cross-validation case; integer label maps
             of equal shape. May be a generator: each case is cropped to the box of its nonzero
             voxels as it comes, so only the crops are kept.
-        labels: class name -> label value, or tuple of values for a region (dataset.json's labels;
-            the background class 0 is skipped).
+        labels: class name -> label value, or tuple of values for a region (dataset.json's labels, or the
+            plan's :class:`~nnseg.labels.LabelScheme`; the background class 0 is skipped, and voxels of the
+            ``ignore`` label are not scored).
         min_improvement: Dice margin a step must beat (0: any strict improvement).
 
     Returns:
@@ -340,8 +349,8 @@ def decide_postprocessing(
     """
     if not (math.isfinite(min_improvement) and min_improvement >= 0):
         raise ValueError(f"min_improvement must be a finite number >= 0, got {min_improvement}")
-    classes = _foreground_classes(labels)
-    prepared = [_prepare_case(i, pred, ref, spacing) for i, (pred, ref, spacing) in enumerate(cases)]
+    classes, ignore = _foreground_classes(labels)
+    prepared = [_prepare_case(i, pred, ref, spacing, ignore) for i, (pred, ref, spacing) in enumerate(cases)]
     if not prepared:
         raise NnsegError("decide_postprocessing: no cases given")
     current = [c.prediction for c in prepared]

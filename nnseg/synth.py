@@ -2,7 +2,9 @@
 
 Each case is a body (an irregular ellipsoid) holding an organ (a large rotated
 ellipsoid, label 1) and a lesion (a small sphere inside the organ, label 2), with a
-"spine" (a bright cylinder, unlabelled) as distractor. With ``structures`` (``nnseg synth
+"spine" (a bright cylinder, unlabelled) as distractor. ``--regions`` writes a BraTS-like brain-tumour set
+(nested regions, 4 MR channels) and ``--sparse FRACTION`` keeps the labels of only some slices (the rest is
+the ``ignore`` label). With ``structures`` (``nnseg synth
 --structure NAME:VOXELS[xCOUNT]``) the body holds the given structure classes instead:
 ``COUNT`` separate blobs per case of about ``VOXELS`` voxels each, so sizes can span orders
 of magnitude (e.g. 1,000 / 100 / 30 voxels, several small lesions). Cases differ in shape,
@@ -38,6 +40,16 @@ _TISSUE_MEANS: dict[str, list[tuple[float, float, float, float, float]]] = {
 }
 _NOISE = {"CT": 18.0, "MR": 25.0}
 _MR_CHANNEL_NAMES = ("T1", "T2", "FLAIR", "PD")
+_BRATS_CHANNELS = ("T1", "T1ce", "T2", "FLAIR")
+#: --regions: mean per tissue (background, brain, edema, necrosis, enhancing, CSF) of T1, T1ce, T2, FLAIR.
+_BRATS_MEANS = (
+    (0.0, 0.0, 0.0, 0.0),
+    (500.0, 480.0, 400.0, 420.0),
+    (430.0, 450.0, 750.0, 820.0),
+    (300.0, 320.0, 900.0, 520.0),
+    (480.0, 1100.0, 650.0, 600.0),
+    (200.0, 200.0, 1000.0, 150.0),
+)
 #: Mean intensity of structure class i (cycled) per modality and channel; bodies are 30 HU / 300 / 420.
 #: Contrast to the body is 2.5-9 noise standard deviations, some brighter, some darker.
 _STRUCTURE_MEANS: dict[str, list[tuple[float, ...]]] = {
@@ -97,6 +109,13 @@ class SynthConfig:
         file_ending: ".nii.gz", ".nii", ".mha" or ".nrrd".
         structures: the labelled structure classes (labels 1, 2, ... in this order); empty for
             the default organ + lesion.
+        regions: a BraTS-like brain-tumour set instead (``nnseg synth --regions``): 4 MR channels
+            (T1, T1ce, T2, FLAIR), file labels 1 edema, 2 non-enhancing core, 3 enhancing, declared as
+            the nested regions whole_tumor (1, 2, 3) > tumor_core (2, 3) > enhancing (3),
+            regions_class_order [1, 2, 3].
+        sparse: keep the labels of only this fraction of the slices along the first array axis (k,
+            the through-plane axis), chosen at random per case (at least one); the others become the
+            ``ignore`` label (the highest value). Test cases (labelsTs) stay dense. None: dense.
     """
 
     num_cases: int = 8
@@ -110,6 +129,8 @@ class SynthConfig:
     seed: int = 0
     file_ending: str = ".nii.gz"
     structures: tuple[Structure, ...] = ()
+    regions: bool = False
+    sparse: float | None = None
 
     def validate(self) -> None:
         if self.num_cases < 1:
@@ -135,15 +156,36 @@ class SynthConfig:
             raise NnsegError(f"--structure: names must differ, got {names}")
         if not 1 <= len(names) <= 254 and names:
             raise NnsegError("--structure: at most 254 structure classes")
+        if self.regions and (self.modality != "MR" or self.channels != len(_BRATS_CHANNELS) or self.structures):
+            raise NnsegError(
+                "--regions writes 4 MR channels with its own structures; drop --modality, --channels and --structure"
+            )
+        if self.sparse is not None and not 0.0 < self.sparse <= 1.0:
+            raise NnsegError(f"--sparse must be a fraction in (0, 1], got {self.sparse}")
 
     @property
     def channel_names(self) -> tuple[str, ...]:
+        if self.regions:
+            return _BRATS_CHANNELS
         return ("CT",) if self.modality == "CT" else _MR_CHANNEL_NAMES[: self.channels]
 
     @property
-    def labels(self) -> dict[str, int]:
-        names = [s.name for s in self.structures] or ["organ", "lesion"]
-        return {"background": 0, **{name: value for value, name in enumerate(names, start=1)}}
+    def labels(self) -> dict[str, int | list[int]]:
+        """dataset.json's labels (regions as lists; ``ignore`` last when sparse)."""
+        labels: dict[str, int | list[int]]
+        if self.regions:
+            labels = {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing": [3]}
+        else:
+            names = [s.name for s in self.structures] or ["organ", "lesion"]
+            labels = {"background": 0, **{name: value for value, name in enumerate(names, start=1)}}
+        if self.sparse is not None:
+            labels["ignore"] = self.ignore_value
+        return labels
+
+    @property
+    def ignore_value(self) -> int:
+        """The value of unannotated voxels in sparse labels: one above the highest label."""
+        return 4 if self.regions else (len(self.structures) or 2) + 1
 
 
 @dataclass(frozen=True)
@@ -156,7 +198,9 @@ class PhantomCase:
 
 
 def make_case(config: SynthConfig, rng: np.random.Generator) -> PhantomCase:
-    """Draw one phantom case."""
+    """Draw one phantom case (dense labels)."""
+    if config.regions:
+        return _make_brats_case(config, rng)
     if config.structures:
         return _make_structures_case(config, rng)
     spacing, shape = _case_grid(config, rng)
@@ -184,6 +228,40 @@ def make_case(config: SynthConfig, rng: np.random.Generator) -> PhantomCase:
 
     means = [_channel_means(_TISSUE_MEANS[config.modality], c) for c in range(config.channels)]
     return _finish_case(config, means, tissue, body, coords, extent, labels, spacing, shape, rng)
+
+
+def _make_brats_case(config: SynthConfig, rng: np.random.Generator) -> PhantomCase:
+    """A brain (with ventricles as distractor) holding a tumour: edema around a core whose rim enhances."""
+    spacing, shape = _case_grid(config, rng)
+    coords = _physical_coords(shape, spacing)
+    extent = np.array(shape) * np.array(spacing)
+    brain = _irregular_ellipsoid(coords, np.zeros(3), extent * rng.uniform(0.36, 0.42, 3), rng, roughness=0.08)
+    ventricles = _irregular_ellipsoid(coords, np.zeros(3), extent * [0.08, 0.05, 0.12], rng, roughness=0.1) & brain
+    edema_radii = np.maximum(extent * rng.uniform(0.1, 0.2, 3), 5.0 * spacing)  # nested parts stay visible
+    center = _random_point_inside(extent * 0.15, rng)
+    edema = _irregular_ellipsoid(coords, center, edema_radii, rng, roughness=0.15, rotate=True) & brain
+    core_center = center + _random_point_inside(edema_radii * 0.15, rng)
+    core_radii = np.maximum(edema_radii * rng.uniform(0.45, 0.65), 3.0 * spacing)
+    core = _irregular_ellipsoid(coords, core_center, core_radii, rng, roughness=0.1) & edema
+    inner = ndimage.binary_erosion(core)
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[edema] = 1
+    labels[core] = 3  # the enhancing rim ...
+    labels[inner] = 2  # ... around the non-enhancing (necrotic) centre
+    tissue = np.where(brain, 1, 0).astype(np.uint8)  # 0 background, 1 brain, 2 edema, 3 necrosis, 4 enhancing, 5 CSF
+    tissue[ventricles & ~edema] = 5
+    tissue[labels > 0] = labels[labels > 0] + 1
+    means = [tuple(row[c] for row in _BRATS_MEANS) for c in range(len(_BRATS_CHANNELS))]
+    return _finish_case(config, means, tissue, brain, coords, extent, labels, spacing, shape, rng)
+
+
+def sparsify(labels: np.ndarray, fraction: float, ignore: int, rng: np.random.Generator) -> np.ndarray:
+    """Keep the labels of ``fraction`` of the slices along axis 0 (at least one, chosen at random); the rest
+    becomes ``ignore``, as a sparse (partial) annotation would leave them."""
+    keep = max(1, round(fraction * labels.shape[0]))
+    annotated = np.zeros(labels.shape[0], dtype=bool)
+    annotated[rng.choice(labels.shape[0], keep, replace=False)] = True
+    return np.where(annotated[:, None, None], labels, np.asarray(ignore, dtype=labels.dtype))
 
 
 def _make_structures_case(config: SynthConfig, rng: np.random.Generator) -> PhantomCase:
@@ -396,13 +474,17 @@ def generate_dataset(out: str | os.PathLike, config: SynthConfig, *, show_progre
         image_dir, label_dir = ("imagesTs", "labelsTs") if is_test else ("imagesTr", "labelsTr")
         for channel, image in enumerate(case.images):
             write_volume(out / image_dir / f"{case_id}_{channel:04d}{ending}", image, case.geometry)
-        write_volume(out / label_dir / f"{case_id}{ending}", case.labels, case.geometry, is_label=True)
+        labels = case.labels
+        if config.sparse is not None and not is_test:
+            labels = sparsify(labels, config.sparse, config.ignore_value, np.random.default_rng(seeds[index] + 1))
+        write_volume(out / label_dir / f"{case_id}{ending}", labels, case.geometry, is_label=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
     dataset_json = {
         "name": f"Phantoms{config.modality}",
         "description": "nnseg synthetic phantoms",
         "channel_names": {str(i): name for i, name in enumerate(config.channel_names)},
         "labels": config.labels,
+        **({"regions_class_order": [1, 2, 3]} if config.regions else {}),
         "numTraining": config.num_cases,
         "file_ending": ending,
         "nnseg_synth": json.loads(json.dumps(asdict(config))),

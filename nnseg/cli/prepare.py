@@ -37,8 +37,13 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
         default=(1.5, 1.2, 1.2),
         help="nominal voxel size in mm k,j,i (default 1.5,1.2,1.2)",
     )
-    p.add_argument("--modality", choices=["CT", "MR"], default="CT")
-    p.add_argument("--channels", type=cli_type(positive_int, "--channels"), default=1, help="channels (MR only for >1)")
+    p.add_argument("--modality", choices=["CT", "MR"], default=None, help="CT (default) or MR (--regions: MR)")
+    p.add_argument(
+        "--channels",
+        type=cli_type(positive_int, "--channels"),
+        default=None,
+        help="channels (MR only for >1; default 1, --regions: 4)",
+    )
     p.add_argument("--anisotropic", action="store_true", help="thick slices along k (3.5-5 mm)")
     p.add_argument("--no-oblique", dest="oblique", action="store_false", help="identity directions")
     p.add_argument("--file-ending", default=".nii.gz", choices=[".nii.gz", ".nii", ".mha", ".nrrd"])
@@ -51,6 +56,20 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
         help="a labelled structure class: COUNT blobs (default 1) of about VOXELS voxels per case; repeat for "
         "more classes, labelled 1, 2, ... in order (default: an organ with a lesion inside), e.g. "
         "--structure organ:1000 --structure nodule:100 --structure lesion:30x4",
+    )
+    p.add_argument(
+        "--regions",
+        action="store_true",
+        help="a BraTS-like brain-tumour set: 4 MR channels (T1, T1ce, T2, FLAIR), labels 1 edema, 2 non-enhancing "
+        "core, 3 enhancing, declared as nested regions whole_tumor > tumor_core > enhancing (region training)",
+    )
+    p.add_argument(
+        "--sparse",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="keep the training labels of only this fraction of the slices along the first array axis (k, "
+        "through-plane), chosen at random per case; the rest becomes the 'ignore' label. labelsTs stays dense",
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_run_synth)
@@ -74,13 +93,15 @@ def _run_synth(args: argparse.Namespace) -> int:
         num_test=args.test_cases,
         shape=args.shape,
         spacing=args.spacing,
-        modality=args.modality,
-        channels=args.channels,
+        modality=args.modality or ("MR" if args.regions else "CT"),
+        channels=args.channels or (4 if args.regions else 1),
         anisotropic=args.anisotropic,
         oblique=args.oblique,
         seed=args.seed,
         file_ending=args.file_ending,
         structures=tuple(args.structures or ()),
+        regions=args.regions,
+        sparse=args.sparse,
     )
     out = generate_dataset(args.out, config)
     print(f"wrote {config.num_cases} training + {config.num_test} test phantom case(s) to {out}")
@@ -136,8 +157,18 @@ def add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work", type=Path, default=None, help="work folder (default ./nnseg_work)")
     p.add_argument(
         "--preset",
-        default="default",
-        help="planner preset: a name from plans/ (default, cpu, ...) or a path to a preset .json",
+        default=None,
+        help="planner preset: a name from plans/ (default, cpu, ...) or a path to a preset .json (default: "
+        "default; with --transfer-plan, the preset the source was planned with)",
+    )
+    p.add_argument(
+        "--transfer-plan",
+        type=Path,
+        default=None,
+        metavar="OTHER_WORK",
+        help="take each configuration's network, patch and batch from the plan in this work folder (another "
+        "dataset's), so that its checkpoints fit `nnseg train --pretrained`; spacing and normalization stay "
+        "this dataset's",
     )
     p.add_argument(
         "--architecture",
@@ -178,8 +209,11 @@ def _run_plan(args: argparse.Namespace) -> int:
         architecture=args.architecture,
         gpu_memory_gb=args.gpu_memory_gb,
         workers=args.workers,
+        transfer_plan=args.transfer_plan,
     )
     print(plan_summary(result.plan))
+    for note in result.transfer_notes:
+        print(f"transfer: {note}")
     print(f"wrote {result.fingerprint_path} and {result.plans_path}")
     if args.preprocess:
         _print_preprocess(preprocess_dataset(args.work, workers=args.workers))

@@ -333,6 +333,16 @@ def _check_label(dataset: Dataset, case: Case, reference: tuple[Path, Volume] | 
         )
     if values <= {0}:
         add("warning", "empty_label", "label map is empty (background only)")
+    scheme = dataset.labels
+    if scheme.has_regions and not undeclared and not scheme.problems():
+        lost = scheme.check_regions_reproduce(labels.astype(np.int64, copy=False))
+        if lost:
+            add(
+                "error",
+                "regions_do_not_reproduce",
+                f"painting the regions in regions_class_order {list(scheme.regions_class_order or ())} does not "
+                f"give back label value(s) {lost} of this file; fix the regions or their order in dataset.json",
+            )
     if reference is not None:
         ref_path, ref_volume = reference
         if volume.geometry.shape != ref_volume.geometry.shape:

@@ -31,6 +31,7 @@ from typing import Literal
 
 from nnseg.dataset.problems import Problem
 from nnseg.errors import DatasetError
+from nnseg.labels import LabelScheme
 
 Layout = Literal["nnunet", "msd"]
 _CHANNEL_STEM = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -75,7 +76,9 @@ class Dataset:
         layout: "nnunet" or "msd".
         name: dataset name (dataset.json "name", else the folder name).
         channel_names: channel names in channel order, e.g. ("CT",) or ("T1", "T2").
-        labels: label name -> value, or tuple of values for a region, as in nnU-Net's dataset.json.
+        labels: the label scheme (a mapping name -> value, or tuple of values for a region, as in nnU-Net's
+            dataset.json, with ``regions_class_order`` and the ``ignore`` label); not validated
+            (``problems`` lists what is wrong).
         file_ending: image file suffix, e.g. ".nii.gz".
         num_training: the declared numTraining (None when absent).
         cases: training cases, sorted by id; some of their files may be missing (``nnseg check`` says).
@@ -88,7 +91,7 @@ class Dataset:
     layout: Layout
     name: str
     channel_names: tuple[str, ...]
-    labels: dict[str, int | tuple[int, ...]]
+    labels: LabelScheme
     file_ending: str
     num_training: int | None
     cases: tuple[Case, ...]
@@ -102,15 +105,12 @@ class Dataset:
 
     @property
     def label_values(self) -> list[int]:
-        """Every integer value a label file may contain, sorted (regions expanded)."""
-        values: set[int] = set()
-        for value in self.labels.values():
-            values.update(value if isinstance(value, tuple) else (value,))
-        return sorted(values)
+        """Every integer value a label file may contain, sorted (regions expanded, ignore included)."""
+        return self.labels.file_values
 
     @property
     def has_regions(self) -> bool:
-        return any(isinstance(v, tuple) for v in self.labels.values())
+        return self.labels.has_regions
 
     def relative(self, path: Path) -> str:
         """A path relative to the dataset root, for messages."""
@@ -155,7 +155,7 @@ def _read_json_object(json_path: Path) -> dict:
     return raw
 
 
-def read_labels(json_path: str | os.PathLike) -> dict[str, int | tuple[int, ...]]:
+def read_labels(json_path: str | os.PathLike) -> LabelScheme:
     """The ``labels`` of a dataset.json given by path (any file name), checked as ``nnseg check`` does."""
     json_path = Path(json_path)
     if not json_path.is_file():
@@ -181,12 +181,11 @@ def _channel_names(raw: dict, json_path: Path) -> tuple[str, ...]:
     return tuple(str(mapping[str(i)]) for i in indices)
 
 
-def _labels(raw: dict, json_path: Path, *, msd: bool) -> tuple[dict[str, int | tuple[int, ...]], list[Problem]]:
+def _labels(raw: dict, json_path: Path, *, msd: bool) -> tuple[LabelScheme, list[Problem]]:
     mapping = raw.get("labels")
     if not isinstance(mapping, dict) or not mapping:
         raise DatasetError(f'{json_path}: needs "labels", e.g. {{"background": 0, "organ": 1}}')
     labels: dict[str, int | tuple[int, ...]] = {}
-    problems: list[Problem] = []
     if msd and all(_is_int_text(k) for k in mapping):
         for key, name in mapping.items():
             labels[str(name)] = int(key)
@@ -202,40 +201,14 @@ def _labels(raw: dict, json_path: Path, *, msd: bool) -> tuple[dict[str, int | t
                 labels[name] = tuple(value)
             else:
                 labels[name] = value
-    plain_values = sorted(v for v in labels.values() if isinstance(v, int))
-    if 0 not in plain_values:
-        problems.append(
-            Problem(
-                "error",
-                "labels_declaration",
-                "dataset.json",
-                'labels must declare background as value 0, e.g. "background": 0',
-            )
-        )
-    if plain_values != list(range(len(plain_values))) and 0 in plain_values:
-        problems.append(
-            Problem(
-                "error",
-                "labels_declaration",
-                "dataset.json",
-                f"label values must be consecutive 0, 1, 2, ...; got {plain_values}",
-            )
-        )
-    if any(isinstance(v, tuple) for v in labels.values()) and "regions_class_order" not in raw:
-        problems.append(
-            Problem(
-                "error",
-                "labels_declaration",
-                "dataset.json",
-                'labels declare regions (lists of values) but "regions_class_order" is missing; '
-                "it gives the label value each region writes back, e.g. [1, 2, 3]",
-            )
-        )
-    if len(set(plain_values)) != len(plain_values):
-        problems.append(
-            Problem("error", "labels_declaration", "dataset.json", f"two label names share a value: {plain_values}")
-        )
-    return labels, problems
+    order = raw.get("regions_class_order")
+    if order is not None and not (
+        isinstance(order, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in order)
+    ):
+        raise DatasetError(f"{json_path}: regions_class_order must list integer label values, got {order!r}")
+    scheme = LabelScheme(labels, None if order is None else tuple(order))
+    problems = [Problem("error", "labels_declaration", "dataset.json", message) for message in scheme.problems()]
+    return scheme, problems
 
 
 def _is_int_text(text: str) -> bool:

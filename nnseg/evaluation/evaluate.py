@@ -30,6 +30,7 @@ from nnseg.evaluation.metrics import (
 )
 from nnseg.evaluation.summary import CaseResult, EvaluationSummary, MetricAccumulator
 from nnseg.io import IMAGE_SUFFIXES, Volume, read_label_map, split_suffix
+from nnseg.labels import evaluated_classes
 from nnseg.parallel import parallel_map
 from nnseg.progress import progress
 
@@ -130,7 +131,10 @@ def _present_values(array: np.ndarray) -> set[int]:
 
 
 def _evaluate_case(
-    pair: tuple[str, Path, Path], labels: dict[str, tuple[int, ...]] | None, nsd_tolerance_mm: float
+    pair: tuple[str, Path, Path],
+    labels: dict[str, tuple[int, ...]] | None,
+    nsd_tolerance_mm: float,
+    ignore_value: int | None = None,
 ) -> tuple[CaseResult, set[int], set[int]]:
     """Metrics of one case; with ``labels=None``, of every nonzero value present in either file.
 
@@ -148,26 +152,33 @@ def _evaluate_case(
         ref_values, pred_values = _present_values(reference.array), _present_values(prediction.array)
         labels = {str(v): (v,) for v in sorted(ref_values | pred_values)}
     metrics = compute_metrics(
-        prediction.array, reference.array, reference.geometry.spacing, labels, nsd_tolerance_mm=nsd_tolerance_mm
+        prediction.array,
+        reference.array,
+        reference.geometry.spacing,
+        labels,
+        nsd_tolerance_mm=nsd_tolerance_mm,
+        ignore_value=ignore_value,
     )
     return CaseResult(case, str(pred_path), str(ref_path), metrics), ref_values, pred_values
 
 
-def _check_labels(labels: Mapping[str, int | Sequence[int]]) -> dict[str, tuple[int, ...]]:
+def _check_labels(labels: Mapping[str, int | Sequence[int]]) -> tuple[dict[str, tuple[int, ...]], int | None]:
+    """The classes to score (background dropped) and the ignore value (``ignore`` label, or a LabelScheme's)."""
+    classes, ignore = evaluated_classes(labels)
     try:
-        normalized = normalize_labels(labels)
+        normalized = normalize_labels(classes)
     except ValueError as exc:
         raise NnsegError(str(exc)) from None
     foreground = {name: values for name, values in normalized.items() if values != (0,)}
     if not foreground:
         raise NnsegError(f"labels {dict(labels)!r} name no foreground class (a class made only of label 0 is skipped)")
-    return foreground
+    return foreground, ignore
 
 
 def evaluate_folders(
     pred_dir: str | os.PathLike,
     ref_dir: str | os.PathLike,
-    labels: dict[str, int | tuple[int, ...]] | None = None,
+    labels: Mapping[str, int | tuple[int, ...]] | None = None,
     *,
     nsd_tolerance_mm: float = 1.0,
     workers: int = 1,
@@ -180,7 +191,8 @@ def evaluate_folders(
         pred_dir: folder of predicted label maps.
         ref_dir: folder of reference label maps; its files define the cases.
         labels: class name -> label value, or tuple of values for a region (e.g. dataset.json's
-            ``labels``; background classes are skipped). Default: every nonzero value present in
+            ``labels`` or its :class:`~nnseg.labels.LabelScheme`; background classes are skipped, and the
+            ``ignore`` label's voxels are not scored). Default: every nonzero value present in
             the references, named by its value (``"1"``, ``"2"``, ...).
         nsd_tolerance_mm: tolerance of the normalized surface Dice, mm.
         workers: processes evaluating cases in parallel.
@@ -196,10 +208,10 @@ def evaluate_folders(
         check_nsd_tolerance(nsd_tolerance_mm)
     except ValueError as exc:
         raise NnsegError(str(exc)) from None
-    class_labels = None if labels is None else _check_labels(labels)
+    class_labels, ignore = (None, None) if labels is None else _check_labels(labels)
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     pairs, warnings = _pair_cases(pred_dir, ref_dir, file_ending)
-    job = partial(_evaluate_case, labels=class_labels, nsd_tolerance_mm=nsd_tolerance_mm)
+    job = partial(_evaluate_case, labels=class_labels, nsd_tolerance_mm=nsd_tolerance_mm, ignore_value=ignore)
     outputs = list(
         progress(
             parallel_map(job, pairs, workers=workers),
@@ -212,7 +224,7 @@ def evaluate_folders(
     results = [result for result, _, _ in outputs]
     if class_labels is None:
         class_labels, results = _labels_from_references(outputs, ref_dir, warnings)
-    accumulator = MetricAccumulator(class_labels, nsd_tolerance_mm=nsd_tolerance_mm)
+    accumulator = MetricAccumulator(class_labels, nsd_tolerance_mm=nsd_tolerance_mm, ignore_value=ignore)
     for result in results:
         accumulator.add_result(result)
     for warning in warnings:

@@ -360,6 +360,7 @@ def compute_metrics(
     *,
     metrics: str | Iterable[str] = METRIC_NAMES,
     nsd_tolerance_mm: float = 1.0,
+    ignore_value: int | None = None,
 ) -> dict[str, ClassMetrics]:
     """The requested metrics of every class of two label maps.
 
@@ -371,16 +372,23 @@ def compute_metrics(
         metrics: names from :data:`METRIC_NAMES` to compute; the others are None. Surface distances
             are computed only for ``hd95_mm`` or ``nsd`` (``metrics=("dice",)`` counts voxels only).
         nsd_tolerance_mm: tolerance of the normalized surface Dice.
+        ignore_value: the ``ignore`` label (unannotated voxels): voxels holding it in the reference count
+            in neither mask (nnU-Net's evaluation does the same).
 
     Returns:
         Class name -> :class:`ClassMetrics`, in the order of ``labels``.
     """
     spacing = _check_pair(prediction, reference, spacing)
     wanted = check_metrics(metrics)
+    annotated = None if ignore_value is None else reference != ignore_value
+
+    def masked(mask: np.ndarray) -> np.ndarray:
+        return mask if annotated is None else mask & annotated
+
     return {
         name: mask_metrics(
-            class_mask(prediction, values),
-            class_mask(reference, values),
+            masked(class_mask(prediction, values)),
+            masked(class_mask(reference, values)),
             spacing,
             metrics=wanted,
             nsd_tolerance_mm=nsd_tolerance_mm,

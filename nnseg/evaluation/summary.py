@@ -368,10 +368,12 @@ class MetricAccumulator:
         *,
         metrics: str | Iterable[str] = METRIC_NAMES,
         nsd_tolerance_mm: float = 1.0,
+        ignore_value: int | None = None,
     ) -> None:
         """
         Args:
             labels: class name -> label value, or tuple of values for a region.
+            ignore_value: reference voxels holding this value (the ``ignore`` label) are not scored.
             metrics: names from :data:`METRIC_NAMES` to compute; must include ``dice`` (the summary's headline).
             nsd_tolerance_mm: tolerance of the normalized surface Dice.
 
@@ -384,6 +386,7 @@ class MetricAccumulator:
             raise ValueError(f"an evaluation summary needs 'dice' among its metrics, got {list(self.metrics)}")
         check_nsd_tolerance(nsd_tolerance_mm)
         self.nsd_tolerance_mm = float(nsd_tolerance_mm)
+        self.ignore_value = ignore_value
         self._cases: dict[str, CaseResult] = {}
         self._warnings: list[str] = []
 
@@ -399,7 +402,13 @@ class MetricAccumulator:
     ) -> CaseResult:
         """Score one case's label maps (array order, ``spacing`` in mm) and keep its metrics."""
         metrics = compute_metrics(
-            prediction, reference, spacing, self.labels, metrics=self.metrics, nsd_tolerance_mm=self.nsd_tolerance_mm
+            prediction,
+            reference,
+            spacing,
+            self.labels,
+            metrics=self.metrics,
+            nsd_tolerance_mm=self.nsd_tolerance_mm,
+            ignore_value=self.ignore_value,
         )
         return self.add_result(CaseResult(case, prediction_path, reference_path, metrics))
 

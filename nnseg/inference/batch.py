@@ -198,7 +198,7 @@ def predict_folder(
         if overlay:
             from nnseg.visualize import overlay_case
 
-            names = {int(v): k for k, v in predictor.plan.labels.items() if isinstance(v, int)}
+            names = predictor.scheme.value_names
             overlay_case(case.files[0], target, outputs[-1], label_names=names)
         return target
 
@@ -247,7 +247,7 @@ def _write_dicom_seg(
     from nnseg.io.dicom import series_headers
     from nnseg.io.dicom_seg import write_dicom_seg
 
-    labels = {name: value for name, value in predictor.plan.labels.items() if isinstance(value, int)}
+    labels = {name: value for value, name in predictor.scheme.value_names.items()}
     write_dicom_seg(prediction.labels, series_headers(case.files[0], series_uid=series_uid), labels, target)
     if prediction.probabilities is not None:
         predictor.write_probabilities(prediction, target)

@@ -6,8 +6,9 @@
 
 Per case: preprocess exactly as in training (transpose, crop, normalize, resample),
 sliding-window inference with Gaussian weighting and mirroring (``tta``; windows of CT air skipped
-with ``skip_air``, :mod:`nnseg.inference.skipping`), softmax averaged over
-the checkpoints (folds), resample back per class while taking the argmax (never more
+with ``skip_air``, :mod:`nnseg.inference.skipping`), probabilities (softmax, or a sigmoid per region:
+the plan's :class:`~nnseg.labels.LabelScheme`) averaged over
+the checkpoints (folds), resample back per class while taking the argmax or painting the regions (never more
 than two volumes of the original size in memory), uncrop, transpose back, and write
 with the input's geometry.
 """
@@ -120,6 +121,8 @@ class Predictor:
         (``mirror=False`` is ``none``); ``skip_air``: don't run windows of air only (CT models only);
         ``resample``: how probabilities go back to the input grid (``probabilities_to_labels``' method)."""
         self.plan = plan
+        #: labels, objective and how probabilities become labels (:mod:`nnseg.labels`)
+        self.scheme = plan.scheme
         self.config_plan: ConfigurationPlan = plan.configuration(configuration)
         network_plan: NetworkPlan = self.config_plan.network
         if prune_level is not None:
@@ -232,7 +235,7 @@ class Predictor:
         predictor.export = manifest
         return predictor
 
-    def _softmax(self, runner: WindowRunner, data: torch.Tensor, body: torch.Tensor | None) -> torch.Tensor:
+    def _probabilities(self, runner: WindowRunner, data: torch.Tensor, body: torch.Tensor | None) -> torch.Tensor:
         logits = predict_sliding_window(
             runner,
             data,
@@ -245,12 +248,16 @@ class Predictor:
             device=self.device,
             stats=self.work,
         )
-        return torch.softmax(logits, 0)
+        probabilities = self.scheme.probabilities(logits, 0)
+        if body is not None and self.scheme.has_regions:
+            # skipped windows hold background logits for softmax only; outside the body no region is on
+            probabilities[:, ~body.to(probabilities.device)] = 0.0
+        return probabilities
 
     def _probabilities_3d(self, data: torch.Tensor, body: torch.Tensor | None) -> torch.Tensor:
-        total = self._softmax(self.runners[0], data, body)
+        total = self._probabilities(self.runners[0], data, body)
         for runner in self.runners[1:]:
-            total += self._softmax(runner, data, body)
+            total += self._probabilities(runner, data, body)
         return total / len(self.runners)
 
     def _probabilities_2d(self, data: torch.Tensor, body: torch.Tensor | None) -> torch.Tensor:
@@ -293,7 +300,7 @@ class Predictor:
         if return_probabilities:
             full = restore_probabilities(probabilities, case.properties, self.plan, self.config_plan.resampling)
         self.times.add("export", time.perf_counter() - started)
-        return labels.astype(np.uint8 if self.plan.num_classes <= 256 else np.int32, copy=False), full
+        return labels.astype(np.uint8 if max(self.scheme.file_values) < 256 else np.int32, copy=False), full
 
     def check_input(self, images: np.ndarray, geometry: Geometry, case_id: str) -> None:
         """Refuse non-finite voxels (they would silently turn the prediction into background); warn about a
@@ -388,7 +395,13 @@ def probabilities_path(label_map: str | os.PathLike) -> Path:
 
 def _save_probabilities(output: Path, probabilities: np.ndarray, plan: Plan) -> None:
     with atomic_path(probabilities_path(output), suffix=".npz") as tmp:
-        save_npz(tmp, probabilities=probabilities.astype(np.float16), labels=np.array(list(plan.labels)))
+        scheme = plan.scheme
+        save_npz(
+            tmp,
+            probabilities=probabilities.astype(np.float16),
+            labels=np.array(scheme.output_names),
+            regions_class_order=np.array(scheme.regions_class_order or (), dtype=np.int64),
+        )
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:

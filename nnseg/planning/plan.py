@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Literal
 
 from nnseg.errors import NnsegError
+from nnseg.labels import LabelError, LabelScheme, Objective
 from nnseg.planning.network_plans import AnyNetworkPlan
 from nnseg.planning.presets import PlannerPreset
 from nnseg.schema import SchemaError, load_dataclass, read_json, write_json_atomic
 
-PLAN_SCHEMA_VERSION = 1
+#: 2: ``regions_class_order`` and ``objective`` (the label scheme, :mod:`nnseg.labels`).
+PLAN_SCHEMA_VERSION = 2
 #: Largest training patch accepted, in voxels (512^3 in 3D, 4096^2 in 2D): far above any plan nnseg or nnU-Net
 #: makes, but it stops a hand-edited plans.json from allocating terabytes.
 MAX_PATCH_VOXELS = {2: 4096**2, 3: 512**3}
@@ -127,7 +129,11 @@ class Plan:
         preset: the preset's name.
         preset_values: every constant the planner used.
         channel_names: input channels, in order.
-        labels: label name -> value (or tuple of values for a region), as in dataset.json.
+        labels: label name -> value (or tuple of values for a region), as in dataset.json (``ignore``: the
+            value of unannotated voxels).
+        regions_class_order: with regions, the label value each region paints back (dataset.json's).
+        objective: what the network trains: "softmax" over label values, or "sigmoid" per region
+            (decided by the labels, recorded so that the plan says it).
         num_training_cases: cases the plan was made from.
         transpose_forward: array axes in planning order (coarsest axis first).
         transpose_backward: inverse permutation of ``transpose_forward``.
@@ -150,11 +156,21 @@ class Plan:
     original_median_spacing: tuple[float, ...]
     original_median_shape: tuple[float, ...]
     configurations: dict[str, ConfigurationPlan]
+    regions_class_order: tuple[int, ...] | None = None
+    objective: Objective = "softmax"
+
+    @property
+    def scheme(self) -> LabelScheme:
+        """The label scheme (labels, regions and their order, ignore label); PlanError when inconsistent."""
+        try:
+            return LabelScheme(self.labels, self.regions_class_order).validated()
+        except LabelError as exc:
+            raise PlanError(f"labels: {exc}") from None
 
     @property
     def num_classes(self) -> int:
-        """Network outputs: one per label name (background included)."""
-        return len(self.labels)
+        """Network outputs: one per label value but ignore (softmax), or one per region (sigmoid)."""
+        return self.scheme.num_outputs
 
     def configuration(self, name: str) -> ConfigurationPlan:
         """The named configuration, or a PlanError listing the available ones."""
@@ -164,10 +180,21 @@ class Plan:
 
     def validate(self) -> None:
         """Check the plan's internal consistency; raise PlanError naming the first bad field."""
-        if self.schema_version != PLAN_SCHEMA_VERSION:
+        if self.schema_version not in (1, PLAN_SCHEMA_VERSION):  # 1: no regions_class_order/objective (softmax)
             raise PlanError(
                 f"schema_version {self.schema_version} is not supported (expected {PLAN_SCHEMA_VERSION}); "
                 "re-run nnseg plan"
+            )
+        if self.schema_version == 1 and any(isinstance(v, tuple) for v in self.labels.values()):
+            raise PlanError(
+                "schema_version 1 plans of region labels trained a softmax over the file labels, not nnU-Net's "
+                "region objective; re-run nnseg plan (and train again)"
+            )
+        scheme = self.scheme
+        if self.objective != scheme.objective:
+            raise PlanError(
+                f"objective is {self.objective!r} but the labels {'declare' if scheme.has_regions else 'have no'} "
+                f"regions, which train with {scheme.objective!r}; re-run nnseg plan"
             )
         if sorted(self.transpose_forward) != [0, 1, 2]:
             raise PlanError(f"transpose_forward must be a permutation of 0, 1, 2; got {list(self.transpose_forward)}")

@@ -7,12 +7,13 @@ the preset, so a CPU preset changes the budget, not the rules.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from nnseg.fingerprint import Fingerprint
+from nnseg.labels import scheme_from
 from nnseg.planning.footprint import estimate_footprint
 from nnseg.planning.network_plans import AnyNetworkPlan, NetworkPlan, network_plan_for
 from nnseg.planning.plan import (
@@ -266,7 +267,7 @@ def _lowres_configuration(
 
 def make_plan(
     fingerprint: Fingerprint,
-    labels: dict[str, int | tuple[int, ...]],
+    labels: Mapping[str, int | tuple[int, ...]],
     preset: PlannerPreset,
     *,
     nnseg_version: str,
@@ -276,7 +277,8 @@ def make_plan(
 
     Args:
         fingerprint: the dataset fingerprint.
-        labels: label name -> value(s), from dataset.json (their count is the number of network outputs).
+        labels: the dataset's :class:`~nnseg.labels.LabelScheme` (``Dataset.labels``), or a plain
+            name -> value mapping without regions; it decides the objective and the network outputs.
         preset: the planner's constants.
         nnseg_version: recorded in the plan.
         dataset_root: the raw dataset folder, recorded so that preprocessing finds it.
@@ -291,7 +293,8 @@ def make_plan(
     spacing_t = fullres_spacing[list(forward)]
     dataset_voxels = float(np.prod(median_shape, dtype=np.float64) * num_cases)
     normalization = channel_normalization(fingerprint, preset.nonzero_mask_threshold)
-    num_classes = len(labels)
+    scheme = scheme_from(labels)
+    num_classes = scheme.num_outputs
 
     configurations: dict[str, ConfigurationPlan] = {}
     wants = set(preset.configurations)
@@ -318,11 +321,13 @@ def make_plan(
         preset=preset.name,
         preset_values=preset,
         channel_names=fingerprint.channel_names,
-        labels=dict(labels),
+        labels=dict(scheme.labels),
         num_training_cases=num_cases,
         transpose_forward=forward,
         transpose_backward=backward,
         original_median_spacing=tuple(float(s) for s in np.median(spacings, axis=0)[list(forward)]),
         original_median_shape=tuple(float(s) for s in np.median(shapes, axis=0)[list(forward)]),
         configurations=configurations,
+        regions_class_order=scheme.regions_class_order,
+        objective=scheme.objective,
     )

@@ -165,7 +165,7 @@ def preprocess_case(
     if cropped_labels is not None:
         seg = resample_labels(cropped_labels, new_shape, axis=axis)
         seg = seg.astype(np.int8 if seg.max(initial=0) < 128 else np.int16)
-        locations = sample_class_locations(seg, case_id)
+        locations = sample_class_locations(seg, case_id, ignore=plan.scheme.ignore_value)
         classes = tuple(int(c) for c in np.unique(locations[:, 0]))
     properties = CaseProperties(
         case_id=case_id,
@@ -181,12 +181,13 @@ def preprocess_case(
     return PreprocessedCase(data, seg, properties, locations, body)
 
 
-def sample_class_locations(seg: np.ndarray, case_id: str) -> np.ndarray:
-    """Up to ``LOCATIONS_PER_CLASS`` voxels per foreground class (at least 1 % of its voxels), seeded by case id."""
+def sample_class_locations(seg: np.ndarray, case_id: str, *, ignore: int | None = None) -> np.ndarray:
+    """Up to ``LOCATIONS_PER_CLASS`` voxels per foreground class (at least 1 % of its voxels), seeded by case id;
+    the ``ignore`` label (unannotated voxels) is no class to oversample."""
     rng = np.random.default_rng(zlib.crc32(case_id.encode()))
     rows = []
     for value in np.unique(seg):
-        if value <= 0:
+        if value <= 0 or value == ignore:
             continue
         coords = np.argwhere(seg == value)
         count = min(len(coords), max(LOCATIONS_PER_CLASS, int(np.ceil(len(coords) * MIN_LOCATION_COVERAGE))))

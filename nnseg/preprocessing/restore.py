@@ -1,6 +1,7 @@
 """Map data from a configuration's voxel grid back to the original image grid (the inverse of preprocessing).
 
-Resample (probabilities linearly, per class; label maps via per-label masks), paste into
+Resample (probabilities linearly, per class, then argmax or, for regions, threshold and paint in
+``regions_class_order``; label maps via per-label masks), paste into
 the nonzero box of the transposed original shape, transpose back. Used to export
 predictions and to verify preprocessing (round trip). The full-size result is allocated
 once, in the original axis order, and the cropped block is pasted through a transposed
@@ -105,6 +106,15 @@ def probabilities_to_labels(
         raise ValueError(f"method must be one of {', '.join(RESAMPLE_METHODS)}, got {method!r}")
     probabilities = torch.as_tensor(probabilities)
     axis = separate_axis(properties.spacing, _original_planning_spacing(properties, plan), resampling)
+    scheme = plan.scheme
+    if scheme.has_regions:  # resample each region's probability, then threshold and paint (not an argmax)
+        shape = tuple(int(s) for s in properties.shape_after_crop)
+        resampled = (
+            probabilities.float()
+            if tuple(probabilities.shape[1:]) == shape
+            else interpolate_linear(probabilities.float(), shape, axis)
+        )
+        return _to_original(np.asarray(scheme.segmentation(resampled.numpy())), properties, plan)
     dtype = torch.uint8 if probabilities.shape[0] <= 256 else torch.int16
     new_shape = tuple(int(s) for s in properties.shape_after_crop)
     interpolate = axis is None and probabilities.ndim == 4 and probabilities.shape[0] > 1
@@ -123,7 +133,7 @@ def restore_probabilities(
 ) -> np.ndarray:
     """Class probabilities on the preprocessed grid -> float32 ``(classes, k, j, i)`` on the original grid.
 
-    Outside the nonzero box the background class gets probability 1.
+    Outside the nonzero box the background class gets probability 1 (every region 0).
     """
     probabilities = torch.as_tensor(probabilities).float()
     axis = separate_axis(properties.spacing, _original_planning_spacing(properties, plan), resampling)
@@ -134,5 +144,5 @@ def restore_probabilities(
         else interpolate_linear(probabilities, shape, axis)
     )
     full = np.zeros((resampled.shape[0], *properties.original_geometry.shape), dtype=np.float32)
-    full[0] = 1.0
+    full[:] = np.array(plan.scheme.background_probabilities(), dtype=np.float32).reshape(-1, *[1] * (full.ndim - 1))
     return _paste(resampled.numpy(), properties, plan, full)

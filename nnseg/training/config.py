@@ -6,12 +6,23 @@ check (:func:`nnseg.options.option`); the command line is generated from it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 from nnseg import options
 from nnseg.options import option
 from nnseg.training.recipe import SHORT_RUN_ITERATIONS, optimizer_name, recipe_name
 from nnseg.workspace import fold_folder_name
+
+
+def _checkpoint_file(name: str, value: Any) -> str:
+    """A checkpoint path, kept as text (the config is stored in checkpoints as plain data); it is read, and its
+    existence checked, when a fresh run starts from it (a resumed run does not need it)."""
+    text = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+    if not text:
+        raise options.OptionError(f"--{name}: expected a checkpoint file, got {value!r}")
+    return str(text)
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,14 @@ class TrainConfig:
         "first iterations and the epochs (at most --epochs) and the schedule are fitted to the budget",
         validate=options.duration,
         metavar="DURATION",
+    )
+    pretrained: str | None = option(
+        None,
+        "start from this checkpoint of another dataset (a checkpoint_*.pt): tensors of the same shape are copied, "
+        "the first convolution is adapted to the channels and the heads to the classes; the plan must have the "
+        "source's network (nnseg plan --transfer-plan). Not applied again when the run resumes",
+        validate=_checkpoint_file,
+        metavar="CKPT",
     )
     tracking_uri: str | None = option(
         None, "MLflow URI (none: MLFLOW_TRACKING_URI or sqlite:///<work>/mlflow.db)", metavar="URI"

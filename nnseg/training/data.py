@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnseg.labels import LabelScheme
 from nnseg.preprocessing.preprocess import CachedCase, open_case
 
 
@@ -157,10 +158,22 @@ class Prefetcher:
             thread.join(timeout=2)
 
 
-def class_frequencies(folder: Path, case_ids: Sequence[str], num_classes: int, *, max_cases: int = 20) -> np.ndarray:
-    """Voxel frequency of each class over (up to ``max_cases`` of) the cached cases (-1 counts as background)."""
-    counts = np.zeros(num_classes)
+def class_frequencies(folder: Path, case_ids: Sequence[str], scheme: LabelScheme, *, max_cases: int = 20) -> np.ndarray:
+    """Voxel frequency of each network output over (up to ``max_cases`` of) the cached cases: of each label
+    value (softmax; -1 counts as background), or the fraction of voxels inside each region (sigmoid).
+    Voxels of the ignore label are not counted."""
+    regions = list(scheme.regions.values())
+    counts = np.zeros(len(regions) if regions else scheme.num_outputs)
+    total = 0
     for case_id in case_ids[:max_cases]:
-        seg = np.asarray(open_case(folder, case_id).seg)
-        counts += np.bincount(np.maximum(seg, 0).ravel(), minlength=num_classes)[:num_classes]
+        seg = np.maximum(np.asarray(open_case(folder, case_id).seg), 0).ravel()
+        if scheme.ignore_value is not None:
+            seg = seg[seg != scheme.ignore_value]
+        if regions:
+            counts += [np.count_nonzero(np.isin(seg, values)) for values in regions]
+            total += seg.size
+        else:
+            counts += np.bincount(seg, minlength=len(counts))[: len(counts)]
+    if regions:
+        return counts / max(total, 1.0)
     return counts / max(counts.sum(), 1.0)

@@ -42,6 +42,7 @@ from nnseg.training.config import TrainConfig
 from nnseg.training.data import Batch, PatchSampler, Prefetcher, class_frequencies
 from nnseg.training.losses import SegmentationLoss
 from nnseg.training.plots import plot_curves
+from nnseg.training.pretrained import start_from_pretrained
 from nnseg.training.recipe import RECIPE_FIELDS, Recipe, choose_recipe, resumed_recipe, set_head_bias_to_prior
 from nnseg.training.run_parameters import run_parameters
 from nnseg.workspace import Workspace
@@ -89,6 +90,7 @@ class Trainer:
         random.seed(config.seed + self.dist.rank)
 
         self.num_channels = len(self.plan.channel_names)
+        self.scheme = self.plan.scheme  # labels, objective (softmax / sigmoid per region), ignore label
         # deep supervision where the plan has it, unless the run turns it off (--no-deep-supervision)
         self.deep_supervision = config.deep_supervision and self.config_plan.network.deep_supervision
         network_plan = self.config_plan.network
@@ -99,6 +101,10 @@ class Trainer:
             )
         network = build_network(
             self.config_plan.network, self.num_channels, self.plan.num_classes, deep_supervision=self.deep_supervision
+        )
+        resuming = resume and self.fold_paths.latest.is_file()  # --pretrained: only a fresh run starts from it
+        self.pretrained = start_from_pretrained(
+            network, config.pretrained, self.plan, resuming=resuming, show=self.dist.is_main
         )
         self.network = network.to(self.device)
         self.model: torch.nn.Module = self.network
@@ -131,18 +137,19 @@ class Trainer:
         self.recipe = self._recipe(checkpoint)
         frequencies = None
         if self.recipe.head_bias_prior or self.recipe.class_weight_power:
-            frequencies = class_frequencies(self.data_dir, self.train_ids, self.plan.num_classes)
-        weights = None if frequencies is None else self.recipe.class_weights(frequencies)
+            frequencies = class_frequencies(self.data_dir, self.train_ids, self.scheme)
+        weights = None if frequencies is None else self.recipe.class_weights(frequencies, self.scheme.objective)
         self.loss = SegmentationLoss(
             batch_dice=self.config_plan.batch_dice,
             topk_percent=self.recipe.topk_percent,
             class_weights=None if weights is None else torch.tensor(weights, dtype=torch.float32),
+            scheme=self.scheme,
         )
         self.optimizer = self.recipe.make_optimizer(self.network.parameters())
         if checkpoint is not None:
             self._restore(checkpoint)
         elif self.recipe.head_bias_prior and frequencies is not None:
-            set_head_bias_to_prior(self.network, torch.from_numpy(frequencies).float())
+            set_head_bias_to_prior(self.network, torch.from_numpy(frequencies).float(), self.scheme.objective)
         if self.budget is not None and self.dist.is_main:
             print(self.budget.describe(self.planned_epochs, config.iters_per_epoch))
         self.tracker = self._make_tracker()
@@ -194,6 +201,8 @@ class Trainer:
             "fold": str(self.train_config.fold),
             "nnseg.version": self.plan.nnseg_version,
         }
+        if self.pretrained is not None:  # the source of a fine-tuned run, searchable in the UI
+            tags["pretrained.sha256"] = self.pretrained.sha256
         resumed = self.run_id
         self.run_id = (
             tracker.start(
@@ -316,14 +325,21 @@ class Trainer:
         image, seg = center_crop(image, patch), center_crop(seg, patch)
         output, loss = self._forward_loss(image, seg)
         main = output[0] if isinstance(output, list) else output
-        predicted = main.argmax(1)
+        scheme = self.scheme
+        predicted = scheme.segmentation(scheme.probabilities(main.float(), dim=1), dim=1)
+        assert isinstance(predicted, torch.Tensor)
         target = seg[:, 0].long()
-        counts = torch.zeros(3, self.plan.num_classes - 1, device=self.device)
-        for c in range(1, self.plan.num_classes):
-            p, t = predicted == c, target == c
-            counts[0, c - 1] = (p & t).sum()
-            counts[1, c - 1] = (p & ~t).sum()
-            counts[2, c - 1] = (~p & t).sum()
+        annotated = torch.ones_like(target, dtype=torch.bool)
+        if scheme.ignore_value is not None:
+            annotated = target != scheme.ignore_value
+        classes = list(scheme.foreground.values())
+        counts = torch.zeros(3, len(classes), device=self.device)
+        for index, values in enumerate(classes):
+            inside = torch.tensor(values, device=target.device)
+            p, t = torch.isin(predicted, inside) & annotated, torch.isin(target, inside) & annotated
+            counts[0, index] = (p & t).sum()
+            counts[1, index] = (p & ~t).sum()
+            counts[2, index] = (~p & t).sum()
         return float(loss), counts
 
     # ------------------------------------------------------------------------------------------ loop
@@ -426,7 +442,7 @@ class Trainer:
         record: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss, "lr": lr}
         if val_loader is not None:
             self.model.eval()
-            val_losses, counts = [], torch.zeros(3, self.plan.num_classes - 1, device=self.device)
+            val_losses, counts = [], torch.zeros(3, len(self.scheme.foreground), device=self.device)
             for _ in range(self.train_config.val_iters):
                 loss, batch_counts = self.val_step(next(val_loader))
                 val_losses.append(loss)
@@ -494,7 +510,7 @@ class Trainer:
         )
 
     def _class_names(self) -> list[str]:
-        return [name for name, value in self.plan.labels.items() if value != 0]
+        return list(self.scheme.foreground)
 
     def _finish(self) -> dict | None:
         validation = None

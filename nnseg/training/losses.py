@@ -13,6 +13,11 @@ Measured against upsampling the heads to the patch (``benchmarks/deep_supervisio
 ``k`` % (nnU-Net's ``DiceTopK10`` loss variant): voxels of a structure of 30 voxels in a patch of
 100,000 otherwise weigh 0.03 % of the term, and once the network predicts background there the
 softmax saturates and the Dice term's gradient vanishes with it.
+
+The :class:`~nnseg.labels.LabelScheme` decides the objective: region datasets train one sigmoid per
+region with Dice (background included: every region is a foreground) + binary cross-entropy, as
+nnU-Net's ``DC_and_BCE_loss``; voxels of the ``ignore`` label are masked out of Dice and (B)CE alike
+(MONAI's ``MaskedDiceLoss`` applies the activation first, then the mask).
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnseg.errors import NnsegError
+from nnseg.labels import LabelScheme
+
 
 def deep_supervision_weights(levels: int) -> torch.Tensor:
     """``1 / 2**i`` for i in 0..levels-1, normalized to sum 1."""
@@ -31,18 +39,33 @@ def deep_supervision_weights(levels: int) -> torch.Tensor:
 
 
 class SegmentationLoss(nn.Module):
-    """Dice + CE on logits ``(B, C, *spatial)`` (``(B, L, C, ...)`` with deep supervision), labels ``(B, 1, ...)``."""
+    """Dice + CE (softmax) or Dice + BCE per region (sigmoid) on logits ``(B, C, *spatial)`` (``(B, L, C, ...)``
+    with deep supervision), labels ``(B, 1, ...)`` as in the files; the scheme's ignore voxels count nowhere."""
 
     def __init__(
-        self, *, batch_dice: bool, topk_percent: float = 100.0, class_weights: torch.Tensor | None = None
+        self,
+        *,
+        batch_dice: bool,
+        topk_percent: float = 100.0,
+        class_weights: torch.Tensor | None = None,
+        scheme: LabelScheme | None = None,
     ) -> None:
         super().__init__()
-        from monai.losses import DiceLoss
+        from monai.losses import DiceLoss, MaskedDiceLoss
 
-        self.dice = DiceLoss(
-            include_background=False,
-            to_onehot_y=True,
-            softmax=True,
+        self.scheme = scheme or LabelScheme({"background": 0, "foreground": 1})
+        sigmoid = self.scheme.objective == "sigmoid"
+        if sigmoid and (class_weights is not None or topk_percent < 100.0):
+            raise NnsegError(
+                "class weights and top-k cross-entropy apply to softmax training; region (sigmoid) training "
+                "uses plain Dice + BCE: choose a recipe without class_weight_power / topk_percent"
+            )
+        dice_type = MaskedDiceLoss if self.scheme.has_ignore else DiceLoss
+        self.dice = dice_type(
+            include_background=sigmoid,
+            to_onehot_y=not sigmoid,
+            softmax=not sigmoid,
+            sigmoid=sigmoid,
             batch=batch_dice,
             smooth_nr=1e-5,
             smooth_dr=1e-5,
@@ -51,17 +74,29 @@ class SegmentationLoss(nn.Module):
         self.class_weights: torch.Tensor | None
         self.register_buffer("class_weights", class_weights)
 
-    def _single(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _single(self, logits: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
+        target, valid = self.scheme.training_target(seg)
+        dice = self.dice(logits, target) if valid is None else self.dice(logits, target, mask=valid)
+        if self.scheme.objective == "sigmoid":
+            bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            if valid is None:
+                return dice + bce.mean()
+            weight = valid.expand_as(bce).float()
+            return dice + (bce * weight).sum() / weight.sum().clamp_min(1.0)
         labels = target[:, 0]
         weights = None if self.class_weights is None else self.class_weights.to(logits.device)
         cross_entropy = F.cross_entropy(logits, labels, weight=weights, reduction="none")
-        if weights is not None:  # a weighted mean, as F.cross_entropy(weight=...) takes it
+        if valid is not None:  # only annotated voxels
+            cross_entropy, labels = cross_entropy[valid[:, 0]], labels[valid[:, 0]]
+        if weights is not None and labels.numel():  # a weighted mean, as F.cross_entropy(weight=...) takes it
             cross_entropy = cross_entropy / weights[labels].mean()
-        if self.topk_fraction < 1.0:
+        if self.topk_fraction < 1.0 and cross_entropy.numel():
             flat = cross_entropy.reshape(-1)
             cross_entropy = flat.topk(max(1, int(flat.numel() * self.topk_fraction)), sorted=False).values
-        return self.dice(logits, target) + cross_entropy.mean()
+        if not cross_entropy.numel():  # a patch without annotated voxels: no cross-entropy term
+            return dice + logits.sum() * 0.0
+        return dice + cross_entropy.mean()
 
     def forward(self, logits: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """``logits``: one tensor, or the deep-supervision list (highest resolution first)."""

@@ -70,11 +70,12 @@ class Recipe:
         poly_exponent: after the warm-up, ``lr = initial_lr * (1 - progress) ** poly_exponent``.
         schedule_per_iteration: update the rate every iteration (True) or once per epoch (nnU-Net).
         oversample_foreground: fraction of each batch forced to contain foreground.
-        head_bias_prior: start each output's bias at log(class frequency), so the first predictions
-            match the label statistics instead of a uniform guess.
+        head_bias_prior: start each output's bias at log(class frequency) (log odds per region for sigmoid
+            outputs), so the first predictions match the label statistics instead of a uniform guess.
         topk_percent: cross-entropy over the hardest k % of voxels (100: over all, as nnU-Net's default).
         class_weight_power: weigh the cross-entropy of class c by ``frequency_c ** -power`` (normalized to
-            a weighted mean; 0: unweighted, as nnU-Net; 0.5: inverse square root of the frequency).
+            a weighted mean; 0: unweighted, as nnU-Net; 0.5: inverse square root of the frequency); not
+            applied to region (sigmoid) training.
     """
 
     name: str
@@ -90,9 +91,10 @@ class Recipe:
     topk_percent: float = 100.0
     class_weight_power: float = 0.0
 
-    def class_weights(self, frequencies: np.ndarray) -> np.ndarray | None:
-        """Cross-entropy weights per class from voxel frequencies (None when unweighted)."""
-        if self.class_weight_power == 0:
+    def class_weights(self, frequencies: np.ndarray, objective: str = "softmax") -> np.ndarray | None:
+        """Cross-entropy weights per class from voxel frequencies (None when unweighted, and for region
+        (sigmoid) training, whose BCE has no classes to weigh against each other)."""
+        if self.class_weight_power == 0 or objective == "sigmoid":
             return None
         weights = np.maximum(frequencies, 1e-6) ** -self.class_weight_power
         return weights / weights[0]
@@ -198,8 +200,11 @@ def optimizer_name(name: str, value: Any) -> str:
     return str(value)
 
 
-def set_head_bias_to_prior(network: torch.nn.Module, class_frequencies: torch.Tensor) -> int:
-    """Set the bias of every segmentation head to log(class frequency) (centred); returns the heads changed.
+def set_head_bias_to_prior(
+    network: torch.nn.Module, class_frequencies: torch.Tensor, objective: str = "softmax"
+) -> int:
+    """Set the bias of every segmentation head to log(class frequency) (centred), or for region (sigmoid)
+    outputs to the log odds of each region's frequency; returns the heads changed.
 
     Networks name their heads with ``segmentation_heads()`` (part of the network contract).
     """
@@ -208,8 +213,12 @@ def set_head_bias_to_prior(network: torch.nn.Module, class_frequencies: torch.Te
     heads = getattr(network, "segmentation_heads", None)
     if heads is None:
         raise TypeError(f"{type(network).__name__} has no segmentation_heads(); cannot start its biases at the prior")
-    log_prior = torch.log(class_frequencies.clamp_min(1e-6))
-    log_prior = log_prior - log_prior.mean()
+    frequencies = class_frequencies.clamp(1e-6, 1 - 1e-6)
+    if objective == "sigmoid":
+        log_prior = torch.log(frequencies / (1 - frequencies))
+    else:
+        log_prior = torch.log(frequencies)
+        log_prior = log_prior - log_prior.mean()
     changed = 0
     for head in heads():
         if head.bias is None or head.bias.shape != log_prior.shape:

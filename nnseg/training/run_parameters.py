@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 def run_parameters(trainer: Trainer) -> dict[str, Any]:
     """Nested parameters (flattened by the tracker): the configuration's plan, the recipe the run trains
-    with, the fitted number of epochs (``--time-budget``), the trainer options and the dataset's fingerprint."""
+    with, the fitted number of epochs (``--time-budget``), the trainer options, the dataset's fingerprint and,
+    for a run started from ``--pretrained``, the source checkpoint with its SHA-256 (``pretrained.*``)."""
     fingerprint = {}
     if trainer.workspace.fingerprint.is_file():
         data = json.loads(trainer.workspace.fingerprint.read_text())
@@ -28,7 +29,7 @@ def run_parameters(trainer: Trainer) -> dict[str, Any]:
         }
     config = asdict(trainer.config_plan)
     config.pop("normalization")
-    return {
+    parameters: dict[str, Any] = {
         "plan": {
             "preset": trainer.plan.preset,
             **config,
@@ -45,3 +46,6 @@ def run_parameters(trainer: Trainer) -> dict[str, Any]:
         "fingerprint": fingerprint,
         "nnseg_version": trainer.plan.nnseg_version,
     }
+    if trainer.pretrained is not None:  # the source checkpoint, its SHA-256 and what was transferred
+        parameters["pretrained"] = trainer.pretrained.as_params()
+    return parameters

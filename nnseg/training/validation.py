@@ -1,5 +1,6 @@
 """Final validation of a fold: predict its validation cases from the raw images with the predictor of
-``nnseg predict`` and score them in the original geometry (per case, per class)."""
+``nnseg predict`` and score them in the original geometry (per case, per class or region; voxels of the
+``ignore`` label are not scored)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def score_cases(
     ``nnseg export --int8`` scores its fp32 and int8 exports through this too.
     """
     dataset = load_dataset(plan.dataset_root)
-    scores = MetricAccumulator({name: value for name, value in plan.labels.items() if value != 0})
+    scheme = plan.scheme
+    scores = MetricAccumulator(scheme.foreground, ignore_value=scheme.ignore_value)
     for case_id in progress(case_ids, total=len(case_ids), desc=desc, unit="case", enabled=show_progress):
         case = dataset.case(case_id)
         reference = read_case_labels(case)

@@ -88,7 +88,9 @@ def test_find_best_streams_dice_only(preprocessed_work: Path, monkeypatch: pytes
     loads: list[Path] = []
     probabilities, predictions = _Alive(), _Alive()
     real_load, real_ensemble = ensembling.load_probabilities, ensembling._ensemble
-    monkeypatch.setattr(ensembling, "_ensemble", lambda loaded, combo: predictions.track(real_ensemble(loaded, combo)))
+    monkeypatch.setattr(
+        ensembling, "_ensemble", lambda loaded, combo, *scheme: predictions.track(real_ensemble(loaded, combo, *scheme))
+    )
     monkeypatch.setattr(
         ensembling, "load_probabilities", lambda path: loads.append(path) or probabilities.track(real_load(path))
     )

@@ -167,3 +167,20 @@ def test_every_architecture_round_trips_and_its_own_fields_are_checked(architect
     _edit(path, lambda d: d["configurations"]["3d_fullres"]["network"].update({name: value}))
     with pytest.raises(PlanError, match=f"configurations.3d_fullres.network.{message}"):
         Plan.load(path)
+
+
+def test_plans_record_the_objective_and_version_1_plans_load_as_softmax(plan_file: Path) -> None:
+    assert json.loads(plan_file.read_text())["objective"] == "softmax"
+    _edit(plan_file, lambda d: d.update(objective="sigmoid"))
+    with pytest.raises(PlanError, match="objective is 'sigmoid' but the labels have no regions"):
+        Plan.load(plan_file)
+
+    def version_1(data: dict) -> None:
+        data.update(schema_version=1, objective=None)
+        del data["objective"], data["regions_class_order"]
+
+    _edit(plan_file, version_1)
+    assert Plan.load(plan_file).scheme.objective == "softmax"  # what version 1 trained
+    _edit(plan_file, lambda d: d["labels"].update(both=[1, 2], background=0) or d.update(regions_class_order=None))
+    with pytest.raises(PlanError, match="schema_version 1 plans of region labels"):
+        Plan.load(plan_file)
