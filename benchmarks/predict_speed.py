@@ -1,6 +1,9 @@
 """Inference on this CPU: ``nnUNetv2_predict`` against ``nnseg predict``, trained models, same held-out volumes.
 
-One CT phantom dataset (``--cases`` training cases, ``--test-cases`` held-out cases with labels).
+One CT phantom dataset (``--cases`` training cases, ``--test-cases`` held-out cases with labels). The
+held-out cases get a scanner's field of view: ``--pad`` voxels of air (-1000 HU) each side (k, j, i)
+around the body, which keeps the scale the models were trained on (both tools predict, and are scored
+on, the same padded volumes).
 Both tools train fold 0 for the same budget (``--epochs`` x ``--iters`` iterations; nnU-Net through
 a trainer class this script writes into the nnU-Net install, ``nnUNetTrainer_nnsegBench<E>x<I>``,
 which changes only the schedule's length) on nnU-Net's default 3d_fullres plan, which
@@ -43,9 +46,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _rss import run_measured  # noqa: E402
+from predict_work import padded_cases  # noqa: E402
 
 from nnseg.api import plan  # noqa: E402
 from nnseg.evaluation import evaluate_folders  # noqa: E402
+from nnseg.io import read_volume, write_volume  # noqa: E402
 from nnseg.preprocessing.preprocess import preprocess_dataset  # noqa: E402
 from nnseg.synth import SynthConfig, generate_dataset  # noqa: E402
 from nnseg.training.config import TrainConfig  # noqa: E402
@@ -169,7 +174,7 @@ def check_same_plan(out: Path, work: Path) -> str:
         "strides": (ours["network"]["strides"], kwargs["strides"]),
         "features": (ours["network"]["features_per_stage"], kwargs["features_per_stage"]),
     }
-    differ = {k: v for k, v in pairs.items() if list(map(list, v[0]) if k in ("kernels", "strides") else v[0]) != v[1]}
+    differ = {k: v for k, v in pairs.items() if v[0] != v[1]}  # both read from JSON: lists and ints
     if differ:
         raise RuntimeError(f"nnseg's default plan differs from nnU-Net's: {differ}")
     return (
@@ -178,16 +183,27 @@ def check_same_plan(out: Path, work: Path) -> str:
     )
 
 
-def dice(predictions: Path, raw: Path) -> dict[str, float]:
+def held_out(raw: Path, out: Path, pad: tuple[int, int, int]) -> tuple[Path, Path]:
+    """(images, labels) folders of the held-out cases padded with air by ``pad`` voxels each side."""
+    images, labels = out / "images", out / "labels"
+    labels.mkdir(parents=True, exist_ok=True)
+    for image_path, reference in padded_cases(raw, images, pad):
+        target = labels / image_path.name.replace("_0000", "")
+        if not target.is_file():
+            write_volume(target, reference, read_volume(image_path).geometry, is_label=True)
+    return images, labels
+
+
+def dice(predictions: Path, raw: Path, references: Path) -> dict[str, float]:
     labels = json.loads((raw / "dataset.json").read_text())["labels"]
-    summary = evaluate_folders(
-        predictions, raw / "labelsTs", {k: v for k, v in labels.items() if v}, show_progress=False
-    )
-    per_class = summary.mean_dice_per_class()
+    summary = evaluate_folders(predictions, references, {k: v for k, v in labels.items() if v}, show_progress=False)
+    per_class = summary.mean_dice_per_class
     return {**per_class, "mean": sum(per_class.values()) / len(per_class)}
 
 
-def measure(name: str, command: list[str], output: Path, raw: Path, env: dict[str, str] | None = None) -> Row:
+def measure(
+    name: str, command: list[str], output: Path, raw: Path, references: Path, env: dict[str, str] | None = None
+) -> Row:
     """Run ``command`` twice into a fresh ``output``; the second run counts."""
     times = []
     peak = 0.0
@@ -196,7 +212,7 @@ def measure(name: str, command: list[str], output: Path, raw: Path, env: dict[st
         measured = run_measured(command, env)
         times.append(measured.seconds)
         peak = measured.peak_mib
-    row = Row(name, times[1], times[0], peak, dice(output, raw))
+    row = Row(name, times[1], times[0], peak, dice(output, raw, references))
     print(f"  {name}: {row.seconds:.1f} s (first {row.first_seconds:.1f} s), {peak:.0f} MiB, ", end="")
     print(f"Dice {row.dice['mean']:.4f}")
     return row
@@ -213,7 +229,9 @@ def bf16_supported() -> bool:
 def predict_all(out: Path, raw: Path, nnunet_model: Path, args: argparse.Namespace) -> list[Row]:
     nnseg_bin = str(Path(sys.executable).with_name("nnseg"))
     same, cpu = out / "nnseg_same_plan", out / "nnseg_cpu"
-    images, pred = raw / "imagesTs", out / "predictions"
+    pad = tuple(int(v) for v in args.pad.split(","))
+    images, references = held_out(raw, out / f"held_out_pad_{'_'.join(map(str, pad))}", pad)  # type: ignore[arg-type]
+    pred = out / "predictions"
     exports = out / "exports"
     int8, bf16 = exports / "int8", exports / "bf16"
     export = [nnseg_bin, "export", "-m", str(same), "-f", "0", "--format", "openvino", "--force", "-o"]
@@ -231,7 +249,9 @@ def predict_all(out: Path, raw: Path, nnunet_model: Path, args: argparse.Namespa
     def ours(model: Path, folder: str, *extra: str) -> list[str]:
         return [nnseg_bin, "predict", "-m", str(model), "-i", str(images), "-o", str(pred / folder), *extra]
 
-    rows = [measure("nnUNetv2_predict (default plan, TTA)", nnunet_cmd, pred / "nnunet", raw, nnunet_env(out))]
+    rows = [
+        measure("nnUNetv2_predict (default plan, TTA)", nnunet_cmd, pred / "nnunet", raw, references, nnunet_env(out))
+    ]
     variants = [
         ("nnseg same plan, torch fp32, TTA full", ours(same, "same_torch", "--backend", "torch"), "same_torch"),
         ("nnseg same plan, OpenVINO fp32, TTA full", ours(same, "same_ov", "--backend", "openvino"), "same_ov"),
@@ -244,7 +264,7 @@ def predict_all(out: Path, raw: Path, nnunet_model: Path, args: argparse.Namespa
         ("nnseg cpu preset, --tta fast", ours(cpu, "cpu_fast", "--tta", "fast"), "cpu_fast"),
         ("nnseg cpu preset, --skip-air yes", ours(cpu, "cpu_skip", "--skip-air", "yes"), "cpu_skip"),
     ]
-    rows += [measure(name, command, pred / folder, raw) for name, command, folder in variants]
+    rows += [measure(name, command, pred / folder, raw, references) for name, command, folder in variants]
     return rows
 
 
@@ -271,7 +291,8 @@ def main() -> int:
     parser.add_argument("--phase", choices=("train", "predict", "all"), default="all")
     parser.add_argument("--cases", type=int, default=12)
     parser.add_argument("--test-cases", type=int, default=4)
-    parser.add_argument("--shape", default="72,88,88")
+    parser.add_argument("--shape", default="56,64,64")
+    parser.add_argument("--pad", default="12,16,16", help="air voxels added each side of the held-out cases (k,j,i)")
     parser.add_argument("--seed", type=int, default=41)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--iters", type=int, default=25)
@@ -301,7 +322,8 @@ def main() -> int:
     results["cases"] = cases
     results_file.write_text(json.dumps(results, indent=2))
     print(
-        f"\n{cases} held-out CT phantoms of ~{args.shape} voxels; models trained {results['budget']}; "
+        f"\n{cases} held-out CT phantoms of ~{args.shape} voxels, padded by {args.pad} voxels of air each side; "
+        f"models trained {results['budget']}; "
         f"nnU-Net's default plan: {results['plan']}; CPU ({os.cpu_count()} cores); second of two runs, "
         "whole command\n"
     )
