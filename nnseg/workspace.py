@@ -4,6 +4,7 @@ W/fingerprint.json  plans.json  splits.json  check_report.json  inference.json  
 W/preprocessed/<data identifier>/...               (case files: nnseg.preprocessing.preprocess)
 W/models/<configuration>/fold_<k>/checkpoint_{latest,best,final}.pt  curves.png  tracking_fallback.jsonl
                                   validation/<case>.nii.gz|.npz  summary.json
+                                  predicted_next_stage/<next configuration>/<case>.npy   (cascade's first stage)
 """
 
 from __future__ import annotations
@@ -55,6 +56,21 @@ class FoldPaths:
     @property
     def validation_summary(self) -> Path:
         return self.validation / "summary.json"
+
+    def next_stage(self, configuration: str) -> Path:
+        """The fold's validation segmentations on ``configuration``'s preprocessed grid (the cascade's input):
+        ``<case>.npy``, written by the first stage's final validation."""
+        return self.root / "predicted_next_stage" / configuration
+
+    def next_stage_case(self, configuration: str, case_id: str) -> Path:
+        return self.next_stage(configuration) / f"{case_id}.npy"
+
+    def next_stage_cases(self, configuration: str) -> dict[str, Path]:
+        """Case id -> file of every segmentation this fold wrote for ``configuration`` (temporaries excluded)."""
+        folder = self.next_stage(configuration)
+        if not folder.is_dir():
+            return {}
+        return {p.stem: p for p in sorted(folder.glob("*.npy")) if not p.name.startswith(".")}
 
     @property
     def tracking_fallback(self) -> Path:

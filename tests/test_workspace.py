@@ -25,6 +25,7 @@ ARTIFACT_NAMES = {
     "validation",
     "summary.json",
     "tracking_fallback.jsonl",
+    "predicted_next_stage",
     "fold_",
     "fold_all",
     "fold_*",

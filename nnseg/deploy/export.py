@@ -184,6 +184,9 @@ def export_model(
     for path, checkpoint in zip(files[1:], checkpoints[1:]):
         if checkpoint.configuration != first.configuration or checkpoint.plan != first.plan:
             raise NnsegError(f"{path}: checkpoint was trained with another plan/configuration than {files[0]}")
+    from nnseg.inference.checkpoints import require_single_stage
+
+    require_single_stage(first, "an export")
     config_plan = first.plan.configuration(first.configuration)
     if precision != "fp32":
         for checkpoint in checkpoints:

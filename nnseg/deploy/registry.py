@@ -131,6 +131,9 @@ def resolve_model_uri(uri: str, tracking_uri: str | None, *, cache_dir: str | os
 def _finished(files: list[Path]) -> list[Checkpoint]:
     checkpoints = [Checkpoint.load(f) for f in files]
     first = checkpoints[0]
+    from nnseg.inference.checkpoints import require_single_stage
+
+    require_single_stage(first, "a registered model")
     seen: set[str] = set()
     for path, checkpoint in zip(files, checkpoints):
         if not checkpoint.finished:

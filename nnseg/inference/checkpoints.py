@@ -69,6 +69,19 @@ def find_checkpoints(model_dir: str | os.PathLike, folds: Sequence[int | str] | 
     return found
 
 
+def first_stage_folder(checkpoint: Path, configuration: str, stage: str) -> Path:
+    """``models/<stage>`` of the work folder holding ``checkpoint`` (of a cascade ``configuration``); NnsegError
+    naming the command to run when that stage is not trained there."""
+    work = Workspace.containing(checkpoint.parent)
+    if work is None or not work.models(stage).is_dir():
+        where = f"in {work.models(stage)}" if work is not None else "(the checkpoint is not inside a work folder)"
+        raise NnsegError(
+            f"{checkpoint}: a {configuration} model runs its first stage {stage} before itself, but no trained "
+            f"{stage} model was found {where}; train it (nnseg train --config {stage} --fold K, for each fold)"
+        )
+    return work.models(stage)
+
+
 @dataclass(frozen=True)
 class CheckpointSource:
     """Which checkpoint a predictor network came from, for the user to see."""
@@ -90,4 +103,16 @@ class CheckpointSource:
             f"{self.path}: not the final checkpoint of a finished training ({self.checkpoint.epochs_trained} "
             "epoch(s) done); predictions may be worse than the finished model's. Finish training with "
             "nnseg train (it resumes) or choose the folds with -f"
+        )
+
+
+def require_single_stage(checkpoint: Checkpoint, what: str) -> None:
+    """NnsegError for a cascade stage: ``what`` (an export, a registered model) holds one configuration's folds,
+    and a cascade stage also needs its first stage's."""
+    previous = checkpoint.plan.configuration(checkpoint.configuration).previous_stage
+    if previous is not None:
+        raise NnsegError(
+            f"{checkpoint.configuration} is a cascade stage: {what} cannot bundle its first stage {previous}; "
+            "use another configuration, or predict from the work folder (nnseg predict -m WORK -c "
+            f"{checkpoint.configuration})"
         )

@@ -11,6 +11,11 @@ the plan's :class:`~nnseg.labels.LabelScheme`) averaged over
 the checkpoints (folds), resample back per class while taking the argmax or painting the regions (never more
 than two volumes of the original size in memory), uncrop, transpose back, and write
 with the input's geometry.
+
+A cascade stage (``3d_cascade_fullres``, a configuration with a ``previous_stage``) runs its first stage's
+predictor before itself: that stage's segmentation, resampled to this stage's preprocessed grid, is appended as
+one-hot channels (:mod:`nnseg.preprocessing.cascade`). :meth:`Predictor.from_checkpoints` finds the first stage's
+folds in the work folder holding the cascade's.
 """
 
 from __future__ import annotations
@@ -32,14 +37,15 @@ from nnseg.checkpoint import Checkpoint, load_weights
 from nnseg.dataset.reading import read_channels
 from nnseg.deploy.backends import CACHE_FOLDER, WindowRunner, resolve_backend, window_runners
 from nnseg.errors import NnsegError
-from nnseg.inference.checkpoints import CheckpointSource, find_checkpoints
+from nnseg.inference.checkpoints import CheckpointSource, find_checkpoints, first_stage_folder
 from nnseg.inference.skipping import air_body_mask, mirror_axes_for
 from nnseg.inference.sliding_window import WindowStats, predict_sliding_window
 from nnseg.io import Geometry, Volume, split_suffix, write_volume
 from nnseg.networks import build_network
 from nnseg.planning.network_plans import NetworkPlan, UNetPlusPlusPlan
 from nnseg.planning.plan import ConfigurationPlan, Plan
-from nnseg.preprocessing.preprocess import preprocess_case
+from nnseg.preprocessing.cascade import StoredStage, previous_stage_channels, segmentation_for_stage
+from nnseg.preprocessing.preprocess import PreprocessedCase, preprocess_case
 from nnseg.preprocessing.restore import RESAMPLE_METHODS, probabilities_to_labels, restore_probabilities
 from nnseg.schema import to_jsonable
 
@@ -113,18 +119,23 @@ class Predictor:
         backend: str = "torch",
         cache_dirs: Sequence[Path | None] | None = None,
         runners: Sequence[WindowRunner] | None = None,
+        previous: Predictor | StoredStage | None = None,
     ) -> None:
         """``backend``: torch, openvino, onnxruntime or auto (:func:`nnseg.deploy.backends.resolve_backend`;
         ``nnseg predict`` defaults to auto, the API to torch so that training's validation is unchanged);
         ``cache_dirs``: per state, where converted models are kept (None: converted in memory); ``runners``:
         ready window runners instead of ``states`` (an export, :meth:`from_export`); ``tta``: full, fast or none
         (``mirror=False`` is ``none``); ``skip_air``: don't run windows of air only (CT models only);
-        ``resample``: how probabilities go back to the input grid (``probabilities_to_labels``' method)."""
+        ``resample``: how probabilities go back to the input grid (``probabilities_to_labels``' method);
+        ``previous``: the first stage of a cascade configuration (required for one): its predictor, or its stored
+        cross-validation segmentations (:class:`StoredStage`, the cascade's final validation)."""
         self.plan = plan
         #: labels, objective and how probabilities become labels (:mod:`nnseg.labels`)
         self.scheme = plan.scheme
         self.config_plan: ConfigurationPlan = plan.configuration(configuration)
         network_plan: NetworkPlan = self.config_plan.network
+        #: the cascade's first stage, run before this one on every case
+        self.previous = _checked_previous(plan, self.config_plan, previous)
         if prune_level is not None:
             network_plan = _pruned(network_plan, prune_level, trained_heads=deep_supervision_heads)
         self.backend, device = resolve_backend(backend, options.device("device", device))
@@ -143,13 +154,13 @@ class Predictor:
             # the heads exist in the weights; in eval mode the network returns only the full-resolution output
             network = build_network(
                 network_plan,
-                len(plan.channel_names),
+                plan.input_channels(configuration),
                 plan.num_classes,
                 deep_supervision=deep_supervision_heads,
             )
             load_weights(network, state, f"checkpoint {index + 1} of {len(states)}")
             self.networks.append(network.to(self.device).eval())
-        input_shape = (len(plan.channel_names), *self.config_plan.patch_size)
+        input_shape = (plan.input_channels(configuration), *self.config_plan.patch_size)
         self.runners: list[WindowRunner] = (
             list(runners)
             if runners is not None
@@ -188,6 +199,9 @@ class Predictor:
         for path, checkpoint in zip(files[1:], checkpoints[1:]):
             if checkpoint.configuration != first.configuration or checkpoint.plan != first.plan:
                 raise NnsegError(f"{path}: checkpoint was trained with another plan/configuration than {files[0]}")
+        previous_stage = first.plan.configuration(first.configuration).previous_stage
+        if previous_stage is not None and kwargs.get("previous") is None:
+            kwargs["previous"] = _first_stage(files[0], first, previous_stage, kwargs)
         predictor = cls(
             first.plan,
             first.configuration,
@@ -197,6 +211,8 @@ class Predictor:
             **kwargs,
         )
         predictor.sources = [CheckpointSource(path, c) for path, c in zip(files, checkpoints)]
+        if predictor.previous is not None:  # listed too: the user sees every checkpoint a case goes through
+            predictor.sources = predictor.previous.sources + predictor.sources
         return predictor
 
     @classmethod
@@ -271,6 +287,20 @@ class Predictor:
         self, images: np.ndarray, geometry: Geometry, *, case_id: str = "case", return_probabilities: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Label map (and optionally probabilities) for ``images`` ``(c, k, j, i)`` in the input grid."""
+        labels, full, _ = self._predict(images, geometry, case_id, return_probabilities, None)
+        return labels, full
+
+    def stage_segmentation(
+        self, images: np.ndarray, geometry: Geometry, config: ConfigurationPlan, *, case_id: str = "case"
+    ) -> np.ndarray:
+        """The segmentation of ``images`` on ``config``'s preprocessed grid (a cascade's next stage input)."""
+        case, probabilities = self._preprocessed_probabilities(images, geometry, case_id)
+        return segmentation_for_stage(probabilities, case.properties, self.plan, config)
+
+    def _preprocessed_probabilities(
+        self, images: np.ndarray, geometry: Geometry, case_id: str
+    ) -> tuple[PreprocessedCase, torch.Tensor]:
+        """Preprocess (appending the first stage's segmentation for a cascade) and run the networks."""
         if images.shape[0] != len(self.plan.channel_names):
             raise NnsegError(
                 f"{case_id}: {images.shape[0]} channel(s) given, the model expects "
@@ -286,12 +316,31 @@ class Predictor:
             mask = mask if air is None else air if mask is None else mask & air
         body = None if mask is None else torch.from_numpy(mask)
         self.times.add("preprocess", time.perf_counter() - started)
+        if self.previous is not None:
+            started = time.perf_counter()
+            previous = self.previous.stage_segmentation(images, geometry, self.config_plan, case_id=case_id)
+            if previous.shape != case.data.shape[1:]:  # both stages crop the same box: a bug, not bad input
+                raise RuntimeError(f"{case_id}: first stage grid {previous.shape} != {case.data.shape[1:]}")
+            data = torch.cat([data, previous_stage_channels(torch.from_numpy(previous), self.scheme)])
+            self.times.add(f"{self.config_plan.previous_stage} stage", time.perf_counter() - started)
         started = time.perf_counter()
         if self.config_plan.dimensions == 3:
             probabilities = self._probabilities_3d(data, body)
         else:
             probabilities = self._probabilities_2d(data, body)
         self.times.add("network", time.perf_counter() - started)
+        return case, probabilities
+
+    def _predict(
+        self,
+        images: np.ndarray,
+        geometry: Geometry,
+        case_id: str,
+        return_probabilities: bool,
+        next_stage: ConfigurationPlan | None,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(labels, probabilities or None in the input grid, segmentation on ``next_stage``'s grid or None)."""
+        case, probabilities = self._preprocessed_probabilities(images, geometry, case_id)
         started = time.perf_counter()
         labels = probabilities_to_labels(
             probabilities, case.properties, self.plan, self.config_plan.resampling, method=self.resample
@@ -299,8 +348,12 @@ class Predictor:
         full = None
         if return_probabilities:
             full = restore_probabilities(probabilities, case.properties, self.plan, self.config_plan.resampling)
+        staged = None
+        if next_stage is not None:
+            staged = segmentation_for_stage(probabilities, case.properties, self.plan, next_stage)
         self.times.add("export", time.perf_counter() - started)
-        return labels.astype(np.uint8 if max(self.scheme.file_values) < 256 else np.int32, copy=False), full
+        labels = labels.astype(np.uint8 if max(self.scheme.file_values) < 256 else np.int32, copy=False)
+        return labels, full, staged
 
     def check_input(self, images: np.ndarray, geometry: Geometry, case_id: str) -> None:
         """Refuse non-finite voxels (they would silently turn the prediction into background); warn about a
@@ -325,24 +378,37 @@ class Predictor:
                 f"{cost}. Results may be poor: check the header's spacing"
             )
 
-    def predict_files(self, files: Sequence[str | os.PathLike], *, return_probabilities: bool = False) -> Prediction:
+    def predict_files(
+        self,
+        files: Sequence[str | os.PathLike],
+        *,
+        return_probabilities: bool = False,
+        next_stage: ConfigurationPlan | None = None,
+    ) -> Prediction:
         """Segment one case given as its channel files (or one 4D file), in the input's grid."""
         paths = [Path(p) for p in files]
         started = time.perf_counter()
         volume = read_channels(paths)
         self.times.add("read", time.perf_counter() - started)
-        return self.predict_volume(volume, paths[0].name, return_probabilities=return_probabilities)
-
-    def predict_volume(self, volume: Volume, case_id: str, *, return_probabilities: bool = False) -> Prediction:
-        """Segment a case already read (``(k, j, i)`` single channel or ``(c, k, j, i)``), in its grid."""
-        images = volume.array if volume.array.ndim == 4 else volume.array[None]
-        labels, probabilities = self.predict_array(
-            images.astype(np.float32, copy=False),
-            volume.geometry,
-            case_id=case_id,
-            return_probabilities=return_probabilities,
+        return self.predict_volume(
+            volume, paths[0].name, return_probabilities=return_probabilities, next_stage=next_stage
         )
-        return Prediction(labels, probabilities, volume.geometry)
+
+    def predict_volume(
+        self,
+        volume: Volume,
+        case_id: str,
+        *,
+        return_probabilities: bool = False,
+        next_stage: ConfigurationPlan | None = None,
+    ) -> Prediction:
+        """Segment a case already read (``(k, j, i)`` single channel or ``(c, k, j, i)``), in its grid;
+        ``next_stage``: also its segmentation on that configuration's preprocessed grid (a cascade's input)."""
+        images = volume.array if volume.array.ndim == 4 else volume.array[None]
+        labels, probabilities, staged = self._predict(
+            images.astype(np.float32, copy=False), volume.geometry, case_id, return_probabilities, next_stage
+        )
+        return Prediction(labels, probabilities, volume.geometry, staged)
 
     def predict(
         self,
@@ -374,11 +440,45 @@ class Predictor:
 
 @dataclass(frozen=True)
 class Prediction:
-    """A predicted case: labels ``(k, j, i)``, optional probabilities ``(classes, k, j, i)``, input geometry."""
+    """A predicted case: labels ``(k, j, i)``, optional probabilities ``(classes, k, j, i)``, input geometry, and
+    optionally the segmentation on a next stage's preprocessed grid (``predict_files(next_stage=...)``)."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None
     geometry: Geometry
+    next_stage: np.ndarray | None = None
+
+
+def _checked_previous(
+    plan: Plan, config: ConfigurationPlan, previous: Predictor | StoredStage | None
+) -> Predictor | StoredStage | None:
+    """``previous`` when ``config`` is a cascade stage and ``previous`` predicts its first stage; errors otherwise."""
+    if config.previous_stage is None:
+        if previous is not None:
+            raise NnsegError(f"{config.name} is not a cascade stage; it takes no previous stage's predictor")
+        return None
+    if previous is None:
+        raise NnsegError(
+            f"{config.name} is a cascade stage: it needs its first stage {config.previous_stage} to predict first; "
+            "predict from the work folder (nnseg predict -m WORK -c " + config.name + ") so that both are found"
+        )
+    previous.on_warning = _ignore  # this stage checks the input itself; the first stage's coarser grid is planned
+    if previous.config_plan != plan.configuration(config.previous_stage):
+        raise NnsegError(
+            f"the {config.previous_stage} model was trained with another plan than the {config.name} model "
+            f"(its {config.previous_stage} configuration differs); retrain one of them with the same plans.json"
+        )
+    return previous
+
+
+def _ignore(message: str) -> None:
+    pass
+
+
+def _first_stage(path: Path, checkpoint: Checkpoint, stage: str, settings: dict) -> Predictor:
+    """The first stage's predictor of a cascade checkpoint, from every fold of the work folder holding it."""
+    own = {k: v for k, v in settings.items() if k not in ("folds", "prune_level", "previous")}
+    return Predictor.from_checkpoints(first_stage_folder(path, checkpoint.configuration, stage), **own)
 
 
 def _mm(values: Sequence[float]) -> str:

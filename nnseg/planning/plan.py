@@ -30,6 +30,9 @@ PLAN_SCHEMA_VERSION = 2
 #: makes, but it stops a hand-edited plans.json from allocating terabytes.
 MAX_PATCH_VOXELS = {2: 4096**2, 3: 512**3}
 NormalizationScheme = Literal["ct", "zscore", "none", "rescale_to_0_1", "rgb_to_0_1"]
+#: The cascade: the low-resolution first stage and the full-resolution stage that takes its segmentation as input.
+LOWRES_CONFIGURATION = "3d_lowres"
+CASCADE_CONFIGURATION = "3d_cascade_fullres"
 
 
 class PlanError(NnsegError):
@@ -98,7 +101,9 @@ class ConfigurationPlan:
         normalization: one entry per input channel, channel order.
         resampling: resampling orders.
         budget_used: fraction of the preset's budget the plan uses at this batch size (<= 1 when it fits).
-        previous_stage / next_stage: cascade links (3d_lowres -> 3d_cascade_fullres).
+        previous_stage / next_stage: cascade links (3d_lowres -> 3d_cascade_fullres). A configuration with a
+            ``previous_stage`` takes that stage's segmentation (one-hot, one channel per foreground class or
+            region of the label scheme) as extra input channels (:meth:`Plan.input_channels`).
     """
 
     name: str
@@ -177,6 +182,13 @@ class Plan:
         if name not in self.configurations:
             raise PlanError(f"configuration {name!r} is not in the plan; available: {', '.join(self.configurations)}")
         return self.configurations[name]
+
+    def input_channels(self, configuration: str) -> int:
+        """Network input channels of a configuration: the image channels, plus, for a cascade stage, one
+        channel per foreground class (or region) of the previous stage's segmentation."""
+        config = self.configuration(configuration)
+        extra = len(self.scheme.foreground) if config.previous_stage is not None else 0
+        return len(self.channel_names) + extra
 
     def validate(self) -> None:
         """Check the plan's internal consistency; raise PlanError naming the first bad field."""
@@ -267,5 +279,15 @@ def _validate_configuration(plan: Plan, name: str, config: ConfigurationPlan) ->
                 f"{divisor} (the product of the strides along that axis)"
             )
     for link in (config.previous_stage, config.next_stage):
-        if link is not None and link not in plan.configurations and link != "3d_cascade_fullres":
+        # plans made before the cascade was trainable name 3d_cascade_fullres without planning it
+        if link is not None and link not in plan.configurations and link != CASCADE_CONFIGURATION:
             raise PlanError(f"{where} links to unknown configuration {link!r}")
+    if config.previous_stage is not None:
+        previous = plan.configurations[config.previous_stage]
+        if dims != 3 or previous.dimensions != 3:
+            raise PlanError(f"{where}.previous_stage: a cascade links 3D configurations, got {previous.name!r}")
+        if previous.next_stage != name:
+            raise PlanError(
+                f"{where}.previous_stage is {previous.name!r}, whose next_stage is {previous.next_stage!r}, not "
+                f"{name!r}; re-run nnseg plan"
+            )

@@ -17,6 +17,8 @@ from nnseg.labels import scheme_from
 from nnseg.planning.footprint import estimate_footprint
 from nnseg.planning.network_plans import AnyNetworkPlan, NetworkPlan, network_plan_for
 from nnseg.planning.plan import (
+    CASCADE_CONFIGURATION,
+    LOWRES_CONFIGURATION,
     PLAN_SCHEMA_VERSION,
     ChannelNormalization,
     ConfigurationPlan,
@@ -310,9 +312,13 @@ def make_plan(
         if "3d_lowres" in wants:
             lowres = _lowres_configuration(fullres, preset, num_cases, normalization, num_classes)
         if lowres is not None:
-            configurations["3d_lowres"] = replace(lowres, next_stage="3d_cascade_fullres")
+            configurations[LOWRES_CONFIGURATION] = replace(lowres, next_stage=CASCADE_CONFIGURATION)
             fullres = replace(fullres, batch_dice=True)
         configurations["3d_fullres"] = fullres
+        if lowres is not None:  # nnU-Net's cascade: 3d_fullres's data, patch and network, plus the lowres input
+            configurations[CASCADE_CONFIGURATION] = replace(
+                fullres, name=CASCADE_CONFIGURATION, previous_stage=LOWRES_CONFIGURATION
+            )
     return Plan(
         schema_version=PLAN_SCHEMA_VERSION,
         nnseg_version=nnseg_version,

@@ -8,29 +8,36 @@ data); regions reaching beyond the volume are padded (image 0, label 0). Only th
 is read from the memory-mapped arrays, never the whole volume.
 
 2D configurations cut one slice (axis 0) per sample from the 3D cache.
+
+A cascade stage also cuts the same region of each case's previous-stage segmentation (the first stage's
+cross-validation prediction on this grid, :func:`previous_stage_files`), padded with background.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from nnseg.errors import NnsegError
 from nnseg.labels import LabelScheme
 from nnseg.preprocessing.preprocess import CachedCase, open_case
+from nnseg.workspace import Workspace, fold_folders
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Host arrays: ``image`` float32 ``(B, C, *region)``, ``seg`` int16 ``(B, 1, *region)``, case ids."""
+    """Host arrays: ``image`` float32 ``(B, C, *region)``, ``seg`` int16 ``(B, 1, *region)``, case ids, and for a
+    cascade stage ``previous`` int16 ``(B, 1, *region)``, the previous stage's segmentation (label values)."""
 
     image: np.ndarray
     seg: np.ndarray
     case_ids: tuple[str, ...]
+    previous: np.ndarray | None = None
 
 
 class PatchSampler:
@@ -44,6 +51,8 @@ class PatchSampler:
         oversample_foreground: fraction of each batch forced to contain foreground.
         dimensions: 3, or 2 to cut single slices.
         seed: random seed.
+        previous_stage: case id -> ``.npy`` file of the previous stage's segmentation on this grid (a cascade
+            stage; every case needs one, of the case's shape), or None.
     """
 
     def __init__(
@@ -56,10 +65,14 @@ class PatchSampler:
         oversample_foreground: float = 1 / 3,
         dimensions: int = 3,
         seed: int = 0,
+        previous_stage: Mapping[str, Path] | None = None,
     ) -> None:
         if not case_ids:
             raise ValueError("no cases to sample from")
         self.cases: list[CachedCase] = [open_case(folder, c) for c in case_ids]
+        self.previous: list[np.ndarray] | None = None
+        if previous_stage is not None:
+            self.previous = [_open_previous(previous_stage, case) for case in self.cases]
         self.region_size = tuple(int(s) for s in region_size)
         self.batch_size = batch_size
         self.forced = round(batch_size * oversample_foreground)
@@ -76,7 +89,9 @@ class PatchSampler:
             return rows[self.rng.integers(len(rows)), 1:].astype(np.int64)
         return np.array([self.rng.integers(0, n) for n in shape], dtype=np.int64)
 
-    def _cut(self, case: CachedCase, center: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _cut(
+        self, case: CachedCase, center: np.ndarray, previous: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         shape = case.seg.shape
         size = (1, *self.region_size) if self.dimensions == 2 else self.region_size
         start = center - np.array(size) // 2
@@ -94,9 +109,14 @@ class PatchSampler:
         image[(slice(None), *dst)] = case.data[(slice(None), *src)]
         seg[0][dst] = case.seg[src]
         np.maximum(seg, 0, out=seg)  # -1 (outside the nonzero mask) trains as background
+        cut_previous = None
+        if previous is not None:
+            cut_previous = np.zeros((1, *size), dtype=np.int16)
+            cut_previous[0][dst] = previous[src]
         if self.dimensions == 2:
             image, seg = image[:, 0], seg[:, 0]
-        return image, seg
+            cut_previous = None if cut_previous is None else cut_previous[:, 0]
+        return image, seg, cut_previous
 
     def spawn(self, seed: int | list[int]) -> PatchSampler:
         """A sampler over the same (already opened) cases with its own random stream, for another thread."""
@@ -106,15 +126,40 @@ class PatchSampler:
         return clone
 
     def next_batch(self) -> Batch:
-        images, segs, ids = [], [], []
+        images, segs, ids, previous = [], [], [], []
         for index in range(self.batch_size):
-            case = self.cases[self.rng.integers(len(self.cases))]
+            chosen = int(self.rng.integers(len(self.cases)))
+            case = self.cases[chosen]
             force = index >= self.batch_size - self.forced
-            image, seg = self._cut(case, self._center(case, force))
+            image, seg, cut = self._cut(
+                case, self._center(case, force), None if self.previous is None else self.previous[chosen]
+            )
             images.append(image)
             segs.append(seg)
             ids.append(case.properties.case_id)
-        return Batch(np.stack(images), np.stack(segs), tuple(ids))
+            if cut is not None:
+                previous.append(cut)
+        return Batch(np.stack(images), np.stack(segs), tuple(ids), np.stack(previous) if previous else None)
+
+
+def _open_previous(files: Mapping[str, Path], case: CachedCase) -> np.ndarray:
+    """The previous stage's segmentation of ``case``, memory-mapped; NnsegError when missing or of another grid."""
+    case_id = case.properties.case_id
+    if case_id not in files:
+        raise NnsegError(f"case {case_id}: no previous-stage segmentation (the cascade's first stage predicts it)")
+    path = files[case_id]
+    try:
+        previous = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise NnsegError(
+            f"{path}: unreadable previous-stage segmentation ({exc}); retrain that first-stage fold"
+        ) from None
+    if previous.shape != case.seg.shape:
+        raise NnsegError(
+            f"{path}: previous-stage segmentation of shape {previous.shape}, but case {case_id} is preprocessed to "
+            f"{case.seg.shape}: it was predicted for another plan; retrain that first-stage fold (--fresh)"
+        )
+    return previous
 
 
 class Prefetcher:
@@ -177,3 +222,26 @@ def class_frequencies(folder: Path, case_ids: Sequence[str], scheme: LabelScheme
     if regions:
         return counts / max(total, 1.0)
     return counts / max(counts.sum(), 1.0)
+
+
+def previous_stage_files(
+    workspace: Workspace, previous: str, configuration: str, case_ids: Sequence[str], splits: Sequence[Mapping]
+) -> dict[str, Path]:
+    """Case id -> the ``previous`` stage's cross-validation segmentation for ``configuration`` (from the fold that
+    validated the case), for every case of ``case_ids``; NnsegError naming the missing cases and the
+    ``nnseg train`` commands of the ``previous`` folds (``splits``) that make them. Never trains on nothing."""
+    found: dict[str, Path] = {}
+    for fold in fold_folders(workspace.models(previous), cross_validation_only=True):
+        for case_id, path in fold.next_stage_cases(configuration).items():
+            found.setdefault(case_id, path)
+    missing = sorted(set(case_ids) - set(found))
+    if missing:
+        folds = [k for k, fold in enumerate(splits) if set(fold["val"]) & set(missing)]
+        commands = "; ".join(f"nnseg train --work {workspace.root} --config {previous} --fold {k}" for k in folds)
+        raise NnsegError(
+            f"{configuration} trains on the {previous} stage's cross-validation predictions (its folds' final "
+            f"validation writes them), missing for {len(missing)} case(s): {', '.join(missing[:8])}"
+            f"{' ...' if len(missing) > 8 else ''}; train the {previous} fold(s) that validate them first: "
+            f"{commands or f'nnseg train --work {workspace.root} --config {previous} --fold K'}"
+        )
+    return {case_id: found[case_id] for case_id in case_ids}

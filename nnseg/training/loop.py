@@ -10,6 +10,11 @@ Resume: ``checkpoint_latest.pt`` holds weights, optimizer, grad scaler, epoch, E
 RNG states and the MLflow run id; a rerun (or ``--resume``) continues from the last
 completed epoch in the same MLflow run. Checkpoints are written atomically, so a kill at
 any moment loses at most the epoch in progress.
+
+Cascade: a configuration with a ``previous_stage`` (``3d_cascade_fullres``) trains on that stage's
+cross-validation predictions of every case (written by its folds' final validation; a missing one stops the run
+with the command that makes it): they are cut with the patches, moved with the spatial augmentation as a label,
+one-hot encoded and augmented (:mod:`nnseg.training.augment.cascade`), and appended to the image channels.
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ from nnseg.planning.splits import load_or_create_splits
 from nnseg.preprocessing.preprocess import is_done, preprocessing_hash
 from nnseg.progress import progress
 from nnseg.training.augment import TrainingAugmentation, center_crop
+from nnseg.training.augment.cascade import CascadeAugmentation, append_previous_stage
 from nnseg.training.budget import TimeBudget
 from nnseg.training.config import TrainConfig
-from nnseg.training.data import Batch, PatchSampler, Prefetcher, class_frequencies
+from nnseg.training.data import Batch, PatchSampler, Prefetcher, class_frequencies, previous_stage_files
 from nnseg.training.losses import SegmentationLoss
 from nnseg.training.plots import plot_curves
 from nnseg.training.pretrained import start_from_pretrained
@@ -83,13 +89,18 @@ class Trainer:
         self.fold_dir = self.fold_paths.root
         remove_stale_temporaries(self.fold_dir)
         remove_stale_temporaries(self.fold_paths.validation)
+        if self.config_plan.next_stage is not None:
+            remove_stale_temporaries(self.fold_paths.next_stage(self.config_plan.next_stage))
         self.data_dir = self.workspace.preprocessed(self.config_plan.data_identifier)
+        self.splits: list[dict[str, list[str]]] = []
         self.train_ids, self.val_ids = self._split()
+        #: cascade stage: case id -> the previous stage's cross-validation segmentation on this grid
+        self.previous_stage = self._previous_stage_files()
         torch.manual_seed(config.seed + self.dist.rank)
         np.random.seed(config.seed + self.dist.rank)
         random.seed(config.seed + self.dist.rank)
 
-        self.num_channels = len(self.plan.channel_names)
+        self.num_channels = self.plan.input_channels(config.configuration)  # + the previous stage's one-hot
         self.scheme = self.plan.scheme  # labels, objective (softmax / sigmoid per region), ignore label
         # deep supervision where the plan has it, unless the run turns it off (--no-deep-supervision)
         self.deep_supervision = config.deep_supervision and self.config_plan.network.deep_supervision
@@ -104,7 +115,7 @@ class Trainer:
         )
         resuming = resume and self.fold_paths.latest.is_file()  # --pretrained: only a fresh run starts from it
         self.pretrained = start_from_pretrained(
-            network, config.pretrained, self.plan, resuming=resuming, show=self.dist.is_main
+            network, config.pretrained, self.plan, config.configuration, resuming=resuming, show=self.dist.is_main
         )
         self.network = network.to(self.device)
         self.model: torch.nn.Module = self.network
@@ -116,6 +127,7 @@ class Trainer:
         self.use_amp = config.mixed_precision and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.augment = TrainingAugmentation.for_patch_size(self.config_plan.patch_size)
+        self.cascade_augment = CascadeAugmentation() if self.previous_stage is not None else None
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed + 7919 * self.dist.rank)
 
         self.epoch = 0
@@ -179,6 +191,7 @@ class Trainer:
         self.dist.barrier()
         if not self.dist.is_main:
             splits = load_or_create_splits(self.workspace.splits, cases)
+        self.splits = splits
         if self.train_config.fold == "all":
             return cases, cases
         if self.train_config.fold >= len(splits):  # type: ignore[operator]
@@ -187,6 +200,18 @@ class Trainer:
             )
         fold = splits[self.train_config.fold]  # type: ignore[index]
         return list(fold["train"]), list(fold["val"])
+
+    def _previous_stage_files(self) -> dict[str, Path] | None:
+        """A cascade stage's input: every case's segmentation by the previous stage's fold that validated it."""
+        if self.config_plan.previous_stage is None:
+            return None
+        return previous_stage_files(
+            self.workspace,
+            self.config_plan.previous_stage,
+            self.train_config.configuration,
+            sorted(set(self.train_ids) | set(self.val_ids)),
+            self.splits,
+        )
 
     def _make_tracker(self):
         from nnseg.tracking import NullTracker, default_tracking_uri, mlflow_with_fallback
@@ -297,9 +322,21 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ steps
 
     def _to_device(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image and seg on the device; a cascade's previous-stage segmentation rides along as seg channel 1."""
         image = torch.from_numpy(batch.image).to(self.device, non_blocking=True)
         seg = torch.from_numpy(batch.seg).to(self.device, non_blocking=True)
+        if batch.previous is not None:
+            previous = torch.from_numpy(batch.previous).to(self.device, non_blocking=True)
+            seg = torch.cat([seg, previous.to(seg.dtype)], 1)
         return image, seg
+
+    def _with_previous_stage(
+        self, image: torch.Tensor, seg: torch.Tensor, *, augment: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(network input, labels): a cascade's seg channel 1 moved to the image as (augmented) one-hot channels."""
+        if seg.shape[1] == 1:
+            return image, seg
+        return append_previous_stage(image, seg, self.scheme, self.cascade_augment if augment else None, self.generator)
 
     def _forward_loss(self, image: torch.Tensor, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
@@ -309,6 +346,7 @@ class Trainer:
     def train_step(self, batch: Batch) -> float:
         image, seg = self._to_device(batch)
         image, seg = self.augment(image, seg, self.generator)
+        image, seg = self._with_previous_stage(image, seg, augment=True)
         self.optimizer.zero_grad(set_to_none=True)
         _, loss = self._forward_loss(image, seg)
         self.scaler.scale(loss).backward()
@@ -323,6 +361,7 @@ class Trainer:
         image, seg = self._to_device(batch)
         patch = self.config_plan.patch_size
         image, seg = center_crop(image, patch), center_crop(seg, patch)
+        image, seg = self._with_previous_stage(image, seg, augment=False)
         output, loss = self._forward_loss(image, seg)
         main = output[0] if isinstance(output, list) else output
         scheme = self.scheme
@@ -357,6 +396,7 @@ class Trainer:
             dimensions=self.config_plan.dimensions,
             oversample_foreground=self.recipe.oversample_foreground,
             seed=seed,
+            previous_stage=self.previous_stage,
         )
         val = None
         if self.train_config.val_iters and self.val_ids:
@@ -368,6 +408,7 @@ class Trainer:
                 dimensions=self.config_plan.dimensions,
                 oversample_foreground=self.recipe.oversample_foreground,
                 seed=seed + 1,
+                previous_stage=self.previous_stage,
             )
         threads = max(1, self.train_config.loader_threads)
         return Prefetcher(train, threads=threads), (Prefetcher(val, threads=1) if val else None)
@@ -526,6 +567,7 @@ class Trainer:
                     self.val_ids,
                     device=str(self.device),
                     show_progress=self.show_progress,
+                    previous_stage=self.previous_stage,
                 )
             for path in (
                 self.workspace.plans,

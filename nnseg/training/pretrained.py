@@ -288,6 +288,7 @@ def start_from_pretrained(
     network: nn.Module,
     checkpoint: str | None,
     plan: Plan,
+    configuration: str,
     *,
     resuming: bool,
     show: bool,
@@ -305,7 +306,7 @@ def start_from_pretrained(
     report = transfer_weights(
         network,
         Path(checkpoint),
-        in_channels=len(plan.channel_names),
+        in_channels=plan.input_channels(configuration),
         num_classes=plan.num_classes,
         class_names=_class_names(plan),
     )

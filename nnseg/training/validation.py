@@ -1,33 +1,54 @@
 """Final validation of a fold: predict its validation cases from the raw images with the predictor of
 ``nnseg predict`` and score them in the original geometry (per case, per class or region; voxels of the
-``ignore`` label are not scored)."""
+``ignore`` label are not scored). The first stage of a cascade (``3d_lowres``) also writes each validation case's
+segmentation on the next stage's preprocessed grid (``fold_<k>/predicted_next_stage/<next>/<case>.npy``): the
+folds together give the cascade its training input, as nnU-Net's cross-validation predictions do."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+
+from nnseg.atomic import atomic_path
 from nnseg.dataset import load_dataset
-from nnseg.dataset.reading import read_case_labels
+from nnseg.dataset.reading import read_case_labels, read_channels
 from nnseg.evaluation.summary import EvaluationSummary, MetricAccumulator
 from nnseg.inference.predictor import Predictor
-from nnseg.planning.plan import Plan
+from nnseg.planning.plan import ConfigurationPlan, Plan
+from nnseg.preprocessing.cascade import StoredStage
 from nnseg.progress import progress
 from nnseg.workspace import FoldPaths
 
 
 def validate_fold(
-    plan: Plan, configuration: str, fold_dir: Path, case_ids: list[str], *, device: str, show_progress: bool = True
+    plan: Plan,
+    configuration: str,
+    fold_dir: Path,
+    case_ids: list[str],
+    *,
+    device: str,
+    show_progress: bool = True,
+    previous_stage: Mapping[str, Path] | None = None,
 ) -> dict:
     """Write ``<fold>/validation/<case>.nii.gz`` (+ ``<case>.npz`` probabilities) and ``summary.json``.
 
     ``summary.json`` is an :class:`~nnseg.evaluation.summary.EvaluationSummary`, the schema of
     ``nnseg evaluate``'s ``metrics.json``; ``configuration`` names the run in the progress bar.
+    ``previous_stage``: for a cascade stage, case id -> the first stage's stored cross-validation segmentation.
 
     Returns:
         The summary as written (``mean_dice``, ``mean_dice_per_class``, ``per_class``, ``cases``, ...).
     """
     fold = FoldPaths(fold_dir)
-    predictor = Predictor.from_checkpoints([fold.final], device=device)
+    config = plan.configuration(configuration)
+    previous = None
+    if config.previous_stage is not None:
+        previous = StoredStage(plan.configuration(config.previous_stage), previous_stage or {})
+    predictor = Predictor.from_checkpoints([fold.final], device=device, previous=previous)
+    next_name = plan.configuration(configuration).next_stage
+    next_stage = plan.configurations.get(next_name) if next_name is not None else None
     summary = score_cases(
         predictor,
         plan,
@@ -35,6 +56,7 @@ def validate_fold(
         output=fold.validation,
         desc=f"validation {configuration}",
         show_progress=show_progress,
+        next_stage=None if next_stage is None else (next_stage, fold),
     )
     summary.write_json(fold.validation_summary)
     return summary.to_dict()
@@ -48,10 +70,13 @@ def score_cases(
     output: Path | None = None,
     desc: str = "final validation",
     show_progress: bool = True,
+    next_stage: tuple[ConfigurationPlan, FoldPaths] | None = None,
 ) -> EvaluationSummary:
     """Predict training cases of the plan's dataset from their raw images and score them against their labels.
 
     ``output``: where ``<case><ending>`` and ``<case>.npz`` probabilities are written (None: nothing is written).
+    ``next_stage``: (configuration, fold): also write the fold's ``predicted_next_stage`` file of each case, its
+    segmentation on that configuration's preprocessed grid.
     ``nnseg export --int8`` scores its fp32 and int8 exports through this too.
     """
     dataset = load_dataset(plan.dataset_root)
@@ -61,14 +86,20 @@ def score_cases(
         case = dataset.case(case_id)
         reference = read_case_labels(case)
         target = None if output is None else output / f"{case_id}{dataset.file_ending}"
-        if target is None:
-            prediction = predictor.predict_files(list(case.image_files)).labels
-        else:
-            # probabilities are kept for find-best (ensembles of configurations, postprocessing decisions)
-            prediction = predictor.predict(list(case.image_files), target, save_probabilities=True)
+        # probabilities are kept for find-best (ensembles of configurations, postprocessing decisions)
+        prediction = predictor.predict_volume(
+            read_channels(list(case.image_files)),
+            case_id,
+            return_probabilities=target is not None,
+            next_stage=None if next_stage is None else next_stage[0],
+        )
+        if target is not None:
+            predictor.write(prediction, target)
+        if next_stage is not None and prediction.next_stage is not None:
+            _save_stage_segmentation(next_stage[1].next_stage_case(next_stage[0].name, case_id), prediction.next_stage)
         scores.add(
             case_id,
-            prediction,
+            prediction.labels,
             reference.array,
             reference.geometry.spacing,
             prediction_path="" if target is None else str(target),
@@ -76,3 +107,8 @@ def score_cases(
         )
     where = "" if output is None else str(output)
     return scores.summary(where, str(dataset.root / "labelsTr"))
+
+
+def _save_stage_segmentation(path: Path, segmentation: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, segmentation, allow_pickle=False)

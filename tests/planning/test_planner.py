@@ -12,6 +12,7 @@ import pytest
 from nnseg.dataset import load_dataset
 from nnseg.fingerprint import CaseFingerprint, Fingerprint, IntensityStats, extract_fingerprint
 from nnseg.planning import load_preset, make_plan
+from nnseg.planning.plan import PlanError
 from nnseg.planning.planner import (
     batch_size_for,
     channel_normalization,
@@ -115,7 +116,7 @@ def test_more_gpu_memory_never_shrinks_the_patch() -> None:
 def test_large_images_get_a_lowres_configuration_and_batch_dice() -> None:
     fingerprint = _fingerprint([[1.0, 0.8, 0.8]] * 4, [[400, 512, 512]] * 4)
     plan = make_plan(fingerprint, {"background": 0, "a": 1}, load_preset("default"), nnseg_version="t")
-    assert set(plan.configurations) == {"2d", "3d_fullres", "3d_lowres"}
+    assert set(plan.configurations) == {"2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"}
     lowres, fullres = plan.configurations["3d_lowres"], plan.configurations["3d_fullres"]
     assert all(a > b for a, b in zip(lowres.spacing, fullres.spacing))
     assert fullres.batch_dice and not lowres.batch_dice
@@ -216,3 +217,39 @@ def test_nonewnet_preset_takes_its_fixed_patch_and_batch() -> None:
     assert config.batch_size == 2
     assert config.network.features_per_stage == (30, 60, 120, 240, 480)  # four downsamplings
     assert set(plan.configurations) == {"2d", "3d_fullres"}
+
+
+@pytest.mark.parametrize(("preset_name", "edge"), [("default", 256), ("cpu", 128)])
+def test_large_images_get_the_lowres_and_cascade_pair(preset_name: str, edge: int) -> None:
+    """The smallest cubes (1 mm, cropped; ``nnseg synth --shape E,E,E --spacing 1,1,1`` without cropping) that get
+    the cascade: 256^3 with the default preset, 128^3 with the cpu preset once it lists 3d_lowres."""
+    preset = load_preset(preset_name)
+    if "3d_lowres" not in preset.configurations:  # the cpu preset does not plan 3d_lowres by itself
+        preset = replace(preset, configurations=(*preset.configurations, "3d_lowres"))
+    labels = {"background": 0, "organ": 1, "lesion": 2}
+    smaller = make_plan(_fingerprint([[1.0] * 3] * 4, [[edge // 2 + 32] * 3] * 4), labels, preset, nnseg_version="t")
+    assert "3d_cascade_fullres" not in smaller.configurations
+    plan = make_plan(_fingerprint([[1.0] * 3] * 4, [[edge] * 3] * 4), labels, preset, nnseg_version="t")
+    lowres, fullres = plan.configurations["3d_lowres"], plan.configurations["3d_fullres"]
+    cascade = plan.configurations["3d_cascade_fullres"]
+    assert lowres.next_stage == cascade.name and cascade.previous_stage == lowres.name
+    assert cascade.data_identifier == fullres.data_identifier  # the same preprocessed data
+    assert (cascade.patch_size, cascade.network, cascade.spacing) == (
+        fullres.patch_size,
+        fullres.network,
+        fullres.spacing,
+    )
+    assert plan.input_channels(cascade.name) == 1 + 2 and plan.input_channels("3d_fullres") == 1
+    plan.validate()
+
+
+def test_a_cascade_must_follow_its_first_stage() -> None:
+    fingerprint = _fingerprint([[1.0] * 3] * 4, [[256] * 3] * 4)
+    plan = make_plan(fingerprint, {"background": 0, "a": 1}, load_preset("default"), nnseg_version="t")
+    configurations = dict(plan.configurations)
+    configurations["3d_lowres"] = replace(configurations["3d_lowres"], next_stage=None)
+    with pytest.raises(PlanError, match="previous_stage is '3d_lowres', whose next_stage is None"):
+        replace(plan, configurations=configurations).validate()
+    configurations["3d_cascade_fullres"] = replace(configurations["3d_cascade_fullres"], previous_stage="3d_nope")
+    with pytest.raises(PlanError, match="unknown configuration '3d_nope'"):
+        replace(plan, configurations=configurations).validate()
