@@ -32,6 +32,10 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _nnunet import install_trainer, nnunet_env  # noqa: E402
+
 from nnseg.api import plan
 from nnseg.evaluation import evaluate_folders
 from nnseg.preprocessing.preprocess import preprocess_dataset
@@ -42,26 +46,6 @@ from nnseg.training.loop import Trainer
 DATASET_ID = 997
 DATASET = f"Dataset{DATASET_ID}_GpuCheck"
 
-TRAINER = '''"""Written by nnseg's benchmarks/gpu_check.py: nnUNetTrainer with a short schedule."""
-import torch
-
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-
-class {name}(nnUNetTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = {epochs}
-        self.num_iterations_per_epoch = {iters}
-        self.num_val_iterations_per_epoch = 5
-
-    def on_train_end(self):
-        super().on_train_end()
-        if self.device.type == "cuda":
-            print(f"NNSEG_PEAK_GPU_BYTES {{torch.cuda.max_memory_allocated(self.device)}}", flush=True)
-'''
-
 
 def run(command: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
     """(seconds, stdout) of a command that must succeed."""
@@ -71,16 +55,6 @@ def run(command: list[str], env: dict[str, str] | None = None) -> tuple[float, s
     if result.returncode != 0:
         raise RuntimeError(f"failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return time.perf_counter() - started, result.stdout
-
-
-def nnunet_env(out: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (out / "nnunet" / key).mkdir(parents=True, exist_ok=True)
-        env[key] = str(out / "nnunet" / key)
-    env["nnUNet_compile"] = "f"
-    env["nnUNet_n_proc_DA"] = str(max(1, (os.cpu_count() or 2) - 2))
-    return env
 
 
 def nnunet_entry(python: str, module: str, function: str, *args: str) -> list[str]:
@@ -98,7 +72,7 @@ def dice(predictions: Path, raw: Path) -> float:
 
 
 def nnunet_side(out: Path, raw: Path, args: argparse.Namespace) -> dict[str, float]:
-    env = nnunet_env(out)
+    env = nnunet_env(out, augmentation_workers=max(1, (os.cpu_count() or 2) - 2))
     theirs = out / "nnunet" / "nnUNet_raw" / DATASET
     theirs.mkdir(parents=True, exist_ok=True)
     for folder in ("imagesTr", "labelsTr"):
@@ -107,15 +81,7 @@ def nnunet_side(out: Path, raw: Path, args: argparse.Namespace) -> dict[str, flo
     dataset = json.loads((raw / "dataset.json").read_text())
     dataset["overwrite_image_reader_writer"] = "NibabelIO"  # this check carries no SimpleITK to the GPU machine
     (theirs / "dataset.json").write_text(json.dumps(dataset, indent=2))
-    located = subprocess.run(
-        [args.nnunet_python, "-c", "import nnunetv2, os; print(os.path.dirname(nnunetv2.__file__))"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    name = f"nnUNetTrainer_nnsegGpu{args.epochs}x{args.iters}"
-    trainer_file = Path(located.stdout.strip()) / "training" / "nnUNetTrainer" / "variants" / f"{name}.py"
-    trainer_file.write_text(TRAINER.format(name=name, epochs=args.epochs, iters=args.iters))
+    name = install_trainer(args.nnunet_python, "nnUNetTrainer_nnsegGpu", args.epochs, args.iters)
     py = args.nnunet_python
     run(
         nnunet_entry(

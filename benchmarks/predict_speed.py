@@ -45,6 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _nnunet  # noqa: E402
 from _rss import run_measured  # noqa: E402
 from predict_work import padded_cases  # noqa: E402
 
@@ -59,23 +60,6 @@ from nnseg.training.loop import train  # noqa: E402
 DATASET_ID = 998
 DATASET = f"Dataset{DATASET_ID}_PredictSpeed"
 
-TRAINER_TEMPLATE = '''"""Written by nnseg's benchmarks/predict_speed.py: nnUNetTrainer with a shorter schedule."""
-import torch
-
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-
-class {name}(nnUNetTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = {epochs}
-        self.num_iterations_per_epoch = {iters}
-        self.num_val_iterations_per_epoch = 5
-'''
-
-NNUNET_LOCATE = "import nnunetv2, os; print(os.path.dirname(nnunetv2.__file__))"
-
 
 @dataclass
 class Row:
@@ -87,11 +71,7 @@ class Row:
 
 
 def nnunet_env(out: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (out / "nnunet" / key).mkdir(parents=True, exist_ok=True)
-        env[key] = str(out / "nnunet" / key)
-    env["nnUNet_n_proc_DA"] = "2"
+    env = _nnunet.nnunet_env(out, augmentation_workers=2)
     env["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
     return env
 
@@ -123,14 +103,7 @@ def train_nnunet(out: Path, raw: Path, args: argparse.Namespace) -> tuple[Path, 
     link = out / "nnunet" / "nnUNet_raw" / DATASET
     if not link.exists():
         link.symlink_to(raw.resolve())
-    trainer = f"nnUNetTrainer_nnsegBench{args.epochs}x{args.iters}"
-    located = subprocess.run([args.nnunet_python, "-c", NNUNET_LOCATE], capture_output=True, text=True, check=True)
-    package = Path(located.stdout.strip())
-    trainer_file = package / "training" / "nnUNetTrainer" / "variants" / "nnseg_bench" / f"{trainer}.py"
-    if not trainer_file.is_file():
-        trainer_file.parent.mkdir(parents=True, exist_ok=True)
-        (trainer_file.parent / "__init__.py").touch()
-        trainer_file.write_text(TRAINER_TEMPLATE.format(name=trainer, epochs=args.epochs, iters=args.iters))
+    trainer = _nnunet.install_trainer(args.nnunet_python, "nnUNetTrainer_nnsegBench", args.epochs, args.iters)
     model = out / "nnunet" / "nnUNet_results" / DATASET / f"{trainer}__nnUNetPlans__3d_fullres"
     if (model / "fold_0" / "checkpoint_final.pth").is_file():
         return model, None

@@ -34,7 +34,7 @@ import torch
 
 from nnseg.checkpoint import Checkpoint, CheckpointError, load_weights
 from nnseg.deploy import backends
-from nnseg.deploy.quantize import QuantizationSettings, bf16_fold, fold_cases, quantize_fold, require_nncf
+from nnseg.deploy.quantize import QuantizationSettings, fold_cases, reduce_precision, require_nncf
 from nnseg.errors import NnsegError
 from nnseg.networks import build_network
 from nnseg.planning.plan import Plan
@@ -208,18 +208,9 @@ def export_model(
             runner = _runner(format, folder / name, "fp32")
             parity = _parity(reference, runner, samples["random"], real, tolerance, checkpoint.fold, format)
             quantized = None
-            if precision == "bf16":
-                quantized = bf16_fold(
-                    folder / name,
-                    work=work,
-                    plan=first.plan,
-                    configuration=first.configuration,
-                    fold=checkpoint.fold,
-                    settings=settings,
-                    on_warning=warn,
-                )
-            elif precision == "int8":
-                quantized = quantize_fold(
+            if precision != "fp32":
+                quantized = reduce_precision(
+                    precision,
                     folder / name,
                     scratch / name,
                     work=work,

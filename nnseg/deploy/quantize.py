@@ -203,27 +203,8 @@ def _checked(dice: dict[str, Any], val_ids: Sequence[str], settings: Quantizatio
     }
 
 
-def bf16_fold(
-    ir: Path,
-    *,
-    work: Path | None,
-    plan: Plan,
-    configuration: str,
-    fold: int | str,
-    settings: QuantizationSettings,
-    on_warning: Callable[[str], None],
-) -> dict[str, Any]:
-    """Check one fold's fp32 IR run in bf16 against fp32 by Dice; returns the manifest's ``quantization``."""
-    _, _, val_ids = fold_cases(work, fold, "bf16")
-    runners: dict[str, backends.WindowRunner] = {
-        "fp32": backends.OpenVinoRunner(ir),
-        "bf16": backends.OpenVinoRunner(ir, precision="bf16"),
-    }
-    dice = check_dice(plan, configuration, runners, val_ids, settings, fold, on_warning)
-    return {"inference_precision_hint": "bf16", **_checked(dice, val_ids, settings)}
-
-
-def quantize_fold(
+def reduce_precision(
+    precision: str,
     fp32: Path,
     target: Path,
     *,
@@ -234,17 +215,26 @@ def quantize_fold(
     settings: QuantizationSettings,
     on_warning: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Quantize one fold's fp32 IR into ``target`` and check its Dice; returns the manifest's ``quantization``."""
+    """One fold in ``precision`` checked against its fp32 IR by Dice; returns the manifest's ``quantization``.
+
+    ``int8``: ``fp32`` quantized into ``target``. ``bf16``: ``fp32`` itself, run with the bf16 hint (``target``
+    unused: the export keeps the fp32 IR).
+    """
+    if precision == "bf16":
+        _, _, val_ids = fold_cases(work, fold, "bf16")
+        runners: dict[str, backends.WindowRunner] = {
+            "fp32": backends.OpenVinoRunner(fp32),
+            "bf16": backends.OpenVinoRunner(fp32, precision="bf16"),
+        }
+        dice = check_dice(plan, configuration, runners, val_ids, settings, fold, on_warning)
+        return {"inference_precision_hint": "bf16", **_checked(dice, val_ids, settings)}
     nncf = require_nncf()
     work, train_ids, val_ids = fold_cases(work, fold)
     drawn, patches = calibration_patches(
         work, plan, configuration, train_ids, settings.calibration_patches, settings.seed
     )
     quantize_ir(fp32, target, patches)
-    runners: dict[str, backends.WindowRunner] = {
-        "fp32": backends.OpenVinoRunner(fp32),
-        "int8": backends.OpenVinoRunner(target),
-    }
+    runners = {"fp32": backends.OpenVinoRunner(fp32), "int8": backends.OpenVinoRunner(target)}
     dice = check_dice(plan, configuration, runners, val_ids, settings, fold, on_warning)
     return {
         "overflow_fix": "enable",
