@@ -208,11 +208,16 @@ def predict_all(out: Path, raw: Path, nnunet_model: Path, args: argparse.Namespa
     exports = out / "exports"
     int8, bf16 = exports / "int8", exports / "bf16"
     export = [nnseg_bin, "export", "-m", str(same), "-f", "0", "--format", "openvino", "--force", "-o"]
-    if not (int8 / "manifest.json").is_file():
-        print(run_measured([*export, str(int8), "--int8"]).stdout.strip())
-    has_bf16 = bf16_supported()
-    if has_bf16 and not (bf16 / "manifest.json").is_file():
-        print(run_measured([*export, str(bf16), "--bf16"]).stdout.strip())
+    refused: dict[str, str] = {}
+    for folder, flag in ((int8, "--int8"), (bf16, "--bf16")):
+        if flag == "--bf16" and not bf16_supported():
+            refused[flag] = "this CPU has no bf16"
+        elif not (folder / "manifest.json").is_file():
+            try:
+                print(run_measured([*export, str(folder), flag]).stdout.strip())
+            except RuntimeError as error:  # e.g. the export's parity check refused the model
+                refused[flag] = str(error).strip().splitlines()[-1]
+                print(f"  no {flag} row: {refused[flag]}")
     nnunet_cmd = [
         str(Path(args.nnunet_python).parent / "nnUNetv2_predict"),
         "-i", str(images), "-o", str(pred / "nnunet"), "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0",
@@ -228,9 +233,10 @@ def predict_all(out: Path, raw: Path, nnunet_model: Path, args: argparse.Namespa
     variants = [
         ("nnseg same plan, torch fp32, TTA full", ours(same, "same_torch", "--backend", "torch"), "same_torch"),
         ("nnseg same plan, OpenVINO fp32, TTA full", ours(same, "same_ov", "--backend", "openvino"), "same_ov"),
-        ("nnseg same plan, OpenVINO int8, TTA full", ours(int8, "same_int8"), "same_int8"),
     ]
-    if has_bf16:
+    if "--int8" not in refused:
+        variants.append(("nnseg same plan, OpenVINO int8, TTA full", ours(int8, "same_int8"), "same_int8"))
+    if "--bf16" not in refused:
         variants.append(("nnseg same plan, OpenVINO bf16, TTA full", ours(bf16, "same_bf16"), "same_bf16"))
     variants += [
         ("nnseg default: cpu preset, every default", ours(cpu, "cpu_default"), "cpu_default"),
