@@ -30,6 +30,15 @@ def triple(kind: type) -> Callable[[str], tuple]:
     return parse
 
 
+def add_folds_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``-f/--folds K [K ...]`` of the commands that take trained folds (export, register): None means their default."""
+    from nnseg.options import cli_type, fold
+
+    parser.add_argument(
+        "-f", "--folds", nargs="+", type=cli_type(fold, "--folds"), default=None, metavar="K", help=help
+    )
+
+
 def add_shard_options(parser: argparse.ArgumentParser) -> None:
     """``--num-parts P --part-id I``: this process does part I of P (job arrays); torchrun splits further."""
     from nnseg.options import cli_type, non_negative_int, positive_int

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nnseg.cli.common import EXIT_OK, warn
-from nnseg.options import cli_type, fold, positive_int
+from nnseg.cli.common import EXIT_OK, add_folds_option, warn
+from nnseg.options import cli_type, positive_int
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
@@ -25,14 +25,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
         "-m", "--model", type=Path, required=True, help="work folder, models/<config> folder, fold folder or checkpoint"
     )
     p.add_argument("-c", "--config", default="3d_fullres", metavar="NAME", help="configuration (default 3d_fullres)")
-    p.add_argument(
-        "-f",
-        "--folds",
-        nargs="+",
-        type=cli_type(fold, "--folds"),
-        default=None,
-        metavar="K",
-        help="folds to export (default: every cross-validation fold found; fold_all only when named or alone)",
+    add_folds_option(
+        p, "folds to export (default: every cross-validation fold found; fold_all only when named or alone)"
     )
     # no argparse choices: an unknown format gets the same one-line NnsegError as from the Python API
     p.add_argument("--format", required=True, metavar="FORMAT", help=" | ".join(FORMATS))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nnseg.cli.common import EXIT_OK
-from nnseg.options import cli_type, fold
+from nnseg.cli.common import EXIT_OK, add_folds_option
 
 
 def add_register(sub: argparse._SubParsersAction) -> None:
@@ -28,14 +27,7 @@ def add_register(sub: argparse._SubParsersAction) -> None:
         help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI, else the work folder's mlflow.db)",
     )
     p.add_argument("-c", "--config", default="3d_fullres", help="configuration of a work folder (default 3d_fullres)")
-    p.add_argument(
-        "-f",
-        "--folds",
-        nargs="+",
-        type=cli_type(fold, "--folds"),
-        default=None,
-        help="folds to include (default: every trained fold)",
-    )
+    add_folds_option(p, "folds to include (default: every trained fold)")
     p.add_argument("--alias", default=None, help="also point this alias (e.g. champion) at the new version")
     p.add_argument("--experiment", default=None, help="experiment of the logged model (default: the dataset name)")
     p.set_defaults(handler=_run_register)
