@@ -16,6 +16,9 @@ time; the step time column shows it.
 
 ``--out`` holds one dataset (made on the first run, reused after); use one folder per dataset.
 
+A run trained with class weights (small_budget) is scored twice: as ``nnseg predict`` runs it (with the
+checkpoint's logit adjustment) and with the weights as trained (``unadjusted_dice``).
+
 Prints a table (per-class and mean Dice, step time, wall time) and writes ``small_budget.png``
 (Dice per class against iterations, one line per recipe) and ``results.json`` into ``--out``.
 """
@@ -32,6 +35,7 @@ from typing import Any
 import numpy as np
 
 import nnseg
+from nnseg.checkpoint import Checkpoint
 from nnseg.evaluation.evaluate import evaluate_folders
 from nnseg.inference.batch import predict_folder
 from nnseg.inference.predictor import Predictor
@@ -85,14 +89,9 @@ def run_one(work: Path, raw: Path, name: str, fields: dict[str, Any], iterations
     started = time.perf_counter()
     train(work, config, resume=False, show_progress=False)
     train_s = time.perf_counter() - started
-    predictor = Predictor.from_checkpoints(work / "models" / "3d_fullres", folds=[0], device="cpu")
-    out = work / "predictions" / f"{name}_{iterations}"
-    shutil.rmtree(out, ignore_errors=True)
-    predict_folder(predictor, raw / "imagesTs", out, show_progress=False)
-    labels = json.loads((raw / "dataset.json").read_text())["labels"]
-    summary = evaluate_folders(out, raw / "labelsTs", labels, show_progress=False).to_dict()
-    per_class = {k: float(v) for k, v in summary["mean_dice_per_class"].items()}
-    return {
+    models = work / "models" / "3d_fullres"
+    per_class = score(Predictor.from_checkpoints(models, folds=[0], device="cpu"), raw, work, f"{name}_{iterations}")
+    row = {
         "variant": name,
         "fields": fields,
         "iterations": epochs * ITERS_PER_EPOCH,
@@ -101,6 +100,29 @@ def run_one(work: Path, raw: Path, name: str, fields: dict[str, Any], iterations
         "train_s": train_s,
         "step_s": train_s / (epochs * ITERS_PER_EPOCH),
     }
+    checkpoint = Checkpoint.load(models / "fold_0" / "checkpoint_final.pt")
+    if checkpoint.logit_adjustment is not None:  # what the logit adjustment changes: the weights as trained
+        raw_weights = Predictor(
+            checkpoint.plan,
+            checkpoint.configuration,
+            [checkpoint.network_state],
+            device="cpu",
+            deep_supervision_heads=checkpoint.deep_supervision,
+        )
+        unadjusted = score(raw_weights, raw, work, f"{name}_{iterations}_unadjusted")
+        row["unadjusted_dice"] = unadjusted
+        row["unadjusted_mean_dice"] = float(np.mean(list(unadjusted.values())))
+    return row
+
+
+def score(predictor: Predictor, raw: Path, work: Path, name: str) -> dict[str, float]:
+    """Dice per class of ``predictor`` on the held-out cases."""
+    out = work / "predictions" / name
+    shutil.rmtree(out, ignore_errors=True)
+    predict_folder(predictor, raw / "imagesTs", out, show_progress=False)
+    labels = json.loads((raw / "dataset.json").read_text())["labels"]
+    summary = evaluate_folders(out, raw / "labelsTs", labels, show_progress=False).to_dict()
+    return {k: float(v) for k, v in summary["mean_dice_per_class"].items()}
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -157,19 +179,25 @@ def main() -> None:
             row = run_one(work, raw, name, fields, iterations, args.train_seed)
             results.append(row)
             dice = " / ".join(f"{v:.3f}" for v in row["dice"].values())
+            unadjusted = row.get("unadjusted_mean_dice")
             print(
                 f"{name:<24} {row['iterations']:>5} it  Dice {dice}  mean {row['mean_dice']:.3f}  "
-                f"step {row['step_s']:.3f} s  train {row['train_s']:.0f} s",
+                + ("" if unadjusted is None else f"(without logit adjustment {unadjusted:.3f})  ")
+                + f"step {row['step_s']:.3f} s  train {row['train_s']:.0f} s",
                 flush=True,
             )
     classes = list(results[0]["dice"])
-    print(f"\n| recipe | iterations | {' | '.join(classes)} | mean | step (s) | train wall (s) |")
-    print("|---" * (len(classes) + 5) + "|")
+    print(
+        f"\n| recipe | iterations | {' | '.join(classes)} | mean | mean without logit adjustment | step (s) "
+        "| train wall (s) |"
+    )
+    print("|---" * (len(classes) + 6) + "|")
     for r in results:
         dice = " | ".join(f"{r['dice'][c]:.3f}" for c in classes)
+        unadjusted = "—" if "unadjusted_mean_dice" not in r else f"{r['unadjusted_mean_dice']:.3f}"
         print(
-            f"| {r['variant']} | {r['iterations']} | {dice} | {r['mean_dice']:.3f} | {r['step_s']:.3f} "
-            f"| {r['train_s']:.0f} |"
+            f"| {r['variant']} | {r['iterations']} | {dice} | {r['mean_dice']:.3f} | {unadjusted} "
+            f"| {r['step_s']:.3f} | {r['train_s']:.0f} |"
         )
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     plot(results, args.out / "small_budget.png")

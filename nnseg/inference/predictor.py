@@ -205,7 +205,7 @@ class Predictor:
         predictor = cls(
             first.plan,
             first.configuration,
-            [c.network_state for c in checkpoints],
+            [c.inference_state(path) for path, c in zip(files, checkpoints)],
             deep_supervision_heads=first.deep_supervision,
             cache_dirs=[path.parent / CACHE_FOLDER for path in files],
             **kwargs,

@@ -49,7 +49,14 @@ from nnseg.training.data import Batch, PatchSampler, Prefetcher, class_frequenci
 from nnseg.training.losses import SegmentationLoss
 from nnseg.training.plots import plot_curves
 from nnseg.training.pretrained import start_from_pretrained
-from nnseg.training.recipe import RECIPE_FIELDS, Recipe, choose_recipe, resumed_recipe, set_head_bias_to_prior
+from nnseg.training.recipe import (
+    RECIPE_FIELDS,
+    Recipe,
+    choose_recipe,
+    logit_adjustment,
+    resumed_recipe,
+    set_head_bias_to_prior,
+)
 from nnseg.training.run_parameters import run_parameters
 from nnseg.workspace import Workspace
 
@@ -151,6 +158,12 @@ class Trainer:
         if self.recipe.head_bias_prior or self.recipe.class_weight_power:
             frequencies = class_frequencies(self.data_dir, self.train_ids, self.scheme)
         weights = None if frequencies is None else self.recipe.class_weights(frequencies, self.scheme.objective)
+        #: what the checkpoints record for inference, and what the validation's pseudo-Dice applies
+        self.logit_adjustment = logit_adjustment(self.network, weights)
+        self.logit_offsets = None
+        if self.logit_adjustment is not None:
+            spatial = [1] * len(self.config_plan.patch_size)
+            self.logit_offsets = torch.tensor(self.logit_adjustment.offsets, device=self.device).view(1, -1, *spatial)
         self.loss = SegmentationLoss(
             batch_dice=self.config_plan.batch_dice,
             topk_percent=self.recipe.topk_percent,
@@ -317,6 +330,7 @@ class Trainer:
             epochs_trained=epoch + 1,
             nnseg_version=__version__,
             training=training,
+            logit_adjustment=self.logit_adjustment,
         )
 
     # ------------------------------------------------------------------------------------------ steps
@@ -364,6 +378,8 @@ class Trainer:
         image, seg = self._with_previous_stage(image, seg, augment=False)
         output, loss = self._forward_loss(image, seg)
         main = output[0] if isinstance(output, list) else output
+        if self.logit_offsets is not None:  # as the checkpoint will predict
+            main = main.float() + self.logit_offsets
         scheme = self.scheme
         predicted = scheme.segmentation(scheme.probabilities(main.float(), dim=1), dim=1)
         assert isinstance(predicted, torch.Tensor)

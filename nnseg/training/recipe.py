@@ -5,7 +5,9 @@ momentum 0.99, lr 0.01, poly decay per epoch, unweighted Dice + CE, one third of
 forced onto foreground. ``small_budget`` is for runs of a few hundred to a few thousand
 iterations (a CPU, a quick experiment): AdamW (lr 3e-3, 5 % linear warm-up, poly decay per
 iteration), the cross-entropy weighted per class by frequency ** -0.5, and output biases
-starting at log(class frequency).
+starting at log(class frequency). A class-weighted cross-entropy shifts the decision boundaries towards
+the up-weighted classes; the checkpoint records -log(weight) per class as a logit adjustment that every
+prediction applies (:class:`nnseg.checkpoint.LogitAdjustment`).
 
 Chosen by measurement (``benchmarks/small_budget.py --iterations 300``: MR phantoms of 50^3 at
 2.8 mm with structures of ~1,200, ~100 and 3 x ~30 voxels; Dice on 8 held-out cases after 300
@@ -51,6 +53,8 @@ from nnseg.options import OptionError
 
 if TYPE_CHECKING:  # torch is imported where the optimizer is made: planning reads recipe names without it
     import torch
+
+    from nnseg.checkpoint import LogitAdjustment
 
 #: A run of at most this many iterations is "short": 10 % of nnU-Net's 1000 x 250.
 SHORT_RUN_ITERATIONS = 25_000
@@ -227,3 +231,19 @@ def set_head_bias_to_prior(
             head.bias.copy_(log_prior.to(head.bias))
         changed += 1
     return changed
+
+
+def logit_adjustment(network: torch.nn.Module, class_weights: np.ndarray | None) -> LogitAdjustment | None:
+    """The inference offsets -log(w_c) for the heads of ``network`` trained with cross-entropy weights ``w_c``
+    (see :class:`nnseg.checkpoint.LogitAdjustment`); None for unweighted training."""
+    from nnseg.checkpoint import LogitAdjustment
+
+    if class_weights is None:
+        return None
+    names = {id(parameter): name for name, parameter in network.named_parameters()}
+    heads = getattr(network, "segmentation_heads", None)
+    if heads is None:
+        raise TypeError(f"{type(network).__name__} has no segmentation_heads() (part of the network contract)")
+    biases = tuple(names[id(head.bias)] for head in heads() if head.bias is not None)
+    offsets = tuple(float(-np.log(w)) for w in class_weights)
+    return LogitAdjustment(biases, offsets)

@@ -38,7 +38,7 @@ def reference_network(work: Path) -> tuple[Checkpoint, torch.nn.Module]:
         plan.num_classes,
         deep_supervision=checkpoint.deep_supervision,
     )
-    network.load_state_dict(checkpoint.network_state)
+    network.load_state_dict(checkpoint.inference_state())  # as nnseg predict runs it
     return checkpoint, network.eval()
 
 
@@ -83,9 +83,12 @@ def test_manifest_describes_the_export(exports: dict[str, Path], trained_work: P
     assert manifest.postprocessing is None  # the fixture has no inference.json
     (entry,) = manifest.folds
     assert entry.fold == 0 and (exports[format] / entry.file).is_file()
-    assert entry.weights_sha256 == backends.weights_sha256(checkpoint.network_state)
+    assert entry.weights_sha256 == backends.weights_sha256(checkpoint.inference_state())
     assert entry.parity["random"]["patches"] == 2 and entry.parity["random"]["max_abs_diff"] <= 1e-3
     assert len(entry.parity["real"]["cases"]) == 2 and entry.parity["real"]["max_abs_diff"] <= 1e-3
+    for figures in (entry.parity["random"], entry.parity["real"]):
+        assert figures["logit_scale"] >= 1.0 and figures["label_agreement"] >= 0.999
+        assert figures["relative_diff"] == pytest.approx(figures["max_abs_diff"] / figures["logit_scale"])
     if format == "openvino":
         assert (exports[format] / entry.file).with_suffix(".bin").is_file()
     leftovers = [p.name for p in exports[format].parent.iterdir() if p.name.startswith(".")]
@@ -163,6 +166,56 @@ def test_a_failed_parity_check_writes_nothing(
     assert "fold 0: the torchscript export's logits differ from PyTorch's by up to 0.01 on random patches" in output
     assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before  # the earlier export is kept whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary left behind
+
+
+def test_the_parity_tolerance_is_relative_to_the_logits_scale(
+    trained_work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """f32 error grows with the logits: 0.09 % of each logit passes a 0.1 % tolerance, whatever the scale."""
+    real_runner = export._runner
+
+    def scaled(*args, **kwargs):
+        runner = real_runner(*args, **kwargs)
+        return lambda batch: (runner(batch) * 1000.0) * 1.0009  # a network whose logits are 1000x larger
+
+    real_networks = export._networks
+
+    def larger_logits(*args, **kwargs):
+        network, reference = real_networks(*args, **kwargs)
+        return network, _Scaled(reference, 1000.0)
+
+    monkeypatch.setattr(export, "_runner", scaled)
+    monkeypatch.setattr(export, "_networks", larger_logits)
+    manifest = export_model(trained_work, tmp_path / "out", format="torchscript", folds=[0])
+    random = manifest.folds[0].parity["random"]
+    assert random["max_abs_diff"] > 1e-3  # an absolute 1e-3 would refuse it
+    assert random["relative_diff"] == pytest.approx(9e-4, rel=0.05) and random["label_agreement"] == 1.0
+
+
+def test_an_export_that_changes_labels_writes_nothing(
+    trained_work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_runner = export._runner
+
+    def swapped_classes(*args, **kwargs):
+        runner = real_runner(*args, **kwargs)
+        return lambda batch: runner(batch).flip(1)
+
+    monkeypatch.setattr(export, "_runner", swapped_classes)
+    monkeypatch.setattr(export, "TOLERANCE", 1e9)  # only the label check can refuse it
+    code, output = run_cli(["export", "-m", trained_work, "--format", "torchscript", "-o", tmp_path / "out"], capsys)
+    assert code == 2
+    assert "fold 0: the torchscript export gives" in output and "another label than PyTorch" in output
+    assert not (tmp_path / "out").exists()
+
+
+class _Scaled(torch.nn.Module):
+    def __init__(self, network: torch.nn.Module, factor: float) -> None:
+        super().__init__()
+        self.network, self.factor = network, factor
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.network(batch) * self.factor
 
 
 def test_export_replaces_an_earlier_export(trained_work: Path, tmp_path: Path, capsys) -> None:

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from nnseg.checkpoint import Checkpoint
+from nnseg.checkpoint import Checkpoint, CheckpointError, LogitAdjustment
 from nnseg.networks import create
 from nnseg.options import OptionError
 from nnseg.training.config import TrainConfig
 from nnseg.training.loop import Trainer, train
-from nnseg.training.recipe import RECIPES, SHORT_RUN_ITERATIONS, choose_recipe, set_head_bias_to_prior
+from nnseg.training.recipe import RECIPES, SHORT_RUN_ITERATIONS, choose_recipe, logit_adjustment, set_head_bias_to_prior
 
 
 def test_auto_takes_the_presets_recipe_else_chooses_by_length() -> None:
@@ -89,3 +89,62 @@ def test_class_weights_follow_the_frequency_power() -> None:
     weights = RECIPES["nnunet"].with_overrides(class_weight_power=0.5).class_weights(frequencies)
     assert weights is not None and weights[0] == 1.0
     assert weights == pytest.approx([1.0, (0.98 / 0.0196) ** 0.5, (0.98 / 0.0004) ** 0.5])
+
+
+def test_logit_adjustment_undoes_the_class_weights_on_every_head() -> None:
+    network = create("unet", in_channels=1, classes=3, patch_size=(32, 32, 32), base_features=4, deep_supervision=True)
+    assert logit_adjustment(network, None) is None  # unweighted training: nothing to undo
+    weights = np.array([1.0, 5.0, 20.0])
+    adjustment = logit_adjustment(network, weights)
+    assert adjustment is not None and adjustment.offsets == pytest.approx([0.0, -np.log(5.0), -np.log(20.0)])
+    state = network.state_dict()
+    assert len(adjustment.biases) == len(network.segmentation_heads()) and set(adjustment.biases) <= set(state)
+    adjusted = adjustment.apply(state, "test")
+    for key in adjustment.biases:
+        assert torch.allclose(adjusted[key], state[key] + torch.tensor(adjustment.offsets))
+    untouched = [k for k in state if k not in adjustment.biases]
+    assert all(adjusted[k] is state[k] for k in untouched)
+    with pytest.raises(CheckpointError, match="logit_adjustment names missing.bias"):
+        LogitAdjustment(("missing.bias",), (0.0, 1.0, 2.0)).apply(state, "test")
+
+
+def test_a_weighted_run_records_its_logit_adjustment_and_predicts_with_it(preprocessed_work: Path) -> None:
+    """The small_budget recipe weighs the cross-entropy; the checkpoint keeps the weights as trained (a resume
+    continues them bit for bit) and the offsets that prediction adds: -log(weight) per class."""
+    config = TrainConfig(fold=0, epochs=1, iters_per_epoch=2, val_iters=1, device="cpu", tracking=False)
+    trainer = Trainer(preprocessed_work, config, show_progress=False)
+    trainer.run()
+    weights = trainer.loss.class_weights
+    assert weights is not None
+    fold = preprocessed_work / "models" / "3d_fullres" / "fold_0"
+    for name in ("checkpoint_latest.pt", "checkpoint_final.pt"):
+        checkpoint = Checkpoint.load(fold / name)
+        assert checkpoint.logit_adjustment is not None
+        assert checkpoint.logit_adjustment.offsets == pytest.approx((-torch.log(weights)).tolist())
+        assert checkpoint.network_state.keys() == trainer.network.state_dict().keys()
+        head = checkpoint.logit_adjustment.biases[0]
+        expected = checkpoint.network_state[head] + torch.tensor(checkpoint.logit_adjustment.offsets)
+        assert torch.allclose(checkpoint.inference_state()[head], expected)
+    from nnseg.inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoints(fold, device="cpu", backend="torch")
+    checkpoint = Checkpoint.load(fold / "checkpoint_final.pt")
+    assert torch.equal(predictor.networks[0].state_dict()[head], checkpoint.inference_state()[head])
+
+
+def test_unweighted_runs_and_older_checkpoints_have_no_adjustment(preprocessed_work: Path, tmp_path: Path) -> None:
+    config = TrainConfig(
+        fold=0, epochs=1, iters_per_epoch=1, val_iters=1, device="cpu", tracking=False, recipe="nnunet"
+    )
+    train(preprocessed_work, config, show_progress=False)
+    final = preprocessed_work / "models" / "3d_fullres" / "fold_0" / "checkpoint_final.pt"
+    checkpoint = Checkpoint.load(final)
+    assert checkpoint.logit_adjustment is None and checkpoint.inference_state() is checkpoint.network_state
+    payload = torch.load(final, weights_only=True)
+    del payload["logit_adjustment"]  # written before nnseg recorded it
+    torch.save(payload, tmp_path / "old.pt")
+    assert Checkpoint.load(tmp_path / "old.pt").logit_adjustment is None
+    payload["logit_adjustment"] = {"biases": "decoder", "offsets": [0.0]}
+    torch.save(payload, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match="edited.pt: damaged checkpoint .logit_adjustment must hold"):
+        Checkpoint.load(tmp_path / "edited.pt")
