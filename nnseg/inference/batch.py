@@ -20,7 +20,8 @@ from pathlib import Path
 from nnseg.atomic import remove_stale_temporaries
 from nnseg.dataset.reading import read_channels
 from nnseg.errors import NnsegError
-from nnseg.inference.predictor import Prediction, Predictor, probabilities_path
+from nnseg.inference.predictor import Prediction, Predictor
+from nnseg.inference.probability_files import probabilities_path
 from nnseg.io import Volume, split_suffix
 from nnseg.io.dicom import is_dicom_folder, read_dicom_series
 from nnseg.progress import progress

@@ -32,15 +32,15 @@ import numpy as np
 import torch
 
 from nnseg import options
-from nnseg.atomic import atomic_path
 from nnseg.checkpoint import Checkpoint, load_weights
 from nnseg.dataset.reading import read_channels
 from nnseg.deploy.backends import CACHE_FOLDER, WindowRunner, resolve_backend, window_runners
 from nnseg.errors import NnsegError
 from nnseg.inference.checkpoints import CheckpointSource, find_checkpoints, first_stage_folder
+from nnseg.inference.probability_files import save_probabilities
 from nnseg.inference.skipping import air_body_mask, mirror_axes_for
 from nnseg.inference.sliding_window import WindowStats, predict_sliding_window
-from nnseg.io import Geometry, Volume, split_suffix, write_volume
+from nnseg.io import Geometry, Volume, write_volume
 from nnseg.networks import build_network
 from nnseg.planning.network_plans import NetworkPlan, UNetPlusPlusPlan
 from nnseg.planning.plan import ConfigurationPlan, Plan
@@ -429,13 +429,13 @@ class Predictor:
         started = time.perf_counter()
         write_volume(output, prediction.labels, prediction.geometry, is_label=True)
         if prediction.probabilities is not None:
-            _save_probabilities(Path(output), prediction.probabilities, self.plan)
+            save_probabilities(Path(output), prediction.probabilities, self.scheme)
         self.times.add("write", time.perf_counter() - started)
 
     def write_probabilities(self, prediction: Prediction, output: str | os.PathLike) -> None:
         """Only the probabilities (``<output stem>.npz``), for label maps written in another format."""
         if prediction.probabilities is not None:
-            _save_probabilities(Path(output), prediction.probabilities, self.plan)
+            save_probabilities(Path(output), prediction.probabilities, self.scheme)
 
 
 @dataclass(frozen=True)
@@ -483,34 +483,3 @@ def _first_stage(path: Path, checkpoint: Checkpoint, stage: str, settings: dict)
 
 def _mm(values: Sequence[float]) -> str:
     return " x ".join(f"{v:.3g}" for v in values)
-
-
-def probabilities_path(label_map: str | os.PathLike) -> Path:
-    """Where the probabilities of a label map go: ``<case>.npz`` beside ``<case><ending>``."""
-    label_map = Path(label_map)
-    if label_map.suffix.lower() == ".dcm":  # a DICOM-SEG
-        return label_map.with_suffix(".npz")
-    return label_map.with_name(f"{split_suffix(label_map)[0]}.npz")
-
-
-def _save_probabilities(output: Path, probabilities: np.ndarray, plan: Plan) -> None:
-    with atomic_path(probabilities_path(output), suffix=".npz") as tmp:
-        scheme = plan.scheme
-        save_npz(
-            tmp,
-            probabilities=probabilities.astype(np.float16),
-            labels=np.array(scheme.output_names),
-            regions_class_order=np.array(scheme.regions_class_order or (), dtype=np.int64),
-        )
-
-
-def save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """``np.savez_compressed`` with fixed zip timestamps: the same arrays give the same bytes (reruns, shards)."""
-    import zipfile
-
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
-        for name, array in arrays.items():
-            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            entry.compress_type = zipfile.ZIP_DEFLATED
-            with archive.open(entry, "w", force_zip64=True) as handle:
-                np.lib.format.write_array(handle, np.asanyarray(array), allow_pickle=False)

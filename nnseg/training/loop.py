@@ -31,15 +31,20 @@ import numpy as np
 import torch
 
 from nnseg.atomic import remove_stale_temporaries
-from nnseg.checkpoint import Checkpoint, TrainingState, capture_rng_state, load_weights, restore_rng_state
+from nnseg.checkpoint import (
+    Checkpoint,
+    LogitAdjustment,
+    TrainingState,
+    capture_rng_state,
+    load_weights,
+    restore_rng_state,
+)
 from nnseg.distributed import DistributedContext
 from nnseg.errors import NnsegError
 from nnseg.inference.predictor import resolve_device
 from nnseg.networks import build_network
 from nnseg.planning.network_plans import UNetPlusPlusPlan
 from nnseg.planning.plan import ConfigurationPlan, Plan
-from nnseg.planning.splits import load_or_create_splits
-from nnseg.preprocessing.preprocess import is_done, preprocessing_hash
 from nnseg.progress import progress
 from nnseg.training.augment import TrainingAugmentation, center_crop
 from nnseg.training.augment.cascade import CascadeAugmentation, append_previous_stage
@@ -50,14 +55,17 @@ from nnseg.training.losses import SegmentationLoss
 from nnseg.training.plots import plot_curves
 from nnseg.training.pretrained import start_from_pretrained
 from nnseg.training.recipe import (
+    ADJUSTMENT_STRENGTHS,
     RECIPE_FIELDS,
     Recipe,
+    choose_adjustment_strength,
     choose_recipe,
     logit_adjustment,
     resumed_recipe,
     set_head_bias_to_prior,
 )
-from nnseg.training.run_parameters import run_parameters
+from nnseg.training.run_setup import fold_cases, log_finished_fold, resumable_checkpoint, start_tracker
+from nnseg.training.validation import pseudo_dice_counts, validate_fold
 from nnseg.workspace import Workspace
 
 EMA_DECAY = 0.9
@@ -99,8 +107,8 @@ class Trainer:
         if self.config_plan.next_stage is not None:
             remove_stale_temporaries(self.fold_paths.next_stage(self.config_plan.next_stage))
         self.data_dir = self.workspace.preprocessed(self.config_plan.data_identifier)
-        self.splits: list[dict[str, list[str]]] = []
-        self.train_ids, self.val_ids = self._split()
+        cases = fold_cases(self.workspace, self.plan, self.config_plan, config.configuration, config.fold, self.dist)
+        self.splits, self.train_ids, self.val_ids = cases.splits, cases.train_ids, cases.val_ids
         #: cascade stage: case id -> the previous stage's cross-validation segmentation on this grid
         self.previous_stage = self._previous_stage_files()
         torch.manual_seed(config.seed + self.dist.rank)
@@ -144,7 +152,11 @@ class Trainer:
         self.run_id: str | None = None
         self.elapsed_before_s = 0.0
         self.epoch_walls: list[float] = []
-        checkpoint = self._resumable(self.fold_paths.latest) if resume and self.fold_paths.latest.is_file() else None
+        checkpoint = None
+        if resume and self.fold_paths.latest.is_file():
+            checkpoint = resumable_checkpoint(
+                self.fold_paths.latest, self.plan, config.configuration, config.fold, self.device, self.workspace.plans
+            )
         self.budget = TimeBudget.for_trainer(self) if config.time_budget else None
         self.planned_epochs = config.epochs  # a resumed run may be given more (or fewer) epochs
         epochs_done = 0
@@ -158,12 +170,15 @@ class Trainer:
         if self.recipe.head_bias_prior or self.recipe.class_weight_power:
             frequencies = class_frequencies(self.data_dir, self.train_ids, self.scheme)
         weights = None if frequencies is None else self.recipe.class_weights(frequencies, self.scheme.objective)
-        #: what the checkpoints record for inference, and what the validation's pseudo-Dice applies
-        self.logit_adjustment = logit_adjustment(self.network, weights)
-        self.logit_offsets = None
-        if self.logit_adjustment is not None:
-            spatial = [1] * len(self.config_plan.patch_size)
-            self.logit_offsets = torch.tensor(self.logit_adjustment.offsets, device=self.device).view(1, -1, *spatial)
+        #: a class-weighted run's logit adjustment at strength 1; the strength is chosen on the validation patches
+        self.full_adjustment = logit_adjustment(self.network, weights)
+        self.adjustment_strength = 0.0
+        #: (strengths, 1, classes, 1, ...) offsets the validation tries; one row of zeros without an adjustment
+        strengths = ADJUSTMENT_STRENGTHS if self.full_adjustment is not None else (0.0,)
+        offsets = [0.0] * self.plan.num_classes if self.full_adjustment is None else self.full_adjustment.offsets
+        spatial = [1] * len(self.config_plan.patch_size)
+        self.trial_offsets = (torch.tensor(strengths)[:, None] * torch.tensor(offsets)[None]).to(self.device)
+        self.trial_offsets = self.trial_offsets.view(len(strengths), 1, -1, *spatial)
         self.loss = SegmentationLoss(
             batch_dice=self.config_plan.batch_dice,
             topk_percent=self.recipe.topk_percent,
@@ -173,46 +188,14 @@ class Trainer:
         self.optimizer = self.recipe.make_optimizer(self.network.parameters())
         if checkpoint is not None:
             self._restore(checkpoint)
+            self.adjustment_strength = choose_adjustment_strength(self.history)
         elif self.recipe.head_bias_prior and frequencies is not None:
             set_head_bias_to_prior(self.network, torch.from_numpy(frequencies).float(), self.scheme.objective)
         if self.budget is not None and self.dist.is_main:
             print(self.budget.describe(self.planned_epochs, config.iters_per_epoch))
-        self.tracker = self._make_tracker()
+        self.tracker = start_tracker(self)
 
     # ------------------------------------------------------------------------------------------ setup
-
-    def _split(self) -> tuple[list[str], list[str]]:
-        plan_hash = preprocessing_hash(self.plan, self.config_plan)
-        found = sorted(p.stem for p in self.data_dir.glob("*.json") if not p.name.startswith("."))
-        cases = [c for c in found if is_done(self.data_dir, c, plan_hash)]
-        fix = (
-            f"run `nnseg preprocess --work {self.workspace.root} --config {self.train_config.configuration}` "
-            "(it redoes them)"
-        )
-        if not cases:
-            raise NnsegError(f"{self.data_dir}: no preprocessed cases for {self.train_config.configuration}; {fix}")
-        broken = sorted(set(found) - set(cases))
-        if broken or len(cases) < self.plan.num_training_cases:
-            what = (
-                f"{len(broken)} case(s) damaged or made with another plan ({', '.join(broken[:5])})"
-                if broken
-                else f"only {len(cases)} of the plan's {self.plan.num_training_cases} cases are preprocessed"
-            )
-            raise NnsegError(f"{self.data_dir}: {what}; {fix}")
-        if self.dist.is_main:
-            splits = load_or_create_splits(self.workspace.splits, cases)
-        self.dist.barrier()
-        if not self.dist.is_main:
-            splits = load_or_create_splits(self.workspace.splits, cases)
-        self.splits = splits
-        if self.train_config.fold == "all":
-            return cases, cases
-        if self.train_config.fold >= len(splits):  # type: ignore[operator]
-            raise NnsegError(
-                f"{self.workspace.splits}: has {len(splits)} folds, fold {self.train_config.fold} requested"
-            )
-        fold = splits[self.train_config.fold]  # type: ignore[index]
-        return list(fold["train"]), list(fold["val"])
 
     def _previous_stage_files(self) -> dict[str, Path] | None:
         """A cascade stage's input: every case's segmentation by the previous stage's fold that validated it."""
@@ -225,51 +208,6 @@ class Trainer:
             sorted(set(self.train_ids) | set(self.val_ids)),
             self.splits,
         )
-
-    def _make_tracker(self):
-        from nnseg.tracking import NullTracker, default_tracking_uri, mlflow_with_fallback
-
-        if not (self.train_config.tracking and self.dist.is_main):
-            return NullTracker()
-        uri = self.train_config.tracking_uri or default_tracking_uri(self.workspace.root)
-        tracker = mlflow_with_fallback(uri, self.train_config.experiment or self.plan.dataset_name, self.fold_dir)
-        tags = {
-            "dataset": self.plan.dataset_name,
-            "configuration": self.train_config.configuration,
-            "fold": str(self.train_config.fold),
-            "nnseg.version": self.plan.nnseg_version,
-        }
-        if self.pretrained is not None:  # the source of a fine-tuned run, searchable in the UI
-            tags["pretrained.sha256"] = self.pretrained.sha256
-        resumed = self.run_id
-        self.run_id = (
-            tracker.start(
-                f"{self.plan.dataset_name}/{self.train_config.configuration}/{self.train_config.fold_name}",
-                tags,
-                resume_run_id=resumed,
-            )
-            or resumed
-        )  # server down: keep the id to resume
-        if resumed is None:
-            tracker.log_params(run_parameters(self))
-        return tracker
-
-    def _resumable(self, path: Path) -> Checkpoint:
-        checkpoint = Checkpoint.load(path, map_location=self.device)
-        if checkpoint.configuration != self.train_config.configuration or str(checkpoint.fold) != str(
-            self.train_config.fold
-        ):
-            raise NnsegError(f"{path}: belongs to {checkpoint.configuration} fold {checkpoint.fold}")
-        changed = checkpoint.plan_changes(self.plan)
-        if changed:
-            raise NnsegError(
-                f"{path}: {self.workspace.plans} changed since this fold was trained "
-                f"({'; '.join(changed[:3])}); resuming would continue old weights on another plan. "
-                "Rerun with --fresh to start this fold over (its checkpoints are replaced)"
-            )
-        if checkpoint.training is None:
-            raise NnsegError(f"{path}: holds no training state to resume from; rerun with --fresh to start over")
-        return checkpoint
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         state = checkpoint.training
@@ -333,6 +271,11 @@ class Trainer:
             logit_adjustment=self.logit_adjustment,
         )
 
+    @property
+    def logit_adjustment(self) -> LogitAdjustment | None:
+        """What the checkpoints record for inference: the full adjustment at the chosen strength."""
+        return None if self.full_adjustment is None else self.full_adjustment.scaled(self.adjustment_strength)
+
     # ------------------------------------------------------------------------------------------ steps
 
     def _to_device(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -372,30 +315,21 @@ class Trainer:
 
     @torch.no_grad()
     def val_step(self, batch: Batch) -> tuple[float, torch.Tensor]:
+        """Loss and (strengths, 3, classes) pseudo-Dice counts: one row per logit adjustment strength tried."""
         image, seg = self._to_device(batch)
         patch = self.config_plan.patch_size
         image, seg = center_crop(image, patch), center_crop(seg, patch)
         image, seg = self._with_previous_stage(image, seg, augment=False)
         output, loss = self._forward_loss(image, seg)
-        main = output[0] if isinstance(output, list) else output
-        if self.logit_offsets is not None:  # as the checkpoint will predict
-            main = main.float() + self.logit_offsets
+        main = (output[0] if isinstance(output, list) else output).float()
         scheme = self.scheme
-        predicted = scheme.segmentation(scheme.probabilities(main.float(), dim=1), dim=1)
-        assert isinstance(predicted, torch.Tensor)
-        target = seg[:, 0].long()
-        annotated = torch.ones_like(target, dtype=torch.bool)
-        if scheme.ignore_value is not None:
-            annotated = target != scheme.ignore_value
         classes = list(scheme.foreground.values())
-        counts = torch.zeros(3, len(classes), device=self.device)
-        for index, values in enumerate(classes):
-            inside = torch.tensor(values, device=target.device)
-            p, t = torch.isin(predicted, inside) & annotated, torch.isin(target, inside) & annotated
-            counts[0, index] = (p & t).sum()
-            counts[1, index] = (p & ~t).sum()
-            counts[2, index] = (~p & t).sum()
-        return float(loss), counts
+        counts = []
+        for offsets in self.trial_offsets:
+            predicted = scheme.segmentation(scheme.probabilities(main + offsets, dim=1), dim=1)
+            assert isinstance(predicted, torch.Tensor)
+            counts.append(pseudo_dice_counts(predicted, seg[:, 0].long(), classes, scheme.ignore_value))
+        return float(loss), torch.stack(counts)
 
     # ------------------------------------------------------------------------------------------ loop
 
@@ -499,14 +433,19 @@ class Trainer:
         record: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss, "lr": lr}
         if val_loader is not None:
             self.model.eval()
-            val_losses, counts = [], torch.zeros(3, len(self.scheme.foreground), device=self.device)
+            val_losses = []
+            counts = torch.zeros(len(self.trial_offsets), 3, len(self.scheme.foreground), device=self.device)
             for _ in range(self.train_config.val_iters):
                 loss, batch_counts = self.val_step(next(val_loader))
                 val_losses.append(loss)
                 counts += batch_counts
-            counts = self.dist.sum(counts).cpu()
-            tp, fp, fn = counts
-            dice = (2 * tp / torch.clamp(2 * tp + fp + fn, min=1)).tolist()
+            tp, fp, fn = self.dist.sum(counts).cpu().unbind(1)
+            per_strength = 2 * tp / torch.clamp(2 * tp + fp + fn, min=1)  # (strengths, classes)
+            if self.full_adjustment is not None:
+                record["adjustment_pseudo_dice"] = per_strength.mean(1).tolist()
+                self.adjustment_strength = choose_adjustment_strength([*self.history, record])
+                record["adjustment_strength"] = self.adjustment_strength
+            dice = per_strength[ADJUSTMENT_STRENGTHS.index(self.adjustment_strength)].tolist()
             mean_dice = float(np.mean(dice))
             self.ema = mean_dice if self.ema is None else EMA_DECAY * self.ema + (1 - EMA_DECAY) * mean_dice
             record.update(
@@ -534,6 +473,8 @@ class Trainer:
             )
             for name, value in zip(self._class_names(), record["pseudo_dice"]):
                 metrics[f"pseudo_dice_{name}"] = value
+            if "adjustment_strength" in record:
+                metrics["logit_adjustment_strength"] = record["adjustment_strength"]
         self.tracker.log_metrics(metrics, step=record["epoch"])
         self.tracker.log_artifact(plot_curves(self.history, self.fold_paths.curves, self._class_names()))
         improved = self.ema is not None and self.ema > self.best_ema
@@ -574,8 +515,6 @@ class Trainer:
         if self.dist.is_main:
             self._checkpoint(self.epoch - 1, finished=True, with_training=False).save(self.fold_paths.final)
             if self.train_config.final_validation and self.train_config.fold != "all" and self.val_ids:
-                from nnseg.training.validation import validate_fold
-
                 validation = validate_fold(
                     self.plan,
                     self.train_config.configuration,
@@ -585,24 +524,7 @@ class Trainer:
                     show_progress=self.show_progress,
                     previous_stage=self.previous_stage,
                 )
-            for path in (
-                self.workspace.plans,
-                self.workspace.fingerprint,
-                self.workspace.splits,
-                self.fold_paths.curves,
-                self.fold_paths.validation_summary,
-            ):
-                if path.is_file():
-                    self.tracker.log_artifact(path)
-            self.tracker.log_artifact(self.fold_paths.final, artifact_path="model")
-            config = self.train_config  # the fold as an MLflow logged model, with its final metrics (not re-uploaded)
-            self.tracker.log_model(
-                f"{self.plan.dataset_name}-{config.configuration}-{config.fold_name}",
-                self.fold_paths.final,
-                step=self.epoch - 1,
-                metrics={} if validation is None else {"final_val_mean_dice": validation["mean_dice"]},
-                params={"configuration": config.configuration, "fold": str(config.fold), "epochs": self.epoch},
-            )
+            log_finished_fold(self, validation)
         self.dist.barrier()
         return validation
 

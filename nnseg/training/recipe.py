@@ -6,8 +6,9 @@ forced onto foreground. ``small_budget`` is for runs of a few hundred to a few t
 iterations (a CPU, a quick experiment): AdamW (lr 3e-3, 5 % linear warm-up, poly decay per
 iteration), the cross-entropy weighted per class by frequency ** -0.5, and output biases
 starting at log(class frequency). A class-weighted cross-entropy shifts the decision boundaries towards
-the up-weighted classes; the checkpoint records -log(weight) per class as a logit adjustment that every
-prediction applies (:class:`nnseg.checkpoint.LogitAdjustment`).
+the up-weighted classes; the checkpoint records strength x -log(weight) per class as a logit adjustment that
+every prediction applies (:class:`nnseg.checkpoint.LogitAdjustment`), the strength chosen on the run's
+validation patches (:func:`choose_adjustment_strength`).
 
 Chosen by measurement (``benchmarks/small_budget.py --iterations 300``: MR phantoms of 50^3 at
 2.8 mm with structures of ~1,200, ~100 and 3 x ~30 voxels; Dice on 8 held-out cases after 300
@@ -58,6 +59,10 @@ if TYPE_CHECKING:  # torch is imported where the optimizer is made: planning rea
 
 #: A run of at most this many iterations is "short": 10 % of nnU-Net's 1000 x 250.
 SHORT_RUN_ITERATIONS = 25_000
+#: strengths of the logit adjustment a class-weighted run chooses between (0: none; 1: -log(weight))
+ADJUSTMENT_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: the choice averages the validation pseudo-Dice of this many last epochs
+ADJUSTMENT_EPOCHS = 5
 
 
 @dataclass(frozen=True)
@@ -245,5 +250,16 @@ def logit_adjustment(network: torch.nn.Module, class_weights: np.ndarray | None)
     if heads is None:
         raise TypeError(f"{type(network).__name__} has no segmentation_heads() (part of the network contract)")
     biases = tuple(names[id(head.bias)] for head in heads() if head.bias is not None)
-    offsets = tuple(float(-np.log(w)) for w in class_weights)
+    offsets = tuple(0.0 - float(np.log(w)) for w in class_weights)  # 0.0, not -0.0, for the background
     return LogitAdjustment(biases, offsets)
+
+
+def choose_adjustment_strength(history: Iterable[dict[str, Any]]) -> float:
+    """The strength whose mean pseudo-Dice over the last :data:`ADJUSTMENT_EPOCHS` validated epochs (the
+    history's ``adjustment_pseudo_dice``, one value per strength of :data:`ADJUSTMENT_STRENGTHS`) is highest;
+    the weakest on a tie, 0 before any validation."""
+    rows = [record["adjustment_pseudo_dice"] for record in history if "adjustment_pseudo_dice" in record]
+    if not rows:
+        return 0.0
+    means = np.mean(rows[-ADJUSTMENT_EPOCHS:], axis=0)
+    return ADJUSTMENT_STRENGTHS[int(np.argmax(means))]

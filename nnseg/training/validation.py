@@ -1,4 +1,5 @@
-"""Final validation of a fold: predict its validation cases from the raw images with the predictor of
+"""Validation: the pseudo-Dice counts of each epoch's validation patches, and the final validation of a
+fold: predict its validation cases from the raw images with the predictor of
 ``nnseg predict`` and score them in the original geometry (per case, per class or region; voxels of the
 ``ignore`` label are not scored). The first stage of a cascade (``3d_lowres``) also writes each validation case's
 segmentation on the next stage's preprocessed grid (``fold_<k>/predicted_next_stage/<next>/<case>.npy``): the
@@ -6,10 +7,11 @@ folds together give the cascade its training input, as nnU-Net's cross-validatio
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from nnseg.atomic import atomic_path
 from nnseg.dataset import load_dataset
@@ -112,3 +114,19 @@ def score_cases(
 def _save_stage_segmentation(path: Path, segmentation: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, segmentation, allow_pickle=False)
+
+
+def pseudo_dice_counts(
+    predicted: torch.Tensor, target: torch.Tensor, classes: Sequence[Sequence[int]], ignore_value: int | None
+) -> torch.Tensor:
+    """(3, classes) true positives, false positives, false negatives of each class (its label values) over the
+    annotated voxels (not ``ignore_value``) of a batch."""
+    annotated = torch.ones_like(target, dtype=torch.bool) if ignore_value is None else target != ignore_value
+    counts = torch.zeros(3, len(classes), device=target.device)
+    for index, values in enumerate(classes):
+        inside = torch.tensor(values, device=target.device)
+        p, t = torch.isin(predicted, inside) & annotated, torch.isin(target, inside) & annotated
+        counts[0, index] = (p & t).sum()
+        counts[1, index] = (p & ~t).sum()
+        counts[2, index] = (~p & t).sum()
+    return counts

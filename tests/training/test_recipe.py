@@ -13,7 +13,16 @@ from nnseg.networks import create
 from nnseg.options import OptionError
 from nnseg.training.config import TrainConfig
 from nnseg.training.loop import Trainer, train
-from nnseg.training.recipe import RECIPES, SHORT_RUN_ITERATIONS, choose_recipe, logit_adjustment, set_head_bias_to_prior
+from nnseg.training.recipe import (
+    ADJUSTMENT_EPOCHS,
+    ADJUSTMENT_STRENGTHS,
+    RECIPES,
+    SHORT_RUN_ITERATIONS,
+    choose_adjustment_strength,
+    choose_recipe,
+    logit_adjustment,
+    set_head_bias_to_prior,
+)
 
 
 def test_auto_takes_the_presets_recipe_else_chooses_by_length() -> None:
@@ -110,26 +119,43 @@ def test_logit_adjustment_undoes_the_class_weights_on_every_head() -> None:
 
 def test_a_weighted_run_records_its_logit_adjustment_and_predicts_with_it(preprocessed_work: Path) -> None:
     """The small_budget recipe weighs the cross-entropy; the checkpoint keeps the weights as trained (a resume
-    continues them bit for bit) and the offsets that prediction adds: -log(weight) per class."""
-    config = TrainConfig(fold=0, epochs=1, iters_per_epoch=2, val_iters=1, device="cpu", tracking=False)
+    continues them bit for bit) and the offsets prediction adds: the chosen strength x -log(weight) per class."""
+    config = TrainConfig(fold=0, epochs=2, iters_per_epoch=2, val_iters=1, device="cpu", tracking=False)
     trainer = Trainer(preprocessed_work, config, show_progress=False)
     trainer.run()
     weights = trainer.loss.class_weights
-    assert weights is not None
+    assert weights is not None and trainer.full_adjustment is not None
+    assert trainer.full_adjustment.offsets == pytest.approx((-torch.log(weights)).tolist())
+    for record in trainer.history:  # every strength tried on every validated epoch, the choice recorded
+        assert len(record["adjustment_pseudo_dice"]) == len(ADJUSTMENT_STRENGTHS)
+        assert record["adjustment_strength"] in ADJUSTMENT_STRENGTHS
+    assert trainer.adjustment_strength == choose_adjustment_strength(trainer.history)
     fold = preprocessed_work / "models" / "3d_fullres" / "fold_0"
-    for name in ("checkpoint_latest.pt", "checkpoint_final.pt"):
-        checkpoint = Checkpoint.load(fold / name)
-        assert checkpoint.logit_adjustment is not None
-        assert checkpoint.logit_adjustment.offsets == pytest.approx((-torch.log(weights)).tolist())
-        assert checkpoint.network_state.keys() == trainer.network.state_dict().keys()
-        head = checkpoint.logit_adjustment.biases[0]
-        expected = checkpoint.network_state[head] + torch.tensor(checkpoint.logit_adjustment.offsets)
-        assert torch.allclose(checkpoint.inference_state()[head], expected)
+    final = Checkpoint.load(fold / "checkpoint_final.pt")
+    assert final.logit_adjustment == trainer.full_adjustment.scaled(trainer.adjustment_strength)
+    trainer.adjustment_strength = 0.5  # what a checkpoint records at a strength
+    recorded = trainer._checkpoint(1, finished=True, with_training=False)
+    assert recorded.logit_adjustment is not None and recorded.logit_adjustment.strength == 0.5
+    assert recorded.logit_adjustment.offsets == pytest.approx((-0.5 * torch.log(weights)).tolist())
+    recorded.save(fold / "checkpoint_final.pt")
+    assert Checkpoint.load(fold / "checkpoint_final.pt").logit_adjustment == recorded.logit_adjustment
+    head = recorded.logit_adjustment.biases[0]
+    expected = recorded.network_state[head] + torch.tensor(recorded.logit_adjustment.offsets)
+    assert torch.allclose(recorded.inference_state()[head], expected)
     from nnseg.inference.predictor import Predictor
 
     predictor = Predictor.from_checkpoints(fold, device="cpu", backend="torch")
-    checkpoint = Checkpoint.load(fold / "checkpoint_final.pt")
-    assert torch.equal(predictor.networks[0].state_dict()[head], checkpoint.inference_state()[head])
+    assert torch.equal(predictor.networks[0].state_dict()[head], recorded.inference_state()[head])
+
+
+def test_the_strength_is_the_best_on_the_last_validated_epochs() -> None:
+    assert choose_adjustment_strength([]) == 0.0  # nothing validated: the weights as trained
+    older = {"adjustment_pseudo_dice": [0.0, 0.0, 0.0, 0.0, 0.9]}  # beyond the last ADJUSTMENT_EPOCHS
+    recent = {"adjustment_pseudo_dice": [0.5, 0.6, 0.7, 0.6, 0.5]}
+    history = [older, *[recent] * ADJUSTMENT_EPOCHS, {"train_loss": 1.0}]
+    assert choose_adjustment_strength(history) == 0.5
+    tied = {"adjustment_pseudo_dice": [0.7, 0.7, 0.7, 0.7, 0.7]}
+    assert choose_adjustment_strength([tied]) == 0.0  # the weakest on a tie
 
 
 def test_unweighted_runs_and_older_checkpoints_have_no_adjustment(preprocessed_work: Path, tmp_path: Path) -> None:
@@ -146,5 +172,8 @@ def test_unweighted_runs_and_older_checkpoints_have_no_adjustment(preprocessed_w
     assert Checkpoint.load(tmp_path / "old.pt").logit_adjustment is None
     payload["logit_adjustment"] = {"biases": "decoder", "offsets": [0.0]}
     torch.save(payload, tmp_path / "edited.pt")
-    with pytest.raises(CheckpointError, match="edited.pt: damaged checkpoint .logit_adjustment must hold"):
+    with pytest.raises(
+        CheckpointError,
+        match="edited.pt: damaged checkpoint .logit_adjustment must hold biases and offsets lists and a strength",
+    ):
         Checkpoint.load(tmp_path / "edited.pt")

@@ -1,0 +1,134 @@
+"""What a training run starts from (its cases: the fold's split; the checkpoint it resumes) and its MLflow run
+(started or resumed; the finished fold's files and logged model).
+
+Each check here stops the run before any epoch with a message naming the file and the command that fixes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from nnseg.checkpoint import Checkpoint
+from nnseg.distributed import DistributedContext
+from nnseg.errors import NnsegError
+from nnseg.planning.plan import ConfigurationPlan, Plan
+from nnseg.planning.splits import load_or_create_splits
+from nnseg.preprocessing.preprocess import is_done, preprocessing_hash
+from nnseg.workspace import Workspace
+
+if TYPE_CHECKING:
+    from nnseg.training.loop import Trainer
+
+
+@dataclass(frozen=True)
+class FoldCases:
+    """The cross-validation splits and the cases one fold trains and validates on."""
+
+    splits: list[dict[str, list[str]]]
+    train_ids: list[str]
+    val_ids: list[str]
+
+
+def fold_cases(
+    workspace: Workspace,
+    plan: Plan,
+    config_plan: ConfigurationPlan,
+    configuration: str,
+    fold: int | str,
+    dist: DistributedContext,
+) -> FoldCases:
+    """The fold's cases, once every case of the plan is preprocessed with it (splits.json made on first use)."""
+    data_dir = workspace.preprocessed(config_plan.data_identifier)
+    plan_hash = preprocessing_hash(plan, config_plan)
+    found = sorted(p.stem for p in data_dir.glob("*.json") if not p.name.startswith("."))
+    cases = [c for c in found if is_done(data_dir, c, plan_hash)]
+    fix = f"run `nnseg preprocess --work {workspace.root} --config {configuration}` (it redoes them)"
+    if not cases:
+        raise NnsegError(f"{data_dir}: no preprocessed cases for {configuration}; {fix}")
+    broken = sorted(set(found) - set(cases))
+    if broken or len(cases) < plan.num_training_cases:
+        what = (
+            f"{len(broken)} case(s) damaged or made with another plan ({', '.join(broken[:5])})"
+            if broken
+            else f"only {len(cases)} of the plan's {plan.num_training_cases} cases are preprocessed"
+        )
+        raise NnsegError(f"{data_dir}: {what}; {fix}")
+    if dist.is_main:  # rank 0 writes splits.json; the others read it after the barrier
+        splits = load_or_create_splits(workspace.splits, cases)
+    dist.barrier()
+    if not dist.is_main:
+        splits = load_or_create_splits(workspace.splits, cases)
+    if fold == "all":
+        return FoldCases(splits, cases, cases)
+    if not isinstance(fold, int) or fold >= len(splits):
+        raise NnsegError(f"{workspace.splits}: has {len(splits)} folds, fold {fold} requested")
+    return FoldCases(splits, list(splits[fold]["train"]), list(splits[fold]["val"]))
+
+
+def resumable_checkpoint(
+    path: Path, plan: Plan, configuration: str, fold: int | str, device: torch.device, plans_file: Path
+) -> Checkpoint:
+    """``checkpoint_latest.pt`` of this fold, when it can continue under the current plan."""
+    checkpoint = Checkpoint.load(path, map_location=device)
+    if checkpoint.configuration != configuration or str(checkpoint.fold) != str(fold):
+        raise NnsegError(f"{path}: belongs to {checkpoint.configuration} fold {checkpoint.fold}")
+    changed = checkpoint.plan_changes(plan)
+    if changed:
+        raise NnsegError(
+            f"{path}: {plans_file} changed since this fold was trained "
+            f"({'; '.join(changed[:3])}); resuming would continue old weights on another plan. "
+            "Rerun with --fresh to start this fold over (its checkpoints are replaced)"
+        )
+    if checkpoint.training is None:
+        raise NnsegError(f"{path}: holds no training state to resume from; rerun with --fresh to start over")
+    return checkpoint
+
+
+def start_tracker(trainer: Trainer) -> Any:
+    """The run's tracker: MLflow on rank 0 (a resumed run continues its MLflow run), else a no-op."""
+    from nnseg.tracking import NullTracker, default_tracking_uri, mlflow_with_fallback
+    from nnseg.training.run_parameters import run_parameters
+
+    config, plan = trainer.train_config, trainer.plan
+    if not (config.tracking and trainer.dist.is_main):
+        return NullTracker()
+    uri = config.tracking_uri or default_tracking_uri(trainer.workspace.root)
+    tracker = mlflow_with_fallback(uri, config.experiment or plan.dataset_name, trainer.fold_dir)
+    tags = {
+        "dataset": plan.dataset_name,
+        "configuration": config.configuration,
+        "fold": str(config.fold),
+        "nnseg.version": plan.nnseg_version,
+    }
+    if trainer.pretrained is not None:  # the source of a fine-tuned run, searchable in the UI
+        tags["pretrained.sha256"] = trainer.pretrained.sha256
+    resumed = trainer.run_id
+    trainer.run_id = (
+        tracker.start(f"{plan.dataset_name}/{config.configuration}/{config.fold_name}", tags, resume_run_id=resumed)
+        or resumed
+    )  # server down: keep the id to resume
+    if resumed is None:
+        tracker.log_params(run_parameters(trainer))
+    return tracker
+
+
+def log_finished_fold(trainer: Trainer, validation: dict | None) -> None:
+    """Log the plan, fingerprint, splits, curves, validation summary and final checkpoint of a finished fold, and
+    the fold as an MLflow logged model with its final metrics (the checkpoint is not uploaded twice)."""
+    workspace, paths, tracker = trainer.workspace, trainer.fold_paths, trainer.tracker
+    for path in (workspace.plans, workspace.fingerprint, workspace.splits, paths.curves, paths.validation_summary):
+        if path.is_file():
+            tracker.log_artifact(path)
+    tracker.log_artifact(paths.final, artifact_path="model")
+    config = trainer.train_config
+    tracker.log_model(
+        f"{trainer.plan.dataset_name}-{config.configuration}-{config.fold_name}",
+        paths.final,
+        step=trainer.epoch - 1,
+        metrics={} if validation is None else {"final_val_mean_dice": validation["mean_dice"]},
+        params={"configuration": config.configuration, "fold": str(config.fold), "epochs": trainer.epoch},
+    )
