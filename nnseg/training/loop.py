@@ -347,6 +347,7 @@ class Trainer:
             oversample_foreground=self.recipe.oversample_foreground,
             seed=seed,
             previous_stage=self.previous_stage,
+            border=[r - p for r, p in zip(region, self.config_plan.patch_size)],
         )
         val = None
         if self.train_config.val_iters and self.val_ids:
