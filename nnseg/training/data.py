@@ -7,8 +7,7 @@ cut is the augmentation's sampling size (larger than the patch, so rotated corne
 data). As nnU-Net's loader does, a region may reach beyond the volume by half of ``border``
 (the sampling size minus the patch size) on each side, its start drawn uniformly in that
 range: the network sees the volume's edges at every position of the patch, not only a case
-centred in it (trained on cases about the patch's size and never shifted, a network
-over-segmented the organ of the same cases in a wider field of view: Dice 0.95 -> 0.89).
+centred in it (before, a case about the patch's size was always cut whole and centred).
 Regions reaching beyond the volume are padded (image 0, label 0). Only the region is read
 from the memory-mapped arrays, never the whole volume.
 
