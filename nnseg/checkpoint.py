@@ -15,11 +15,12 @@ Format 2 on disk (a dict)::
 
     format, nnseg_version, configuration, fold, plan (JSON text), deep_supervision,
     network_state (tensors), finished, epochs_trained, training (TrainingState as a dict, or None),
-    logit_adjustment (optional: {"biases": [state keys], "offsets": [float per output]}, or None)
+    logit_adjustment (optional: {"biases": [state keys], "offsets": [float per output], "strength": float},
+    or None)
 
 ``network_state`` holds the weights as trained. A network trained with a class-weighted cross-entropy
-learns the weighted posteriors; its ``logit_adjustment`` (-log of each class's weight, added to the
-segmentation heads' biases) turns them back into the unweighted ones, and :meth:`Checkpoint.inference_state`
+learns the weighted posteriors; its ``logit_adjustment`` (strength x -log of each class's weight, added to the
+segmentation heads' biases) moves them towards the unweighted ones, and :meth:`Checkpoint.inference_state`
 is the state every prediction, export and validation uses.
 """
 
@@ -75,9 +76,8 @@ class LogitAdjustment:
             return None
         return LogitAdjustment(self.biases, tuple(strength * o for o in self.offsets), strength)
 
-    def apply(self, state: dict[str, torch.Tensor], source: str | os.PathLike) -> dict[str, torch.Tensor]:
-        """A copy of ``state`` with the offsets added to each listed bias."""
-        adjusted = dict(state)
+    def check(self, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+        """CheckpointError unless every listed bias is in ``state`` with one value per offset."""
         for key in self.biases:
             bias = state.get(key)
             if bias is None or tuple(bias.shape) != (len(self.offsets),):
@@ -85,6 +85,13 @@ class LogitAdjustment:
                     f"{source}: damaged checkpoint (logit_adjustment names {key}, which is not a bias of "
                     f"{len(self.offsets)} outputs in network_state)"
                 )
+
+    def apply(self, state: dict[str, torch.Tensor], source: str | os.PathLike) -> dict[str, torch.Tensor]:
+        """A copy of ``state`` with the offsets added to each listed bias (checked first)."""
+        self.check(state, source)
+        adjusted = dict(state)
+        for key in self.biases:
+            bias = state[key]
             adjusted[key] = bias + torch.tensor(self.offsets, dtype=bias.dtype, device=bias.device)
         return adjusted
 
@@ -302,7 +309,7 @@ def _from_payload(path: Path, payload: Any) -> Checkpoint:
         raise CheckpointError(f"{path}: damaged checkpoint (network_state is not a dict of tensors)")
     adjustment = _logit_adjustment(path, payload.get("logit_adjustment"))  # older checkpoints: none
     if adjustment is not None:
-        adjustment.apply(state, path)  # checks that every bias it names exists with one value per output
+        adjustment.check(state, path)
     return Checkpoint(
         plan=plan,
         configuration=payload["configuration"],

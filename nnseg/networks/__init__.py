@@ -1,5 +1,19 @@
 """Networks built from a plan, through an explicit registry; :func:`create` builds one outside a plan."""
 
-from nnseg.networks.registry import architecture, available, available_architectures, build_network, create
+from nnseg.networks.registry import (
+    architecture,
+    available,
+    available_architectures,
+    build_network,
+    create,
+    segmentation_heads,
+)
 
-__all__ = ["architecture", "available", "available_architectures", "build_network", "create"]
+__all__ = [
+    "architecture",
+    "available",
+    "available_architectures",
+    "build_network",
+    "create",
+    "segmentation_heads",
+]

@@ -129,3 +129,12 @@ def create(
 def build_network(plan: NetworkPlan, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
     """Build the network a plan names; a KeyError lists the known architectures."""
     return architecture(plan.architecture).build(plan, in_channels, num_classes, **kwargs)
+
+
+def segmentation_heads(network: nn.Module) -> list[nn.Module]:
+    """The convolutions that produce ``network``'s logits, one per output (the contract's ``segmentation_heads()``);
+    TypeError for a network without them."""
+    heads = getattr(network, "segmentation_heads", None)
+    if heads is None:
+        raise TypeError(f"{type(network).__name__} has no segmentation_heads() (part of the network contract)")
+    return list(heads())

@@ -323,12 +323,12 @@ class Trainer:
         output, loss = self._forward_loss(image, seg)
         main = (output[0] if isinstance(output, list) else output).float()
         scheme = self.scheme
-        classes = list(scheme.foreground.values())
+        classes, target = list(scheme.foreground.values()), seg[:, 0].long()
         counts = []
         for offsets in self.trial_offsets:
             predicted = scheme.segmentation(scheme.probabilities(main + offsets, dim=1), dim=1)
             assert isinstance(predicted, torch.Tensor)
-            counts.append(pseudo_dice_counts(predicted, seg[:, 0].long(), classes, scheme.ignore_value))
+            counts.append(pseudo_dice_counts(predicted, target, classes, scheme.ignore_value))
         return float(loss), torch.stack(counts)
 
     # ------------------------------------------------------------------------------------------ loop

@@ -344,10 +344,9 @@ def _build_on_meta(checkpoint: Checkpoint, in_channels: int, num_classes: int, w
 
 def _head_keys(network: nn.Module) -> set[str]:
     """State-dict names of the segmentation heads' tensors (by identity: a shared module has several names)."""
-    heads = getattr(network, "segmentation_heads", None)
-    if heads is None:
-        raise TypeError(f"{type(network).__name__} has no segmentation_heads() (part of the network contract)")
-    ids = {id(t) for head in heads() for t in (*head.parameters(), *head.buffers())}
+    from nnseg.networks import segmentation_heads
+
+    ids = {id(t) for head in segmentation_heads(network) for t in (*head.parameters(), *head.buffers())}
     return {key for key, value in network.state_dict(keep_vars=True).items() if id(value) in ids}
 
 

@@ -219,9 +219,8 @@ def set_head_bias_to_prior(
     """
     import torch
 
-    heads = getattr(network, "segmentation_heads", None)
-    if heads is None:
-        raise TypeError(f"{type(network).__name__} has no segmentation_heads(); cannot start its biases at the prior")
+    from nnseg.networks import segmentation_heads
+
     frequencies = class_frequencies.clamp(1e-6, 1 - 1e-6)
     if objective == "sigmoid":
         log_prior = torch.log(frequencies / (1 - frequencies))
@@ -229,11 +228,12 @@ def set_head_bias_to_prior(
         log_prior = torch.log(frequencies)
         log_prior = log_prior - log_prior.mean()
     changed = 0
-    for head in heads():
-        if head.bias is None or head.bias.shape != log_prior.shape:
+    for head in segmentation_heads(network):
+        bias = head.bias
+        if not isinstance(bias, torch.Tensor) or bias.shape != log_prior.shape:
             raise ValueError(f"segmentation head {head} has no bias with one value per class ({len(log_prior)})")
         with torch.no_grad():
-            head.bias.copy_(log_prior.to(head.bias))
+            bias.copy_(log_prior.to(bias))
         changed += 1
     return changed
 
@@ -242,14 +242,12 @@ def logit_adjustment(network: torch.nn.Module, class_weights: np.ndarray | None)
     """The inference offsets -log(w_c) for the heads of ``network`` trained with cross-entropy weights ``w_c``
     (see :class:`nnseg.checkpoint.LogitAdjustment`); None for unweighted training."""
     from nnseg.checkpoint import LogitAdjustment
+    from nnseg.networks import segmentation_heads
 
     if class_weights is None:
         return None
     names = {id(parameter): name for name, parameter in network.named_parameters()}
-    heads = getattr(network, "segmentation_heads", None)
-    if heads is None:
-        raise TypeError(f"{type(network).__name__} has no segmentation_heads() (part of the network contract)")
-    biases = tuple(names[id(head.bias)] for head in heads() if head.bias is not None)
+    biases = tuple(names[id(head.bias)] for head in segmentation_heads(network) if head.bias is not None)
     offsets = tuple(0.0 - float(np.log(w)) for w in class_weights)  # 0.0, not -0.0, for the background
     return LogitAdjustment(biases, offsets)
 
