@@ -24,12 +24,10 @@ from scipy import ndimage
 
 from nnseg.options import OptionError
 from nnseg.planning.plan import ChannelNormalization
+from nnseg.preprocessing.crop import AIR_HU
+from nnseg.preprocessing.crop import BODY_MARGIN_MM as AIR_MARGIN_MM
 
 TTA_MODES = ("full", "fast", "none")
-#: Hounsfield units above which a voxel counts as body (air -1000, lung about -850, fat about -100).
-AIR_HU = -500.0
-#: The body mask is dilated by this much (mm) so that its border (skin, partial volume) is always covered.
-AIR_MARGIN_MM = 10.0
 _EPS = 1e-8
 
 

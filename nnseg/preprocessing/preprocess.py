@@ -1,7 +1,7 @@
 """``nnseg preprocess``: crop, transpose, normalize and resample every training case; cache it for training.
 
 Per case, in the plan's order (as nnU-Net): transpose to planning axis order -> crop to
-the nonzero box -> normalize -> resample to the configuration's spacing. The cache
+the nonzero box (CT: then to the body's box, :func:`~nnseg.preprocessing.crop.crop_to_body`) -> normalize -> resample to the configuration's spacing. The cache
 under ``<work>/preprocessed/<data_identifier>/`` holds per case:
 
 * ``<case>.npy``            float32 ``(c, *spatial)`` image data, opened memory-mapped by training;
@@ -35,7 +35,7 @@ from nnseg.errors import NnsegError
 from nnseg.io import Geometry
 from nnseg.parallel import default_workers, parallel_map
 from nnseg.planning.plan import ConfigurationPlan, Plan
-from nnseg.preprocessing.crop import OUTSIDE_NONZERO_LABEL, crop_to_nonzero
+from nnseg.preprocessing.crop import OUTSIDE_NONZERO_LABEL, crop_to_body, crop_to_nonzero
 from nnseg.preprocessing.normalize import channel_normalizer
 from nnseg.preprocessing.resample import new_shape_for, resample_image, resample_labels, separate_axis
 from nnseg.progress import progress
@@ -44,7 +44,7 @@ from nnseg.sharding import Shard, file_bytes
 from nnseg.workspace import Workspace
 
 #: Bump when the preprocessing code changes what it writes: every cached case is then redone.
-PREPROCESSING_VERSION = 1
+PREPROCESSING_VERSION = 2  # 2: CT is cropped to the body's box
 LOCATIONS_PER_CLASS = 10_000
 MIN_LOCATION_COVERAGE = 0.01
 
@@ -58,7 +58,7 @@ class CaseProperties:
         plan_hash: hash of the plan fields the case was made with (see :func:`preprocessing_hash`).
         geometry: the original image geometry (``Geometry.to_dict()``).
         original_spacing: voxel size of the original image, array order.
-        crop_box: nonzero box, planning order, half-open ``[start, stop)`` per axis.
+        crop_box: nonzero box (CT: the body's box within it), planning order, half-open ``[start, stop)``.
         shape_after_crop: planning order.
         spacing: voxel size after resampling, planning order.
         shape: shape after resampling, planning order (the stored arrays' spatial shape).
@@ -111,6 +111,11 @@ def preprocessing_hash(plan: Plan, config: ConfigurationPlan) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def is_ct(config: ConfigurationPlan) -> bool:
+    """Every channel is CT-normalized: its intensities are Hounsfield units, air is below ``AIR_HU``."""
+    return bool(config.normalization) and all(n.scheme == "ct" for n in config.normalization)
+
+
 def target_spacing_for(config: ConfigurationPlan, spacing_planning_order: tuple[float, ...]) -> tuple[float, ...]:
     """3D: the configuration's spacing. 2D: each case keeps its own spacing along the first (out-of-plane) axis."""
     if config.dimensions == 2:
@@ -143,6 +148,8 @@ def preprocess_case(
     if labels is not None:
         labels = labels.transpose(forward)
     cropped, cropped_labels, inside, box = crop_to_nonzero(images, labels)
+    if is_ct(config):
+        cropped, cropped_labels, inside, box = crop_to_body(cropped, cropped_labels, inside, box, spacing)
     target = target_spacing_for(config, spacing)
     new_shape = new_shape_for(cropped.shape[1:], spacing, target)
     axis = separate_axis(spacing, target, config.resampling)

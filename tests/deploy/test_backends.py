@@ -21,8 +21,11 @@ from tests.deploy.test_export import raw_dataset, run_cli
 
 @pytest.fixture()
 def models(trained_work: Path, tmp_path: Path) -> Path:
-    """A private copy of ``models/3d_fullres`` (the cache is written beside the checkpoints)."""
-    return Path(shutil.copytree(trained_work / "models" / "3d_fullres", tmp_path / "3d_fullres"))
+    """A private copy of ``models/3d_fullres`` (the cache is written beside the checkpoints), without the cache that
+    tests predicting from ``trained_work`` with the default backend may have left there."""
+    source = trained_work / "models" / "3d_fullres"
+    ignore = shutil.ignore_patterns(backends.CACHE_FOLDER)
+    return Path(shutil.copytree(source, tmp_path / "3d_fullres", ignore=ignore))
 
 
 def test_backend_option_lists_every_backend() -> None:

@@ -33,7 +33,8 @@ CT = ChannelNormalization("CT", "ct", False, clip_low=24.0, clip_high=167.0, mea
 
 @pytest.fixture(scope="module")
 def wide_ct(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A CT phantom with air all around the body (padded), and its label map."""
+    """A CT phantom with air all around the body (padded) and a skin marker in a far corner, so that the body's
+    box (preprocessing's crop) still holds windows of air; and its label map."""
     raw = tmp_path_factory.mktemp("wide") / "raw"
     generate_dataset(raw, SynthConfig(num_cases=1, shape=(20, 24, 24), seed=7, oblique=False), show_progress=False)
     image = read_volume(next((raw / "imagesTr").glob("*_0000.nii.gz")))
@@ -41,8 +42,10 @@ def wide_ct(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     pad = ((4, 4), (40, 40), (40, 40))
     geometry = Geometry(affine=image.geometry.affine, shape=np.pad(image.array, pad).shape)
     out = raw.parent
+    wide = np.pad(image.array, pad, constant_values=-1000)
+    wide[-3:, -3:, -3:] = 0
     return (
-        write_volume(out / "wide_0000.nii.gz", np.pad(image.array, pad, constant_values=-1000), geometry),
+        write_volume(out / "wide_0000.nii.gz", wide, geometry),
         write_volume(out / "wide_label.nii.gz", np.pad(label.array, pad), geometry, is_label=True),
     )
 
