@@ -1,7 +1,8 @@
 """``nnseg preprocess``: crop, transpose, normalize and resample every training case; cache it for training.
 
 Per case, in the plan's order (as nnU-Net): transpose to planning axis order -> crop to
-the nonzero box (CT: then to the body's box, :func:`~nnseg.preprocessing.crop.crop_to_body`) -> normalize -> resample to the configuration's spacing. The cache
+the nonzero box (CT: then to the body's box, :func:`~nnseg.preprocessing.crop.crop_to_body`) -> normalize
+-> resample to the configuration's spacing. The cache
 under ``<work>/preprocessed/<data_identifier>/`` holds per case:
 
 * ``<case>.npy``            float32 ``(c, *spatial)`` image data, opened memory-mapped by training;

@@ -66,7 +66,9 @@ def test_ct_preprocessing_does_not_depend_on_the_air_around_the_body(ct_dataset_
         restored = restore_labels(result.seg, result.properties, plan, config.resampling)
         assert restored.shape == padded_labels.shape
         inner = tuple(slice(pad, -pad) for _ in range(3))
-        assert (restored[inner] == labels).mean() > 0.99 and not restored[~np.pad(np.ones_like(labels, bool), pad)].any()
+        assert (restored[inner] == labels).mean() > 0.99 and not restored[
+            ~np.pad(np.ones_like(labels, bool), pad)
+        ].any()
         results.append(result)
     assert results[0].data.shape == results[1].data.shape
     np.testing.assert_array_equal(results[0].data, results[1].data)
