@@ -5,7 +5,7 @@ dark structures inside the body (air in lungs, fluid) stay inside the box.
 
 CT air is not zero, so nnU-Net keeps all of it: a scan reconstructed with a wider field of view
 feeds the network more air than its training cases had. Networks with instance norm notice: on
-CT phantoms padded with air (``benchmarks/predict_speed.py``) organ Dice fell from 0.96 to 0.71
+CT phantoms padded with air (``benchmarks/predict_speed.py``) organ Dice fell from 0.96 to 0.70
 (nnseg, 32 voxels of air per side) and from 0.96 to 0.91 (nnU-Net), the organ growing into the
 surrounding tissue. :func:`crop_to_body` therefore also crops CT (every channel CT-normalized) to
 the box of the voxels above ``AIR_HU``, widened by ``BODY_MARGIN_MM`` and always holding every
