@@ -16,7 +16,6 @@ non-CT channel never skips (its intensities say nothing about air).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,7 +23,7 @@ from scipy import ndimage
 
 from nnseg.options import OptionError
 from nnseg.planning.plan import ChannelNormalization
-from nnseg.preprocessing.crop import AIR_HU
+from nnseg.preprocessing.crop import AIR_HU, margin_voxels
 from nnseg.preprocessing.crop import BODY_MARGIN_MM as AIR_MARGIN_MM
 
 TTA_MODES = ("full", "fast", "none")
@@ -104,7 +103,7 @@ def air_body_mask(
         body = _fill_holes_in_slices(body)
     dilated = body.view(np.uint8)
     for axis, step in enumerate(spacing[-body.ndim :]):
-        radius = math.ceil(margin_mm / max(float(step), _EPS))
+        radius = margin_voxels(margin_mm, step)
         if radius > 0:
             dilated = ndimage.maximum_filter1d(dilated, 2 * radius + 1, axis=axis, mode="constant", cval=0)
     return dilated.view(bool)

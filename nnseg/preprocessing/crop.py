@@ -91,6 +91,11 @@ def crop_to_nonzero(
     return cropped, cropped_labels, mask, box
 
 
+def margin_voxels(margin_mm: float, step: float) -> int:
+    """Whole voxels covering ``margin_mm`` along an axis of voxel size ``step`` (mm)."""
+    return math.ceil(margin_mm / max(float(step), 1e-8))
+
+
 def body_box(
     images: np.ndarray, spacing: Sequence[float], *, hu: float = AIR_HU, margin_mm: float = BODY_MARGIN_MM
 ) -> BoundingBox:
@@ -104,7 +109,7 @@ def body_box(
     box = bounding_box(mask)
     widened = []
     for (start, stop), n, step in zip(box, mask.shape, spacing):
-        margin = math.ceil(margin_mm / max(float(step), 1e-8))
+        margin = margin_voxels(margin_mm, step)
         widened.append((max(0, start - margin), min(int(n), stop + margin)))
     return tuple(widened)
 
