@@ -10,6 +10,10 @@ background/organ/lesion kept, cyst new). The held-out cases are predicted from t
     .venv/bin/python benchmarks/finetune.py                                  # full size (CPU: about an hour)
     .venv/bin/python benchmarks/finetune.py --iterations 100 300 --seeds 1 2 3 --out /tmp/nnseg_finetune
     .venv/bin/python benchmarks/finetune.py --tiny --out /tmp/nnseg_finetune_tiny   # smoke test, ~1 min
+    .venv/bin/python benchmarks/finetune.py --iterations 50 --seeds 1 2 3 --ablation   # what each part adds
+
+``--ablation`` adds a fine-tuned run whose new input channels start as plain copies of the source's kernels
+(without the zero-sum fresh kernels that tell them apart), as nnseg did before.
 
 ``--out`` holds the datasets and work folders (made on the first run, reused after; one folder per setting).
 Prints a table (per-class and mean Dice, train wall time) and writes ``results.json`` into ``--out``.
@@ -18,11 +22,14 @@ Prints a table (per-class and mean Dice, train wall time) and writes ``results.j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -32,6 +39,7 @@ from nnseg.inference.batch import predict_folder
 from nnseg.inference.predictor import Predictor
 from nnseg.preprocessing.preprocess import preprocess_dataset
 from nnseg.synth import Structure, SynthConfig, generate_dataset
+from nnseg.training import pretrained
 from nnseg.training.config import TrainConfig
 from nnseg.training.loop import train
 from nnseg.workspace import Workspace
@@ -104,16 +112,34 @@ def _config(args: argparse.Namespace, iterations: int, seed: int, **fields: Any)
     )
 
 
+#: --ablation: the fine-tuned run with plain channel copies
+PLAIN_COPIES = "fine-tuned, plain copies"
+
+
+@contextlib.contextmanager
+def _plain_copies(on: bool) -> Iterator[None]:
+    """New input channels as plain copies of the source's kernels for one run (the library has no switch)."""
+    if not on:
+        yield
+        return
+    plain = pretrained.adapt_input_channels
+    with mock.patch.object(
+        pretrained, "adapt_input_channels", lambda weight, channels, fresh=None: plain(weight, channels)
+    ):
+        yield
+
+
 def run_one(
     args: argparse.Namespace, work: Path, raw: Path, out: Path, mode: str, iterations: int, seed: int, source: Path
 ) -> dict[str, Any]:
-    fields = {"pretrained": str(source)} if mode == "fine-tuned" else {}
+    fields = {"pretrained": str(source)} if mode.startswith("fine-tuned") else {}
     config = _config(args, iterations, seed, **fields)
     started = time.perf_counter()
-    train(work, config, resume=False, show_progress=False)
+    with _plain_copies(mode == PLAIN_COPIES):
+        train(work, config, resume=False, show_progress=False)
     train_s = time.perf_counter() - started
     predictor = Predictor.from_checkpoints(Workspace.at(work).models("3d_fullres"), folds=["all"], device=args.device)
-    predictions = out / f"{mode}_{iterations}_{seed}"
+    predictions = out / f"{mode.replace(', ', '_').replace(' ', '-')}_{iterations}_{seed}"
     shutil.rmtree(predictions, ignore_errors=True)
     predict_folder(predictor, raw / "imagesTs", predictions, show_progress=False)
     labels = json.loads((raw / "dataset.json").read_text())["labels"]
@@ -142,6 +168,7 @@ def main() -> None:
     parser.add_argument("--spacing", default="2.8,2.8,2.8", help="nominal spacing, mm (default 2.8,2.8,2.8)")
     parser.add_argument("--seed", type=int, default=21, help="dataset seed")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ablation", action="store_true", help="also fine-tune with plain channel copies")
     parser.add_argument("--tiny", action="store_true", help="a smoke test: 3+3 cases of 20x24x24, a few iterations")
     parser.add_argument("--out", type=Path, default=Path("/tmp/nnseg_finetune"))
     args = parser.parse_args()
@@ -149,15 +176,16 @@ def main() -> None:
         args.iterations, args.pretrain_iterations, args.iters_per_epoch, args.seeds = [2], 4, 2, [1]
         args.source_cases, args.cases, args.test_cases, args.shape = 3, 3, 1, "20,24,24"
     source, raw, work, out = prepare(args)
+    modes = ("scratch", "fine-tuned", *((PLAIN_COPIES,) if args.ablation else ()))
     results = []
     for iterations in args.iterations:
         for seed in args.seeds:
-            for mode in ("scratch", "fine-tuned"):
+            for mode in modes:
                 row = run_one(args, work, raw, out, mode, iterations, seed, source)
                 results.append(row)
                 dice = " / ".join(f"{v:.3f}" for v in row["dice"].values())
                 print(
-                    f"{mode:<10} {row['iterations']:>5} it seed {seed}  Dice {dice}  mean {row['mean_dice']:.3f}  "
+                    f"{mode:<24} {row['iterations']:>5} it seed {seed}  Dice {dice}  mean {row['mean_dice']:.3f}  "
                     f"train {row['train_s']:.0f} s",
                     flush=True,
                 )
@@ -165,7 +193,7 @@ def main() -> None:
     print(f"\n| start | iterations | {' | '.join(classes)} | mean (± sd over seeds) | train wall (s) |")
     print("|---" * (len(classes) + 4) + "|")
     for iterations in dict.fromkeys(r["iterations"] for r in results):
-        for mode in ("scratch", "fine-tuned"):
+        for mode in modes:
             rows = [r for r in results if r["iterations"] == iterations and r["mode"] == mode]
             dice = " | ".join(f"{np.mean([r['dice'][c] for r in rows]):.3f}" for c in classes)
             means = [r["mean_dice"] for r in rows]

@@ -10,7 +10,11 @@
   channel 0 a third, of channel 1 a half), so the same image fed to every channel gives the response the source
   gave. Fewer channels: every new channel gets the sum of the source's
   channel kernels divided by the new channel count (the mean, rescaled by the same rule), with the same
-  property.
+  property. Channels that would start as identical copies then get the new layer's own fresh kernels minus
+  their mean over the copies: the sum (the source's response) is unchanged, but the network sees the contrast
+  between the channels from the first step. With plain copies it sees only their sum, and a structure told
+  apart by that contrast (a cyst dark in T1 and bright in T2) is found late: ``benchmarks/finetune.py
+  --ablation``, 50 iterations, new class Dice 0.81 with fresh kernels, 0.20 with plain copies (scratch 0.79).
 - **heads**: the segmentation heads (``segmentation_heads()``). Equal label names: copied. Different classes:
   re-initialised, except the rows (weights and bias) of the classes whose *label name* exists in both plans
   (background, and e.g. ``organ`` when both datasets label an organ), which are copied to their new position.
@@ -40,8 +44,8 @@ from nnseg.checkpoint import Checkpoint, CheckpointError
 from nnseg.planning.plan import Plan
 
 #: How the input layers are adapted to another channel count (named in the report and the table).
-REPEAT_RULE = "cyclic repeat, each copy / {copies}"
-AVERAGE_RULE = "channel sum / {new}"
+REPEAT_RULE = "cyclic repeat, each copy / {copies}, + zero-sum fresh kernels"
+AVERAGE_RULE = "channel sum / {new}, + zero-sum fresh kernels"
 
 
 @dataclass(frozen=True)
@@ -228,7 +232,7 @@ def transfer_weights(
                 tally.copied.add(id(tensor))
                 tally.copied_params += tensor.numel()
         elif _differs_only(old_shape, new_shape, {1: (src_in, in_channels)}):
-            state[key] = adapt_input_channels(old, in_channels)
+            state[key] = adapt_input_channels(old, in_channels, fresh=tensor.detach())
             if id(tensor) not in tally.adapted_ids:  # a shared module appears under several names
                 tally.adapted_ids.add(id(tensor))
                 tally.adapted.append(key)
@@ -267,21 +271,33 @@ def transfer_weights(
     )
 
 
-def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
+def adapt_input_channels(weight: torch.Tensor, channels: int, fresh: torch.Tensor | None = None) -> torch.Tensor:
     """``weight`` (out, source channels, ...) for ``channels`` input channels (see the module docstring).
 
     The summed response to one image fed to every channel is unchanged: more channels repeat the source's kernels
     cyclically, each copy divided by the number of copies of its source channel (``new / source`` when that
-    divides); fewer give every channel the sum of the source's kernels / ``new``.
+    divides); fewer give every channel the sum of the source's kernels / ``new``. ``fresh`` (the new layer's own
+    initialisation, ``(out, channels, ...)``): within each group of channels that start as copies of the same
+    kernel, its deviation from the group's mean is added, so that those channels differ from the first step (the
+    network sees their contrast, e.g. T1 against T2) while the summed response stays the source's.
     """
     source = weight.shape[1]
     if channels >= source:
-        index = torch.arange(channels, device=weight.device) % source
-        copies = torch.bincount(index, minlength=source).to(weight.dtype)
+        group = torch.arange(channels, device=weight.device) % source
+        copies = torch.bincount(group, minlength=source).to(weight.dtype)
         shape = (1, channels) + (1,) * (weight.ndim - 2)
-        return weight[:, index] / copies[index].reshape(shape)
-    total = weight.sum(dim=1, keepdim=True) / channels
-    return total.expand(-1, channels, *weight.shape[2:]).clone()
+        adapted = weight[:, group] / copies[group].reshape(shape)
+    else:
+        group = torch.zeros(channels, dtype=torch.long, device=weight.device)
+        adapted = (weight.sum(dim=1, keepdim=True) / channels).expand(-1, channels, *weight.shape[2:]).clone()
+    if fresh is not None:
+        if tuple(fresh.shape) != tuple(adapted.shape):
+            raise ValueError(f"fresh kernels of shape {tuple(fresh.shape)} for an adapted {tuple(adapted.shape)}")
+        fresh = fresh.to(adapted)
+        for members in (torch.nonzero(group == g).flatten() for g in group.unique()):
+            part = fresh[:, members]
+            adapted[:, members] += part - part.mean(dim=1, keepdim=True)
+    return adapted
 
 
 def start_from_pretrained(

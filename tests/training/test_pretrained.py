@@ -87,6 +87,21 @@ def test_adaptation_rules() -> None:
     torch.testing.assert_close(three_to_two.sum(1), weight.sum(1))
 
 
+def test_copies_of_one_kernel_are_told_apart_by_zero_sum_fresh_kernels() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(4, 2, 3, 3, 3)
+    fresh = torch.randn(4, 3, 3, 3, 3) * 0.1
+    two_to_three = adapt_input_channels(weight, 3, fresh=fresh)
+    torch.testing.assert_close(two_to_three[:, 1], weight[:, 1])  # one copy: the source kernel unchanged
+    torch.testing.assert_close(two_to_three[:, [0, 2]].sum(1), weight[:, 0])  # copies still sum to the source
+    difference = two_to_three[:, 0] - two_to_three[:, 2]  # and differ by the fresh kernels' difference
+    torch.testing.assert_close(difference, fresh[:, 0] - fresh[:, 2])
+    fewer = adapt_input_channels(weight, 1, fresh=fresh[:, :1])  # a single channel: nothing to tell apart
+    torch.testing.assert_close(fewer[:, 0], weight.sum(1))
+    with pytest.raises(ValueError, match="fresh kernels"):
+        adapt_input_channels(weight, 3, fresh=fresh[:, :2])
+
+
 def test_new_classes_keep_the_rows_of_label_names_in_both_and_start_the_others_fresh() -> None:
     plan = _plan()
     source, checkpoint = _source(plan)
