@@ -44,8 +44,10 @@ from nnseg.checkpoint import Checkpoint, CheckpointError
 from nnseg.planning.plan import Plan
 
 #: How the input layers are adapted to another channel count (named in the report and the table).
-REPEAT_RULE = "cyclic repeat, each copy / {copies}, + zero-sum fresh kernels"
-AVERAGE_RULE = "channel sum / {new}, + zero-sum fresh kernels"
+REPEAT_RULE = "cyclic repeat, each copy / {copies}"
+AVERAGE_RULE = "channel sum / {new}"
+#: appended when channels start as copies of one kernel (more than one new channel), which fresh kernels tell apart
+FRESH_RULE = ", + zero-sum fresh kernels"
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,7 @@ def transfer_weights(
             REPEAT_RULE.format(copies=_copies(src_in, in_channels))
             if in_channels > src_in
             else AVERAGE_RULE.format(new=in_channels)
-        )
+        ) + (FRESH_RULE if in_channels > 1 else "")
     head_status = "copied" if not tally.fresh_heads else "partly copied" if kept else "re-initialised"
     return TransferReport(
         source=where,

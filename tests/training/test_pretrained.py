@@ -70,6 +70,7 @@ def test_input_channels_are_adapted_so_one_image_on_every_channel_gives_the_same
     assert report.channels == (source_channels, channels)
     rule = "cyclic repeat" if channels > source_channels else "channel sum"
     assert rule in report.input_rule and f"adapted {source_channels} -> {channels} channels ({rule}" in report.table()
+    assert ("zero-sum fresh kernels" in report.input_rule) == (channels > 1)  # a single channel has no copies
     image = torch.randn(1, 1, 24, 28, 28)
     assert _outputs_equal(
         source, image.repeat(1, source_channels, 1, 1, 1), network, image.repeat(1, channels, 1, 1, 1)
