@@ -13,8 +13,6 @@ so ``nnseg check`` and ``nnseg plan`` start fast.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from nnseg.api import PlanResult, plan
 from nnseg.dataset import CheckReport, Dataset, check_dataset, load_dataset
 from nnseg.errors import NnsegError
@@ -22,6 +20,7 @@ from nnseg.fingerprint import Fingerprint
 from nnseg.io import Geometry, Volume, read_volume, write_volume
 from nnseg.planning import Plan
 from nnseg.synth import SynthConfig, generate_dataset
+from nnseg.version import __version__
 
 _LAZY = {
     "Predictor": ("nnseg.inference.predictor", "Predictor"),

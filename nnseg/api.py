@@ -13,6 +13,7 @@ from nnseg.fingerprint import Fingerprint, extract_fingerprint
 from nnseg.parallel import default_workers
 from nnseg.planning import Plan, load_preset, make_plan
 from nnseg.planning.transfer import load_source_plan, transfer_topology
+from nnseg.version import __version__
 from nnseg.workspace import Workspace
 
 
@@ -75,8 +76,6 @@ def plan(
     spec = load_dataset(dataset)
     check_dataset(spec, workers=workers or default_workers(), show_progress=show_progress).raise_if_errors()
     fingerprint = extract_fingerprint(spec, workers=workers, show_progress=show_progress)
-    from nnseg import __version__
-
     result_plan = make_plan(
         fingerprint, spec.labels, chosen_preset, nnseg_version=__version__, dataset_root=str(spec.root)
     )

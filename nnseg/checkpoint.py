@@ -45,6 +45,7 @@ from nnseg.errors import NnsegError
 from nnseg.planning.network_plans import NetworkPlan
 from nnseg.planning.plan import Plan
 from nnseg.schema import SchemaError, flatten_json, load_dataclass, to_jsonable
+from nnseg.version import __version__
 
 CHECKPOINT_FORMAT = 2
 
@@ -63,7 +64,7 @@ class LogitAdjustment:
     Menon et al., ICLR 2021): there organ Dice 0.885 -> 0.923, lesion 0.906 -> 0.923. But a network stopped
     early has not learnt p(c|x) yet, and the full offset erases what the weights taught it (MR phantoms, 100
     iterations: 30-voxel structures 0.84 -> 0.56 Dice). So the run picks the ``strength`` (offsets =
-    strength x -log w_c) on its validation patches (:func:`nnseg.training.recipe.choose_adjustment_strength`).
+    strength x -log w_c) on its validation patches (:func:`nnseg.recipes.choose_adjustment_strength`).
     """
 
     biases: tuple[str, ...]
@@ -175,8 +176,6 @@ class Checkpoint:
         deep_supervision: bool = True,
     ) -> Checkpoint:
         """A checkpoint of ``network`` as it is (e.g. random weights, for tests and benchmarks)."""
-        from nnseg import __version__
-
         return cls(
             plan=plan,
             configuration=configuration,

@@ -13,6 +13,22 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from nnseg.errors import NnsegError
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" -> cuda when available, else cpu; anything else as torch understands it, checked to exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NnsegError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise NnsegError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise NnsegError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    return device
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -41,6 +57,15 @@ class DistributedContext:
         return cls(
             rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0"))
         )
+
+    def local_device(self, device: torch.device) -> torch.device:
+        """This process's device: under torchrun every CUDA device means the rank's own GPU (``cuda:LOCAL_RANK``,
+        made current); anything else unchanged."""
+        if not self.enabled or device.type != "cuda":
+            return device
+        device = torch.device("cuda", self.local_rank)
+        torch.cuda.set_device(device)
+        return device
 
     def barrier(self) -> None:
         if self.enabled:

@@ -18,14 +18,13 @@ from nnseg.cli.prepare import add_check, add_plan, add_preprocess, add_synth
 from nnseg.cli.register import add_register
 from nnseg.cli.train import add_demo, add_train
 from nnseg.errors import NnsegError
+from nnseg.version import __version__
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``nnseg`` argument parser with every subcommand."""
-    from nnseg import __version__
-
     parser = Parser(prog="nnseg", description="Self-configuring 3D medical image segmentation.")
     parser.add_argument("--version", action="version", version=f"nnseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

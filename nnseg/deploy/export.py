@@ -39,6 +39,7 @@ from nnseg.errors import NnsegError
 from nnseg.networks import build_network
 from nnseg.planning.plan import Plan
 from nnseg.schema import SchemaError, load_dataclass, read_json, to_jsonable, write_json_atomic
+from nnseg.version import __version__
 from nnseg.workspace import Workspace, fold_folder_name
 
 FORMATS = ("onnx", "openvino", "torchscript")
@@ -231,8 +232,6 @@ def export_model(
             sha = backends.weights_sha256(checkpoint.inference_state(path))
             exported.append(FoldExport(checkpoint.fold, name, str(path), sha, parity, quantized))
         shutil.rmtree(scratch / ".fp32", ignore_errors=True)
-        from nnseg import __version__
-
         manifest = Manifest(
             manifest_version=MANIFEST_VERSION,
             nnseg_version=__version__,

@@ -25,6 +25,7 @@ from typing import Any
 
 from nnseg.checkpoint import Checkpoint
 from nnseg.errors import NnsegError
+from nnseg.version import __version__
 from nnseg.workspace import DEFAULT_WORK_DIR, Workspace
 
 #: ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``
@@ -151,7 +152,6 @@ def _finished(files: list[Path]) -> list[Checkpoint]:
 
 def _stage(root: Path, files: list[Path], checkpoints: list[Checkpoint], work: Workspace | None) -> dict[str, Any]:
     """Write the model folder (a small work folder) under ``root``; its manifest."""
-    from nnseg import __version__
     from nnseg.deploy.pyfunc_model import LABELS_FILE, MANIFEST_FILE
     from nnseg.ensembling import chosen_postprocessing
     from nnseg.schema import to_jsonable

@@ -35,6 +35,7 @@ from nnseg import options
 from nnseg.checkpoint import Checkpoint, load_weights
 from nnseg.dataset.reading import read_channels
 from nnseg.deploy.backends import CACHE_FOLDER, WindowRunner, resolve_backend, window_runners
+from nnseg.distributed import resolve_device
 from nnseg.errors import NnsegError
 from nnseg.inference.checkpoints import CheckpointSource, find_checkpoints, first_stage_folder
 from nnseg.inference.probability_files import save_probabilities
@@ -54,20 +55,6 @@ if TYPE_CHECKING:
 
 #: Warn when an input's voxel size differs from the model's by more than this factor along an axis.
 SPACING_WARNING_FACTOR = 2.0
-
-
-def resolve_device(name: str) -> torch.device:
-    """ "auto" -> cuda when available, else cpu; anything else as torch understands it, checked to exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise NnsegError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise NnsegError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise NnsegError(f"--device {name}: MPS is not available on this machine; use --device cpu")
-    return device
 
 
 def _pruned(network: NetworkPlan, level: int, *, trained_heads: bool) -> NetworkPlan:

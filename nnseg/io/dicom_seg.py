@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import nnseg
 from nnseg.atomic import atomic_path
 from nnseg.errors import NnsegError
+from nnseg.version import __version__
 
 if TYPE_CHECKING:
     import pydicom
@@ -104,7 +104,7 @@ def write_dicom_seg(
     output: str | Path,
     *,
     algorithm_name: str = "nnseg",
-    algorithm_version: str = nnseg.__version__,
+    algorithm_version: str = __version__,
     series_description: str = "nnseg segmentation",
     series_number: int | None = None,
 ) -> Path:
@@ -186,7 +186,7 @@ def write_dicom_seg(
             instance_number=1,
             manufacturer="nnseg",
             manufacturer_model_name="nnseg",
-            software_versions=f"nnseg {nnseg.__version__}",
+            software_versions=f"nnseg {__version__}",
             device_serial_number="0",
             series_description=series_description,
             omit_empty_frames=False,

@@ -107,7 +107,7 @@ class PlannerPreset:
             fraction of the median image.
         configurations: which configurations to plan ("2d", "3d_fullres", "3d_lowres").
         training_recipe: the recipe ``nnseg train --recipe auto`` uses with this plan ("auto": chosen by the
-            run's length; see :mod:`nnseg.training.recipe`).
+            run's length; see :mod:`nnseg.recipes`).
     """
 
     name: str
@@ -164,7 +164,7 @@ class PlannerPreset:
                 f"encoder_blocks_per_stage must hold values >= 1, got {list(self.encoder_blocks_per_stage)}"
             )
         from nnseg.planning.network_plans import NETWORK_PLANS
-        from nnseg.training.recipe import RECIPE_CHOICES
+        from nnseg.recipes import RECIPE_CHOICES
 
         if self.architecture not in NETWORK_PLANS:
             raise ValueError(

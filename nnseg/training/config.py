@@ -12,7 +12,7 @@ from typing import Any
 
 from nnseg import options
 from nnseg.options import option
-from nnseg.training.recipe import SHORT_RUN_ITERATIONS, optimizer_name, recipe_name
+from nnseg.recipes import SHORT_RUN_ITERATIONS, optimizer_name, recipe_name
 from nnseg.workspace import fold_folder_name
 
 
@@ -28,7 +28,7 @@ def _checkpoint_file(name: str, value: Any) -> str:
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train one fold. Defaults are nnU-Net's schedule; the recipe is chosen by ``recipe`` (see
-    :mod:`nnseg.training.recipe`) and single fields of it are overridden by the options set here."""
+    :mod:`nnseg.recipes`) and single fields of it are overridden by the options set here."""
 
     configuration: str = option("3d_fullres", "plan configuration", flag="--config", metavar="NAME")
     fold: int | str = option(

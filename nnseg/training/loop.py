@@ -39,33 +39,32 @@ from nnseg.checkpoint import (
     load_weights,
     restore_rng_state,
 )
-from nnseg.distributed import DistributedContext
+from nnseg.distributed import DistributedContext, resolve_device
 from nnseg.errors import NnsegError
-from nnseg.inference.predictor import resolve_device
 from nnseg.networks import build_network
 from nnseg.planning.network_plans import UNetPlusPlusPlan
 from nnseg.planning.plan import ConfigurationPlan, Plan
 from nnseg.progress import progress
-from nnseg.training.augment import TrainingAugmentation, center_crop
-from nnseg.training.augment.cascade import CascadeAugmentation, append_previous_stage
-from nnseg.training.budget import TimeBudget
-from nnseg.training.config import TrainConfig
-from nnseg.training.data import Batch, PatchSampler, Prefetcher, class_frequencies, previous_stage_files
-from nnseg.training.losses import SegmentationLoss
-from nnseg.training.plots import plot_curves
-from nnseg.training.pretrained import start_from_pretrained
-from nnseg.training.recipe import (
+from nnseg.recipes import (
     ADJUSTMENT_STRENGTHS,
     RECIPE_FIELDS,
     Recipe,
     choose_adjustment_strength,
     choose_recipe,
-    logit_adjustment,
     resumed_recipe,
-    set_head_bias_to_prior,
 )
+from nnseg.training.augment import TrainingAugmentation, center_crop
+from nnseg.training.augment.cascade import CascadeAugmentation, append_previous_stage
+from nnseg.training.budget import TimeBudget
+from nnseg.training.config import TrainConfig
+from nnseg.training.data import Batch, PatchSampler, Prefetcher, class_frequencies, previous_stage_files
+from nnseg.training.heads import logit_adjustment, set_head_bias_to_prior
+from nnseg.training.losses import SegmentationLoss
+from nnseg.training.plots import plot_curves
+from nnseg.training.pretrained import start_from_pretrained
 from nnseg.training.run_setup import fold_cases, log_finished_fold, resumable_checkpoint, start_tracker
 from nnseg.training.validation import pseudo_dice_counts, validate_fold
+from nnseg.version import __version__
 from nnseg.workspace import Workspace
 
 EMA_DECAY = 0.9
@@ -96,9 +95,7 @@ class Trainer:
         self.config_plan: ConfigurationPlan = self.plan.configuration(config.configuration)
         self.device = resolve_device(config.device)
         self.dist = DistributedContext.from_launcher(self.device.type)
-        if self.dist.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
-            torch.cuda.set_device(self.device)
+        self.device = self.dist.local_device(self.device)
         self.show_progress = show_progress and self.dist.is_main
         self.fold_paths = self.workspace.fold_paths(config.configuration, config.fold)
         self.fold_dir = self.fold_paths.root
@@ -238,8 +235,6 @@ class Trainer:
         ).with_overrides(**overrides)
 
     def _checkpoint(self, epoch: int, *, finished: bool, with_training: bool) -> Checkpoint:
-        from nnseg import __version__
-
         self.run_id = self.tracker.run_id or self.run_id  # a run created late (server back after an outage)
         training = None
         if with_training:

@@ -11,18 +11,17 @@ import torch
 from nnseg.checkpoint import Checkpoint, CheckpointError, LogitAdjustment
 from nnseg.networks import create
 from nnseg.options import OptionError
-from nnseg.training.config import TrainConfig
-from nnseg.training.loop import Trainer, train
-from nnseg.training.recipe import (
+from nnseg.recipes import (
     ADJUSTMENT_EPOCHS,
     ADJUSTMENT_STRENGTHS,
     RECIPES,
     SHORT_RUN_ITERATIONS,
     choose_adjustment_strength,
     choose_recipe,
-    logit_adjustment,
-    set_head_bias_to_prior,
 )
+from nnseg.training.config import TrainConfig
+from nnseg.training.heads import logit_adjustment, set_head_bias_to_prior
+from nnseg.training.loop import Trainer, train
 
 
 def test_auto_takes_the_presets_recipe_else_chooses_by_length() -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from nnseg.checkpoint import Checkpoint, TrainingState
+from nnseg.recipes import RECIPES
 from nnseg.training.config import TrainConfig
 from nnseg.training.loop import train
-from nnseg.training.recipe import RECIPES
 
 ARTIFACTS = {"plans.json", "fingerprint.json", "splits.json", "curves.png", "summary.json", "model/checkpoint_final.pt"}
 
