@@ -35,7 +35,7 @@ from nnseg.checkpoint import Checkpoint
 from nnseg.evaluation.evaluate import evaluate_folders
 from nnseg.networks import available_architectures
 from nnseg.planning import Plan
-from nnseg.planning.footprint import estimate_footprint
+from nnseg.planning.planner import estimate_footprint
 from nnseg.preprocessing.preprocess import preprocess_dataset
 from nnseg.synth import Structure, SynthConfig, generate_dataset
 from nnseg.workspace import Workspace

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from nnseg.api import plan
-from nnseg.planning.network_plans import ResEncUNetPlan, UNetPlan
+from nnseg.networks.plans import ResEncUNetPlan, UNetPlan
 from nnseg.synth import SynthConfig, generate_dataset
 
 DATASETS: dict[str, SynthConfig] = {

@@ -17,10 +17,10 @@ import time
 import torch
 
 from nnseg.networks import build_network
-from nnseg.planning.network_plans import NetworkPlan, UNetPlan
+from nnseg.networks.plans import NetworkPlan, UNetPlan
+from nnseg.networks.topology import conv_flops, features_per_stage, pool_and_kernel_layout
 from nnseg.planning.plan import Plan
 from nnseg.planning.presets import load_preset
-from nnseg.planning.topology import conv_flops, features_per_stage, pool_and_kernel_layout
 
 
 def time_step(

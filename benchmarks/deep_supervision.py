@@ -69,7 +69,7 @@ def _run(work: Path, args: argparse.Namespace, name: str) -> dict:
 def paired_step_times(edge: int, classes: int, rounds: int) -> dict[str, float]:
     """Median seconds of forward + loss + backward per variant, alternating, for a 5-stage U-Net at ``edge``^3."""
     from nnseg.networks import build_network
-    from nnseg.planning.network_plans import UNetPlan
+    from nnseg.networks.plans import UNetPlan
     from nnseg.training.losses import SegmentationLoss
 
     n = 5

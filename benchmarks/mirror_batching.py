@@ -16,7 +16,7 @@ import torch
 
 from nnseg.inference.sliding_window import mirror_combinations, predict_sliding_window
 from nnseg.networks import build_network
-from nnseg.planning.network_plans import UNetPlan
+from nnseg.networks.plans import UNetPlan
 
 
 def _plan(patch: tuple[int, ...], features: tuple[int, ...]) -> UNetPlan:

@@ -42,7 +42,7 @@ import torch
 
 from nnseg.atomic import atomic_path
 from nnseg.errors import NnsegError
-from nnseg.planning.network_plans import NetworkPlan
+from nnseg.networks.plans import NetworkPlan
 from nnseg.planning.plan import Plan
 from nnseg.schema import SchemaError, flatten_json, load_dataclass, to_jsonable
 from nnseg.version import __version__

@@ -10,8 +10,9 @@ from nnseg.options import cli_type, positive_int
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
-    from nnseg.deploy.export import FORMATS, MIN_LABEL_AGREEMENT, TOLERANCE
+    from nnseg.deploy.export import MIN_LABEL_AGREEMENT, TOLERANCE
     from nnseg.deploy.quantize import CALIBRATION_PATCHES, CALIBRATION_SEED, MAX_DICE_DROP
+    from nnseg.inference.exported import FORMATS
 
     p = sub.add_parser(
         "export",

@@ -55,8 +55,8 @@ def _model_location(model: Path, config: str, tracking_uri: str | None = None) -
     """(checkpoint file, folder with fold_* or export folder; the work folder when -m is it or its models/<config>,
     whose find-best postprocessing then applies). A registered model (``models:/...``) is downloaded first
     (cached, hashes checked)."""
-    from nnseg.deploy.export import is_export
     from nnseg.inference.checkpoints import locate_model
+    from nnseg.inference.exported import is_export
 
     if str(model).startswith("models:"):
         from nnseg.deploy.registry import resolve_model_uri
@@ -72,9 +72,9 @@ def _model_location(model: Path, config: str, tracking_uri: str | None = None) -
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from nnseg.deploy.export import is_export
     from nnseg.inference.batch import predict_folder
     from nnseg.inference.config import PredictConfig
+    from nnseg.inference.exported import is_export
     from nnseg.inference.predictor import Predictor
 
     config = config_from_args(PredictConfig, args)

@@ -132,7 +132,7 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def add_plan(sub: argparse._SubParsersAction) -> None:
-    from nnseg.planning.network_plans import NETWORK_PLANS
+    from nnseg.networks.plans import NETWORK_PLANS
     from nnseg.planning.presets import preset_summaries
 
     def listing(title: str, lines: dict[str, str]) -> str:

@@ -8,7 +8,7 @@ An export folder holds, per fold, the network in eval mode without deep-supervis
 ``(N, channels, *patch)`` (N dynamic): ``fold_<k>.onnx``, ``fold_<k>.xml`` + ``.bin`` or ``fold_<k>.pt``; and
 ``manifest.json``: nnseg version, format, precision, configuration, the plan (preprocessing and labels, so
 prediction needs no checkpoint), the postprocessing of ``inference.json`` when the work folder has one,
-each fold's weights sha256 (:func:`nnseg.deploy.backends.weights_sha256`) and the parity figures: the
+each fold's weights sha256 (:func:`nnseg.inference.backends.weights_sha256`) and the parity figures: the
 largest |logit difference| from PyTorch on random patches and on preprocessed training cases. A fold off
 by more than the tolerance fails the export, and nothing is written (the folder is built aside and renamed).
 
@@ -25,7 +25,6 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,23 +32,23 @@ import numpy as np
 import torch
 
 from nnseg.checkpoint import Checkpoint, CheckpointError, load_weights
-from nnseg.deploy import backends
 from nnseg.deploy.quantize import QuantizationSettings, fold_cases, reduce_precision, require_nncf
 from nnseg.errors import NnsegError
-from nnseg.networks import build_network
-from nnseg.planning.plan import Plan
-from nnseg.schema import SchemaError, load_dataclass, read_json, to_jsonable, write_json_atomic
+from nnseg.inference import backends
+from nnseg.inference.exported import (
+    FORMATS,
+    MANIFEST_VERSION,
+    PRECISIONS,
+    FoldExport,
+    Manifest,
+    export_runner,
+    is_export,
+)
+from nnseg.networks.registry import build_network
+from nnseg.schema import to_jsonable
 from nnseg.version import __version__
 from nnseg.workspace import Workspace, fold_folder_name
 
-FORMATS = ("onnx", "openvino", "torchscript")
-#: the runtime that runs each format
-RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino", "torchscript": "torch"}
-PRECISIONS = ("fp32", "int8", "bf16")
-#: the OpenVINO inference precision hint of each export precision (int8 layers run in int8 whatever the hint)
-_OPENVINO_HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
 #: largest |logit difference| from PyTorch an fp32 export may show, relative to the logits' scale
 #: max(1, max |logit|): f32 error grows with the values. On nnU-Net's 32..320 U-Net trained 300 iterations
 #: (logits up to 22), OpenVINO's f32 kernels differ by 0.012 on real patches (5e-4 of the scale; ONNX Runtime
@@ -57,84 +56,6 @@ MANIFEST_VERSION = 1
 TOLERANCE = 1e-3
 #: fraction of voxels of the parity patches whose label (argmax) must equal PyTorch's
 MIN_LABEL_AGREEMENT = 0.999
-
-
-@dataclass(frozen=True)
-class FoldExport:
-    """One exported fold: its file(s), where its weights came from, how close it is to PyTorch.
-
-    Attributes:
-        parity: ``{"tolerance": t, "random": {"patches": n, ...}, "real": {"cases": [...], ...}}``, each set
-            with ``max_abs_diff``, ``logit_scale`` (max(1, max |logit|)), ``relative_diff`` (their ratio, must be
-            <= ``t``) and ``label_agreement`` (>= :data:`MIN_LABEL_AGREEMENT`). ``real`` is None without
-            preprocessed training cases; of the fp32 graph for an int8 export.
-        quantization: int8 exports: calibration set and Dice figures (:mod:`nnseg.deploy.quantize`), else None.
-    """
-
-    fold: int | str
-    file: str
-    checkpoint: str
-    weights_sha256: str
-    parity: dict[str, Any]
-    quantization: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """``manifest.json`` of an export folder (see the module docstring)."""
-
-    manifest_version: int
-    nnseg_version: str
-    format: str
-    precision: str
-    configuration: str
-    input_shape: tuple[int | str, ...]
-    plan: dict[str, Any]
-    labels: dict[str, Any]
-    postprocessing: dict[str, Any] | None
-    folds: tuple[FoldExport, ...]
-
-    @property
-    def runtime(self) -> str:
-        return RUNTIMES[self.format]
-
-    def plan_object(self) -> Plan:
-        plan = load_dataclass(Plan, self.plan, "plan")
-        plan.validate()
-        return plan
-
-    def postprocessing_rule(self) -> Any:
-        """The :class:`~nnseg.postprocessing.PostprocessingRule` exported with the model, or None."""
-        from nnseg.postprocessing import PostprocessingRule
-
-        return None if self.postprocessing is None else PostprocessingRule.from_dict(self.postprocessing)
-
-    def describe(self, folder: Path) -> str:
-        folds = ", ".join(str(f.fold) for f in self.folds)
-        return f"{self.configuration} {self.format} export {folder} (fold(s) {folds}, {self.precision})"
-
-    def save(self, folder: Path) -> Path:
-        return write_json_atomic(folder / MANIFEST, asdict(self))
-
-    @classmethod
-    def load(cls, folder: str | os.PathLike) -> Manifest:
-        path = Path(folder) / MANIFEST
-        data = read_json(path, "export manifest (written by nnseg export)")
-        try:
-            manifest = load_dataclass(cls, data, "manifest")
-            if manifest.format not in FORMATS:
-                raise SchemaError(f"format: expected one of {', '.join(FORMATS)}, got {manifest.format!r}")
-            if manifest.precision not in PRECISIONS:
-                raise SchemaError(f"precision: expected one of {', '.join(PRECISIONS)}, got {manifest.precision!r}")
-            manifest.plan_object().configuration(manifest.configuration)
-        except (NnsegError, ValueError, TypeError) as exc:
-            raise NnsegError(f"{path}: damaged export manifest ({exc}); export the model again") from None
-        return manifest
-
-
-def is_export(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an export folder (holds ``manifest.json``)."""
-    return (Path(path) / MANIFEST).is_file()
 
 
 def export_model(
@@ -214,7 +135,7 @@ def export_model(
             folder = scratch / ".fp32" if precision == "int8" else scratch
             folder.mkdir(exist_ok=True)
             name = _write(format, network, example, folder / fold_folder_name(checkpoint.fold))
-            runner = _runner(format, folder / name, "fp32")
+            runner = export_runner(format, folder / name, "fp32")
             parity = _parity(reference, runner, samples["random"], real, tolerance, checkpoint.fold, format)
             quantized = None
             if precision != "fp32":
@@ -249,30 +170,6 @@ def export_model(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return manifest
-
-
-def load_export(
-    folder: str | os.PathLike, *, folds: Sequence[int | str] | None = None, device: torch.device | None = None
-) -> tuple[Manifest, list[backends.WindowRunner]]:
-    """The manifest and one runner per fold (all, or ``folds``) of an export folder."""
-    folder = Path(folder)
-    manifest = Manifest.load(folder)
-    chosen = list(manifest.folds)
-    if folds:
-        by_name = {str(f.fold): f for f in manifest.folds}
-        missing = [str(f) for f in folds if str(f) not in by_name]
-        if missing:
-            raise NnsegError(
-                f"-f {' '.join(missing)}: not in the export {folder} (it holds fold(s) {', '.join(by_name)})"
-            )
-        chosen = [by_name[str(f)] for f in folds]
-    runners = []
-    for entry in chosen:
-        path = folder / entry.file
-        if not path.is_file():
-            raise NnsegError(f"{path}: missing from the export; export the model again")
-        runners.append(_runner(manifest.format, path, manifest.precision, device or torch.device("cpu")))
-    return manifest, runners
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -327,14 +224,6 @@ def _write(format: str, network: torch.nn.Module, example: torch.Tensor, stem: P
         return stem.name + ".xml"
     backends.write_torchscript(network, example, stem.with_suffix(".pt"))
     return stem.name + ".pt"
-
-
-def _runner(format: str, path: Path, precision: str, device: torch.device | None = None) -> backends.WindowRunner:
-    if format == "onnx":
-        return backends.OnnxRuntimeRunner(path)
-    if format == "openvino":
-        return backends.OpenVinoRunner(path, precision=_OPENVINO_HINTS[precision])
-    return backends.load_torchscript(path, device or torch.device("cpu"))
 
 
 def _random_patches(count: int, channels: int, patch: Sequence[int]) -> torch.Tensor:

@@ -7,7 +7,7 @@ foreground as training samples them, seeded), with NNCF's overflow fix on every 
 VNNI can saturate int8 accumulators, which leaky-ReLU networks reach). Then the fold's validation cases
 (``splits.json``) are predicted from their raw images by the fp32 and by the int8 model through the
 predictor of ``nnseg predict`` and scored as final validation scores them
-(:func:`nnseg.training.validation.score_cases`). A mean Dice drop above ``max_dice_drop`` refuses the
+(:func:`nnseg.inference.scoring.score_cases`). A mean Dice drop above ``max_dice_drop`` refuses the
 export unless forced. ``--bf16`` keeps the fp32 IR and records ``precision: bf16`` in the manifest, so
 OpenVINO runs it with ``INFERENCE_PRECISION_HINT=bf16``; it is checked the same way (no calibration).
 What the manifest records per fold (``quantization``; for bf16 without the NNCF and calibration keys,
@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from nnseg.deploy import backends
 from nnseg.errors import NnsegError
+from nnseg.inference import backends
 from nnseg.planning.plan import Plan
 from nnseg.schema import read_json
 from nnseg.workspace import Workspace
@@ -165,7 +165,7 @@ def check_dice(
     """Score ``runners`` (``{"fp32": ..., precision: ...}``) on ``val_ids`` through the same predictor; NnsegError
     (or, forced, a warning) when the reduced precision's mean Dice is more than ``settings.max_dice_drop`` below."""
     from nnseg.inference.predictor import Predictor
-    from nnseg.training.validation import score_cases
+    from nnseg.inference.scoring import score_cases
 
     (reduced,) = (name for name in runners if name != "fp32")
     figures = {}

@@ -34,16 +34,16 @@ import torch
 from nnseg import options
 from nnseg.checkpoint import Checkpoint, load_weights
 from nnseg.dataset.reading import read_channels
-from nnseg.deploy.backends import CACHE_FOLDER, WindowRunner, resolve_backend, window_runners
 from nnseg.distributed import resolve_device
 from nnseg.errors import NnsegError
+from nnseg.inference.backends import CACHE_FOLDER, WindowRunner, resolve_backend, window_runners
 from nnseg.inference.checkpoints import CheckpointSource, find_checkpoints, first_stage_folder
 from nnseg.inference.probability_files import save_probabilities
 from nnseg.inference.skipping import air_body_mask, mirror_axes_for
 from nnseg.inference.sliding_window import WindowStats, predict_sliding_window
 from nnseg.io import Geometry, Volume, write_volume
-from nnseg.networks import build_network
-from nnseg.planning.network_plans import NetworkPlan, UNetPlusPlusPlan
+from nnseg.networks.plans import NetworkPlan, UNetPlusPlusPlan
+from nnseg.networks.registry import build_network
 from nnseg.planning.plan import ConfigurationPlan, Plan
 from nnseg.preprocessing.cascade import StoredStage, previous_stage_channels, segmentation_for_stage
 from nnseg.preprocessing.preprocess import PreprocessedCase, preprocess_case
@@ -51,7 +51,7 @@ from nnseg.preprocessing.restore import RESAMPLE_METHODS, probabilities_to_label
 from nnseg.schema import to_jsonable
 
 if TYPE_CHECKING:
-    from nnseg.deploy.export import Manifest
+    from nnseg.inference.exported import Manifest
 
 #: Warn when an input's voxel size differs from the model's by more than this factor along an axis.
 SPACING_WARNING_FACTOR = 2.0
@@ -108,7 +108,7 @@ class Predictor:
         runners: Sequence[WindowRunner] | None = None,
         previous: Predictor | StoredStage | None = None,
     ) -> None:
-        """``backend``: torch, openvino, onnxruntime or auto (:func:`nnseg.deploy.backends.resolve_backend`;
+        """``backend``: torch, openvino, onnxruntime or auto (:func:`nnseg.inference.backends.resolve_backend`;
         ``nnseg predict`` defaults to auto, the API to torch so that training's validation is unchanged);
         ``cache_dirs``: per state, where converted models are kept (None: converted in memory); ``runners``:
         ready window runners instead of ``states`` (an export, :meth:`from_export`); ``tta``: full, fast or none
@@ -214,7 +214,7 @@ class Predictor:
         **kwargs,
     ) -> Predictor:
         """An export folder of ``nnseg export`` (its ``manifest.json`` holds the plan): no checkpoint needed."""
-        from nnseg.deploy.export import Manifest, load_export
+        from nnseg.inference.exported import Manifest, load_export
 
         manifest = Manifest.load(folder)
         if backend not in ("auto", manifest.runtime):

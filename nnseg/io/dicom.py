@@ -21,8 +21,7 @@ import numpy.typing as npt
 
 from nnseg.atomic import atomic_path
 from nnseg.errors import ImageReadError, NnsegError
-from nnseg.io.geometry import Geometry
-from nnseg.io.images import Volume
+from nnseg.io.geometry import Geometry, Volume
 
 __all__ = [
     "DicomSeriesError",

@@ -133,3 +133,16 @@ class Geometry:
             sform_code=int(data.get("sform_code", 1)),
             nifti_version=int(data.get("nifti_version", 1)),
         )
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """An array in array order plus its geometry.
+
+    Attributes:
+        array: ``(k, j, i)`` for one channel, ``(c, k, j, i)`` for a multi-channel file.
+        geometry: placement of the spatial axes; ``geometry.shape == array.shape[-3:]``.
+    """
+
+    array: np.ndarray
+    geometry: Geometry

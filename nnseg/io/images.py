@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -25,26 +24,13 @@ from nibabel.volumeutils import apply_read_scaling
 
 from nnseg.atomic import atomic_path
 from nnseg.errors import ImageReadError, NnsegError
-from nnseg.io.geometry import Geometry
+from nnseg.io.geometry import Geometry, Volume
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 #: Stored voxel bytes read (and converted) at a time when a NIfTI file is read with a ``dtype``.
 READ_CHUNK_BYTES = 1 << 24
-
-
-@dataclass(frozen=True, eq=False)
-class Volume:
-    """An array in array order plus its geometry.
-
-    Attributes:
-        array: ``(k, j, i)`` for one channel, ``(c, k, j, i)`` for a multi-channel file.
-        geometry: placement of the spatial axes; ``geometry.shape == array.shape[-3:]``.
-    """
-
-    array: np.ndarray
-    geometry: Geometry
 
 
 def split_suffix(path: str | os.PathLike) -> tuple[str, str]:

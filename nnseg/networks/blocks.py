@@ -10,7 +10,7 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
-from nnseg.planning.network_plans import NetworkPlan
+from nnseg.networks.plans import NetworkPlan
 
 PlanT = TypeVar("PlanT", bound=NetworkPlan)
 #: nnU-Net's normalization: instance norm with affine parameters

@@ -1,4 +1,4 @@
-"""3D/2D DeepLabV3+ built from a :class:`~nnseg.planning.network_plans.DeepLabV3PlusPlan`.
+"""3D/2D DeepLabV3+ built from a :class:`~nnseg.networks.plans.DeepLabV3PlusPlan`.
 
 Chen et al., "Encoder-Decoder with Atrous Separable Convolution for Semantic Image Segmentation" (ECCV 2018),
 on DeepLabV3 (Chen et al., "Rethinking Atrous Convolution for Semantic Image Segmentation", 2017):
@@ -37,7 +37,7 @@ from monai.networks.blocks import Convolution
 from torch import nn
 
 from nnseg.networks.blocks import ResidualBlock, check_plan, he_init
-from nnseg.planning.network_plans import DeepLabV3PlusPlan, NetworkPlan
+from nnseg.networks.plans import DeepLabV3PlusPlan, NetworkPlan
 
 #: dropout after the ASPP projection during training (DeepLabV3/V3+ reference implementation: keep_prob 0.9)
 ASPP_DROPOUT = 0.1

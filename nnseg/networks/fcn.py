@@ -29,7 +29,7 @@ from monai.networks.blocks import Convolution
 from torch import nn
 
 from nnseg.networks.blocks import check_plan, he_init
-from nnseg.planning.network_plans import FCNPlan
+from nnseg.networks.plans import FCNPlan
 
 
 def build_fcn(plan: FCNPlan, in_channels: int, num_classes: int, *, deep_supervision: bool | None = None) -> FCN:

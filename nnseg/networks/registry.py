@@ -1,7 +1,7 @@
 """Architecture registry: plans.json names an architecture; this maps the name to its builder.
 
 Every architecture keeps one contract (checked for each by ``tests/networks/test_contract.py``): built from
-its plan (:mod:`nnseg.planning.network_plans`) for ``in_channels`` and ``num_classes``; in training with deep
+its plan (:mod:`nnseg.networks.plans`) for ``in_channels`` and ``num_classes``; in training with deep
 supervision it returns a list of logits, highest resolution first (full resolution first, each further head
 at its own, lower resolution); otherwise, and always in eval mode, one tensor at the input's size;
 ``segmentation_heads()`` names the convolutions that produce logits (one per output).
@@ -20,7 +20,9 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from nnseg.planning.network_plans import NETWORK_PLANS, NetworkPlan, network_plan_for
+from nnseg.networks import deeplabv3plus, fcn, resenc_unet, segformer, unet, unetpp
+from nnseg.networks.plans import NETWORK_PLANS, NNUNET_BLOCKS, NetworkPlan, network_plan_for
+from nnseg.networks.topology import features_per_stage, pool_and_kernel_layout
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,6 @@ class Architecture:
 
 
 def _registry() -> dict[str, Architecture]:
-    from nnseg.networks import deeplabv3plus, fcn, resenc_unet, segformer, unet, unetpp
-
     entries = [
         Architecture("unet", unet.build_unet),
         Architecture("resenc_unet", resenc_unet.build_resenc_unet),
@@ -89,7 +89,7 @@ def create(
 
     Stages, strides and kernels follow nnU-Net's topology rules (pool while an edge stays >= 4 voxels);
     features double per stage from ``base_features`` up to ``max_features`` (320 in 3D, 512 in 2D); the rest is
-    the architecture's planning rule (``nnseg.planning.network_plans``). ``plan_fields`` override fields of the
+    the architecture's planning rule (``nnseg.networks.plans``). ``plan_fields`` override fields of the
     architecture's plan, e.g. ``create("unetpp", ..., prune_level=2)``.
 
     Raises:
@@ -103,18 +103,13 @@ def create(
         raise ValueError(
             f"in_channels, classes and base_features must be >= 1, got {in_channels}, {classes}, {base_features}"
         )
-    from nnseg.planning.presets import PlannerPreset, StepTimeBudget
-    from nnseg.planning.topology import features_per_stage, pool_and_kernel_layout
-
     patch = tuple(patch_size) if patch_size is not None else ((128,) * 3 if dims == 3 else (256,) * 2)
     if len(patch) != dims:
         raise ValueError(f"patch_size needs {dims} values, got {list(patch)}")
     topology = pool_and_kernel_layout((1.0,) * dims, patch, min_edge=4)
     cap = max_features or (320 if dims == 3 else 512)
-    preset = PlannerPreset(
-        name="create", description="", budget=StepTimeBudget("step_time", 1.0, 1.0), base_features=base_features
-    )
-    plan = network_plan_for(name, topology, features_per_stage(topology.n_stages, base_features, cap), preset)
+    blocks = replace(NNUNET_BLOCKS, base_features=base_features)
+    plan = network_plan_for(name, topology, features_per_stage(topology.n_stages, base_features, cap), blocks)
     if plan_fields:
         try:
             plan = replace(plan, **plan_fields)

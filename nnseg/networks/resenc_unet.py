@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from nnseg.networks.blocks import ResidualBlock, check_plan, conv_norm_act, he_init
-from nnseg.planning.network_plans import ResEncUNetPlan
+from nnseg.networks.plans import ResEncUNetPlan
 
 
 class ResEncUNet(nn.Module):

@@ -1,5 +1,5 @@
 """SegFormer (Xie et al., "SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers",
-NeurIPS 2021) in 3D and 2D, built from a :class:`~nnseg.planning.network_plans.SegFormerPlan`.
+NeurIPS 2021) in 3D and 2D, built from a :class:`~nnseg.networks.plans.SegFormerPlan`.
 
 Encoder (Mix Transformer, MiT): per stage an overlapping patch embedding (a convolution with the stage's kernel
 and stride, padding kernel // 2 per axis, then LayerNorm), ``depths[s]`` pre-norm blocks
@@ -34,7 +34,7 @@ from monai.networks.blocks import Convolution
 from torch import nn
 
 from nnseg.networks.blocks import check_plan
-from nnseg.planning.network_plans import SegFormerPlan
+from nnseg.networks.plans import SegFormerPlan
 
 LAYER_NORM_EPS = 1e-6  # MiT's norm_layer = partial(nn.LayerNorm, eps=1e-6)
 DECODER_DROPOUT = 0.1  # mmsegmentation's SegFormerHead dropout_ratio

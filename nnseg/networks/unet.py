@@ -17,7 +17,7 @@ from monai.networks.blocks.dynunet_block import UnetUpBlock
 from monai.networks.nets import DynUNet
 from torch import nn
 
-from nnseg.planning.network_plans import UNetPlan
+from nnseg.networks.plans import UNetPlan
 
 
 def build_unet(

@@ -29,7 +29,7 @@ from monai.networks.blocks import Convolution
 from torch import nn
 
 from nnseg.networks.blocks import check_plan, he_init
-from nnseg.planning.network_plans import UNetPlusPlusPlan
+from nnseg.networks.plans import UNetPlusPlusPlan
 
 
 def build_unetpp(

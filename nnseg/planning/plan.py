@@ -20,7 +20,7 @@ from typing import Literal
 
 from nnseg.errors import NnsegError
 from nnseg.labels import LabelError, LabelScheme, Objective
-from nnseg.planning.network_plans import AnyNetworkPlan
+from nnseg.networks.plans import AnyNetworkPlan
 from nnseg.planning.presets import PlannerPreset
 from nnseg.schema import SchemaError, load_dataclass, read_json, write_json_atomic
 
@@ -97,7 +97,7 @@ class ConfigurationPlan:
         patch_size: training patch, planning order; divisible by the product of the strides per axis.
         batch_size: patches per training step.
         batch_dice: compute the Dice loss over the whole batch (True) or per sample.
-        network: the network: an architecture's plan (see :mod:`nnseg.planning.network_plans`).
+        network: the network: an architecture's plan (see :mod:`nnseg.networks.plans`).
         normalization: one entry per input channel, channel order.
         resampling: resampling orders.
         budget_used: fraction of the preset's budget the plan uses at this batch size (<= 1 when it fits).

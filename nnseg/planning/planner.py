@@ -14,8 +14,9 @@ import numpy as np
 
 from nnseg.fingerprint import Fingerprint
 from nnseg.labels import scheme_from
-from nnseg.planning.footprint import estimate_footprint
-from nnseg.planning.network_plans import AnyNetworkPlan, NetworkPlan, network_plan_for
+from nnseg.networks.footprint import CLOSED_FORMS, Footprint
+from nnseg.networks.plans import AnyNetworkPlan, NetworkPlan, network_plan_for
+from nnseg.networks.topology import Topology, features_per_stage, pool_and_kernel_layout
 from nnseg.planning.plan import (
     CASCADE_CONFIGURATION,
     LOWRES_CONFIGURATION,
@@ -28,7 +29,6 @@ from nnseg.planning.plan import (
     ResamplingPlan,
 )
 from nnseg.planning.presets import FixedPatch, GpuMemoryBudget, PlannerPreset, StepTimeBudget
-from nnseg.planning.topology import Topology, features_per_stage, pool_and_kernel_layout
 
 #: Channel names (case-insensitive) that select a normalization explicitly; anything else is z-score.
 CHANNEL_NAME_SCHEMES: dict[str, NormalizationScheme] = {
@@ -40,6 +40,16 @@ CHANNEL_NAME_SCHEMES: dict[str, NormalizationScheme] = {
 }
 #: Schemes that can restrict themselves to the nonzero mask (leaving the outside at 0).
 MASKABLE_SCHEMES = {"zscore"}
+
+
+def estimate_footprint(plan: NetworkPlan, patch_size: Sequence[int], in_channels: int, num_classes: int) -> Footprint:
+    """The footprint of ``plan`` at ``patch_size``: its closed form, else measured on torch's meta device."""
+    closed_form = CLOSED_FORMS.get(type(plan))
+    if closed_form is not None:
+        return closed_form(plan, patch_size, in_channels, num_classes)
+    from nnseg.networks.trace import trace  # torch and the builders, only for architectures without a closed form
+
+    return trace(plan, tuple(patch_size), in_channels, num_classes)
 
 
 def target_spacing(spacings: np.ndarray, shapes: np.ndarray, anisotropy_threshold: float) -> np.ndarray:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Literal
 
 from nnseg.errors import NnsegError
+from nnseg.networks.plans import NETWORK_PLANS, NNUNET_BLOCKS
+from nnseg.recipes import RECIPE_CHOICES
 from nnseg.schema import SchemaError, load_dataclass, read_json
 
 
@@ -114,14 +116,14 @@ class PlannerPreset:
     description: str
     budget: GpuMemoryBudget | StepTimeBudget | FixedPatch
     architecture: str = "unet"
-    base_features: int = 32
+    base_features: int = NNUNET_BLOCKS.base_features
     max_features_3d: int = 320
     max_features_2d: int = 512
     feature_map_min_edge: int = 4
     max_pool_per_axis: int | None = None
-    conv_per_stage_encoder: int = 2
-    conv_per_stage_decoder: int = 2
-    encoder_blocks_per_stage: tuple[int, ...] = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)
+    conv_per_stage_encoder: int = NNUNET_BLOCKS.conv_per_stage_encoder
+    conv_per_stage_decoder: int = NNUNET_BLOCKS.conv_per_stage_decoder
+    encoder_blocks_per_stage: tuple[int, ...] = NNUNET_BLOCKS.encoder_blocks_per_stage
     min_batch_size: int = 2
     max_batch_fraction_of_dataset: float = 0.05
     anisotropy_threshold: float = 3.0
@@ -163,8 +165,6 @@ class PlannerPreset:
             raise ValueError(
                 f"encoder_blocks_per_stage must hold values >= 1, got {list(self.encoder_blocks_per_stage)}"
             )
-        from nnseg.planning.network_plans import NETWORK_PLANS
-        from nnseg.recipes import RECIPE_CHOICES
 
         if self.architecture not in NETWORK_PLANS:
             raise ValueError(
@@ -236,8 +236,6 @@ def load_preset(
             raise NnsegError(f"--gpu-memory-gb must be positive, got {gpu_memory_gb}")
         preset = replace(preset, budget=replace(preset.budget, gpu_memory_gb=float(gpu_memory_gb)))
     if architecture is not None:
-        from nnseg.planning.network_plans import NETWORK_PLANS
-
         if architecture not in NETWORK_PLANS:
             raise NnsegError(
                 f"--architecture {architecture!r} is not known; available: {', '.join(sorted(NETWORK_PLANS))}"

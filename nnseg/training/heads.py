@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from nnseg.checkpoint import LogitAdjustment
-from nnseg.networks import segmentation_heads
+from nnseg.networks.registry import segmentation_heads
 
 
 def set_head_bias_to_prior(

@@ -41,8 +41,8 @@ from nnseg.checkpoint import (
 )
 from nnseg.distributed import DistributedContext, resolve_device
 from nnseg.errors import NnsegError
-from nnseg.networks import build_network
-from nnseg.planning.network_plans import UNetPlusPlusPlan
+from nnseg.networks.plans import UNetPlusPlusPlan
+from nnseg.networks.registry import build_network
 from nnseg.planning.plan import ConfigurationPlan, Plan
 from nnseg.progress import progress
 from nnseg.recipes import (

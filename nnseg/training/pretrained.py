@@ -349,7 +349,7 @@ def _copies(source: int, channels: int) -> str:
 
 def _build_on_meta(checkpoint: Checkpoint, in_channels: int, num_classes: int, where: str) -> nn.Module:
     """The checkpoint's network without memory (only its structure: tensor names, shapes and heads)."""
-    from nnseg.networks import build_network
+    from nnseg.networks.registry import build_network
 
     try:
         with torch.device("meta"):
@@ -362,7 +362,7 @@ def _build_on_meta(checkpoint: Checkpoint, in_channels: int, num_classes: int, w
 
 def _head_keys(network: nn.Module) -> set[str]:
     """State-dict names of the segmentation heads' tensors (by identity: a shared module has several names)."""
-    from nnseg.networks import segmentation_heads
+    from nnseg.networks.registry import segmentation_heads
 
     ids = {id(t) for head in segmentation_heads(network) for t in (*head.parameters(), *head.buffers())}
     return {key for key, value in network.state_dict(keep_vars=True).items() if id(value) in ids}

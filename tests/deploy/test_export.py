@@ -15,9 +15,10 @@ import torch
 
 from nnseg.checkpoint import Checkpoint
 from nnseg.cli import main
-from nnseg.deploy import backends, export
-from nnseg.deploy.export import FORMATS, Manifest, export_model, load_export
+from nnseg.deploy.export import export_model
 from nnseg.errors import NnsegError
+from nnseg.inference import backends, export
+from nnseg.inference.exported import FORMATS, Manifest, load_export
 from nnseg.io import read_volume
 from nnseg.networks import build_network
 from tests.helpers import run_cli

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from nnseg.cli import main
-from nnseg.deploy.export import Manifest
 from nnseg.deploy.quantize import calibration_patches, fold_cases
+from nnseg.inference.exported import Manifest
 from tests.helpers import run_cli
 
 pytest.importorskip("openvino")
@@ -139,7 +139,7 @@ def test_int8_needs_a_cross_validation_fold_of_a_work_folder(
 
 
 needs_bf16 = pytest.mark.skipif(
-    not __import__("nnseg.deploy.backends", fromlist=["x"]).openvino_has_bf16(), reason="this CPU has no bf16"
+    not __import__("nnseg.inference.backends", fromlist=["x"]).openvino_has_bf16(), reason="this CPU has no bf16"
 )
 
 
@@ -163,7 +163,7 @@ def test_bf16_export_is_dice_checked_and_predicts_in_bf16(
     assert q["validation_cases"] == val and set(q["dice"]) == {"fp32", "bf16", "change"}
     # the IR is the fp32 one (no quantization nodes); bf16 is how OpenVINO runs it
     assert "FakeQuantize" not in (out / entry.file).read_text()
-    from nnseg.deploy.export import load_export
+    from nnseg.inference.exported import load_export
 
     _, (runner,) = load_export(out)
     assert runner.compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "bf16"

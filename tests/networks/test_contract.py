@@ -21,12 +21,12 @@ from nnseg.checkpoint import Checkpoint
 from nnseg.inference.predictor import Predictor
 from nnseg.io.geometry import Geometry
 from nnseg.networks import available_architectures, build_network
-from nnseg.networks.footprint import trace
+from nnseg.networks.plans import NETWORK_PLANS, network_plan_for
+from nnseg.networks.topology import pool_and_kernel_layout
+from nnseg.networks.trace import trace
 from nnseg.planning import load_preset, make_plan
-from nnseg.planning.footprint import estimate_footprint
-from nnseg.planning.network_plans import NETWORK_PLANS, network_plan_for
 from nnseg.planning.plan import Plan
-from nnseg.planning.topology import pool_and_kernel_layout
+from nnseg.planning.planner import estimate_footprint
 from tests.planning.test_planner import _fingerprint
 
 #: (spacing, patch): an anisotropic 3D patch whose thick axis gets 1-kernels and fewer poolings, and a 2D one

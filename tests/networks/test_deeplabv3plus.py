@@ -11,8 +11,8 @@ from torch import nn
 
 import nnseg.networks
 from nnseg.networks.deeplabv3plus import DeepLabV3Plus, ImagePooling, ResidualBlock, build_deeplabv3plus
-from nnseg.networks.footprint import trace
-from nnseg.planning.network_plans import DeepLabV3PlusPlan, UNetPlan
+from nnseg.networks.plans import DeepLabV3PlusPlan, UNetPlan
+from nnseg.networks.trace import trace
 
 ANISOTROPIC = DeepLabV3PlusPlan(
     n_stages=5,

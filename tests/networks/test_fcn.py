@@ -10,8 +10,8 @@ import torch
 import nnseg.networks
 from nnseg.networks import build_network
 from nnseg.networks.fcn import FCN, upsampling_geometry
-from nnseg.networks.footprint import trace
-from nnseg.planning.network_plans import FCNPlan
+from nnseg.networks.plans import FCNPlan
+from nnseg.networks.trace import trace
 
 
 def _plan(dims: int = 3, **fields) -> FCNPlan:

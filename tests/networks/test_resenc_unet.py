@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 import nnseg.networks
-from nnseg.networks.footprint import trace
+from nnseg.networks.footprint import resenc_footprint
+from nnseg.networks.plans import RESENC_BLOCKS_PER_STAGE, ResEncUNetPlan
 from nnseg.networks.resenc_unet import ResidualBlock, build_resenc_unet
-from nnseg.planning.footprint import resenc_footprint
-from nnseg.planning.network_plans import RESENC_BLOCKS_PER_STAGE, ResEncUNetPlan
+from nnseg.networks.trace import trace
 
 
 def _plan(features, kernels, strides, **fields) -> ResEncUNetPlan:

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import nnseg.networks
-from nnseg.networks.footprint import COUNTED_LAYERS, trace
+from nnseg.networks.plans import SegFormerPlan
 from nnseg.networks.segformer import EfficientSelfAttention, build_segformer
-from nnseg.planning.network_plans import SegFormerPlan
+from nnseg.networks.trace import COUNTED_LAYERS, trace
 
 # thick-slice 3D: the stem keeps the first axis, the last stage keeps the third; sr 1 on the short axes
 ANISO = SegFormerPlan(

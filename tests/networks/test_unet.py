@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from nnseg.networks import build_network
+from nnseg.networks.footprint import unet_parameters
+from nnseg.networks.plans import UNetPlan
 from nnseg.planning import load_preset
-from nnseg.planning.footprint import unet_parameters
-from nnseg.planning.network_plans import UNetPlan
 from nnseg.planning.planner import fit_patch_to_budget
 
 

@@ -7,9 +7,9 @@ import torch
 
 import nnseg.networks
 from nnseg.networks import build_network
-from nnseg.networks.footprint import trace
+from nnseg.networks.plans import UNetPlusPlusPlan
+from nnseg.networks.trace import trace
 from nnseg.networks.unetpp import UNetPlusPlus
-from nnseg.planning.network_plans import UNetPlusPlusPlan
 
 ANISO = dict(
     kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3)),

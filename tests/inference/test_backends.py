@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from nnseg.checkpoint import Checkpoint
-from nnseg.deploy import backends
 from nnseg.errors import NnsegError
+from nnseg.inference import backends
 from nnseg.inference.config import PredictConfig
 from nnseg.inference.predictor import Predictor
 from nnseg.io import read_volume

@@ -16,14 +16,41 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal, Protocol
 
-if TYPE_CHECKING:
-    from nnseg.planning.presets import PlannerPreset
-    from nnseg.planning.topology import Topology
+from nnseg.networks.topology import Topology
 
 #: Residual blocks per encoder stage of nnU-Net's ResEnc presets (and the default of every residual encoder).
 RESENC_BLOCKS_PER_STAGE = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)
+
+
+class BlockRules(Protocol):
+    """What a planning rule reads besides the topology (:class:`BlockCounts`, or a planner preset)."""
+
+    @property
+    def base_features(self) -> int: ...
+    @property
+    def conv_per_stage_encoder(self) -> int: ...
+    @property
+    def conv_per_stage_decoder(self) -> int: ...
+    @property
+    def encoder_blocks_per_stage(self) -> tuple[int, ...]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlockCounts:
+    """The constants a planning rule reads besides the topology: nnU-Net's defaults here; a planner preset
+    (:class:`nnseg.planning.presets.PlannerPreset`, which takes its defaults from :data:`NNUNET_BLOCKS`) has the
+    same fields and is passed in their place."""
+
+    base_features: int = 32
+    conv_per_stage_encoder: int = 2
+    conv_per_stage_decoder: int = 2
+    encoder_blocks_per_stage: tuple[int, ...] = RESENC_BLOCKS_PER_STAGE
+
+
+#: nnU-Net's block counts (the planner presets' defaults, and :func:`nnseg.networks.create`'s)
+NNUNET_BLOCKS = BlockCounts()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,7 +134,7 @@ class NetworkPlan:
         return []
 
     @classmethod
-    def from_topology(cls, topology: Topology, features: Sequence[int], preset: PlannerPreset) -> NetworkPlan:
+    def from_topology(cls, topology: Topology, features: Sequence[int], preset: BlockRules) -> NetworkPlan:
         """The architecture's planning rule: its plan for a topology the planner chose."""
         raise NotImplementedError(f"{cls.__name__} has no planning rule")
 
@@ -143,7 +170,7 @@ class UNetPlan(NetworkPlan):
         return found
 
     @classmethod
-    def from_topology(cls, topology: Topology, features: Sequence[int], preset: PlannerPreset) -> UNetPlan:
+    def from_topology(cls, topology: Topology, features: Sequence[int], preset: BlockRules) -> UNetPlan:
         n = topology.n_stages
         return cls(
             **_topology_fields(topology, features),
@@ -182,7 +209,7 @@ class ResEncUNetPlan(NetworkPlan):
         return self._decoder_problems(self.n_conv_per_stage_decoder)
 
     @classmethod
-    def from_topology(cls, topology: Topology, features: Sequence[int], preset: PlannerPreset) -> ResEncUNetPlan:
+    def from_topology(cls, topology: Topology, features: Sequence[int], preset: BlockRules) -> ResEncUNetPlan:
         """nnU-Net's ResEnc rule: blocks (1, 3, 4, 6, 6, ...) per stage, one decoder convolution per stage."""
         n = topology.n_stages
         blocks = _repeat_last(preset.encoder_blocks_per_stage, n)
@@ -235,7 +262,7 @@ class UNetPlusPlusPlan(NetworkPlan):
         return []
 
     @classmethod
-    def from_topology(cls, topology: Topology, features: Sequence[int], preset: PlannerPreset) -> UNetPlusPlusPlan:
+    def from_topology(cls, topology: Topology, features: Sequence[int], preset: BlockRules) -> UNetPlusPlusPlan:
         n = topology.n_stages
         return cls(
             **_topology_fields(topology, features),
@@ -317,7 +344,7 @@ class DeepLabV3PlusPlan(NetworkPlan):
         return tuple(result)
 
     @classmethod
-    def from_topology(cls, topology: Topology, features: Sequence[int], preset: PlannerPreset) -> DeepLabV3PlusPlan:
+    def from_topology(cls, topology: Topology, features: Sequence[int], preset: BlockRules) -> DeepLabV3PlusPlan:
         """Output stride 16 when the most-pooled axes span >= 128 voxels, else 8 (a small patch keeps a usable
         bottleneck); low-level features from the stage at stride 4 (fewer when the topology is that shallow);
         ASPP rates per axis from the bottleneck's edge in the paper's proportions: (6, 12, 18) on its 33-voxel
@@ -393,7 +420,7 @@ class SegFormerPlan(NetworkPlan):
         return found
 
     @classmethod
-    def from_topology(cls, topology: Topology, features: Sequence[int], preset: PlannerPreset) -> SegFormerPlan:
+    def from_topology(cls, topology: Topology, features: Sequence[int], preset: BlockRules) -> SegFormerPlan:
         """Four stages (fewer for shallow topologies) at total strides ~4, 8, 16, 32 per axis (2, 4, 8, 16 when
         the topology pools fewer than 5 times), grouped from the topology's strides so the patch divisibility is
         the same; SegFormer-B0-like widths scaled to the preset
@@ -464,7 +491,7 @@ class FCNPlan(NetworkPlan):
         return found
 
     @classmethod
-    def from_topology(cls, topology: Topology, features: Sequence[int], preset: PlannerPreset) -> FCNPlan:
+    def from_topology(cls, topology: Topology, features: Sequence[int], preset: BlockRules) -> FCNPlan:
         n = topology.n_stages
         return cls(
             **_topology_fields(topology, features),
@@ -492,7 +519,7 @@ def plan_class(architecture: str) -> type[NetworkPlan]:
 
 
 def network_plan_for(
-    architecture: str, topology: Topology, features: Sequence[int], preset: PlannerPreset
+    architecture: str, topology: Topology, features: Sequence[int], preset: BlockRules
 ) -> AnyNetworkPlan:
     """The plan of ``architecture`` for a topology the planner chose."""
     return plan_class(architecture).from_topology(topology, features, preset)  # type: ignore[return-value]
@@ -520,6 +547,9 @@ def _show(value: object) -> str:
 
 __all__ = [
     "AnyNetworkPlan",
+    "BlockCounts",
+    "BlockRules",
+    "NNUNET_BLOCKS",
     "DeepLabV3PlusPlan",
     "FCNPlan",
     "NETWORK_PLANS",

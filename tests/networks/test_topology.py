@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from nnseg.planning.topology import (
+from nnseg.networks.topology import (
     conv_flops,
     feature_map_voxels,
     features_per_stage,
