@@ -7,59 +7,48 @@ The Python API mirrors the ``nnseg`` command line::
     result = nnseg.plan("Dataset001_Phantoms", "work")   # fingerprint.json + plans.json
     labels = nnseg.Predictor.from_checkpoints("work/models/3d_fullres").predict("case_0000.nii.gz")
 
-Torch-dependent parts (``Predictor``, ``train``, ``TrainConfig``, ``preprocess``) load on first use,
-so ``nnseg check`` and ``nnseg plan`` start fast.
+Every name loads on first use, so ``import nnseg`` and the CLI start fast.
 """
 
 from __future__ import annotations
 
-from nnseg.api import PlanResult, plan
-from nnseg.dataset import CheckReport, Dataset, check_dataset, load_dataset
-from nnseg.errors import NnsegError
-from nnseg.fingerprint import Fingerprint
-from nnseg.io import Geometry, Volume, read_volume, write_volume
-from nnseg.planning import Plan
-from nnseg.synth import SynthConfig, generate_dataset
+import importlib
+from typing import Any
+
 from nnseg.version import __version__
 
+#: public name -> (module, attribute), imported on first use: ``import nnseg`` (and the CLI) starts fast
 _LAZY = {
+    "CheckReport": ("nnseg.dataset", "CheckReport"),
+    "Dataset": ("nnseg.dataset", "Dataset"),
+    "Fingerprint": ("nnseg.fingerprint", "Fingerprint"),
+    "Geometry": ("nnseg.io", "Geometry"),
+    "Model": ("nnseg.inference.model", "Model"),
+    "NnsegError": ("nnseg.errors", "NnsegError"),
+    "Plan": ("nnseg.planning", "Plan"),
+    "PlanResult": ("nnseg.api", "PlanResult"),
     "Predictor": ("nnseg.inference.predictor", "Predictor"),
-    "train": ("nnseg.training.loop", "train"),
+    "SynthConfig": ("nnseg.synth", "SynthConfig"),
     "TrainConfig": ("nnseg.training.config", "TrainConfig"),
-    "preprocess": ("nnseg.preprocessing.preprocess", "preprocess_dataset"),
+    "Volume": ("nnseg.io", "Volume"),
+    "check_dataset": ("nnseg.dataset", "check_dataset"),
     "evaluate": ("nnseg.evaluation.evaluate", "evaluate_folders"),
+    "generate_dataset": ("nnseg.synth", "generate_dataset"),
+    "load_dataset": ("nnseg.dataset", "load_dataset"),
+    "open_model": ("nnseg.inference.model", "open_model"),
+    "plan": ("nnseg.api", "plan"),
+    "preprocess": ("nnseg.preprocessing.preprocess", "preprocess_dataset"),
+    "read_volume": ("nnseg.io", "read_volume"),
+    "train": ("nnseg.training.loop", "train"),
+    "write_volume": ("nnseg.io", "write_volume"),
 }
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         module, attribute = _LAZY[name]
         return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'nnseg' has no attribute {name!r}")
 
 
-__all__ = [
-    "CheckReport",
-    "Dataset",
-    "Fingerprint",
-    "Geometry",
-    "NnsegError",
-    "Plan",
-    "PlanResult",
-    "Predictor",
-    "TrainConfig",
-    "SynthConfig",
-    "Volume",
-    "__version__",
-    "check_dataset",
-    "generate_dataset",
-    "evaluate",
-    "load_dataset",
-    "plan",
-    "preprocess",
-    "read_volume",
-    "train",
-    "write_volume",
-]
+__all__ = ["__version__", *_LAZY]

@@ -11,7 +11,8 @@ from nnseg.dataset import check_dataset, load_dataset
 from nnseg.errors import NnsegError
 from nnseg.fingerprint import Fingerprint, extract_fingerprint
 from nnseg.parallel import default_workers
-from nnseg.planning import Plan, load_preset, make_plan
+from nnseg.planning import Plan, load_preset
+from nnseg.planning.planner import make_plan
 from nnseg.planning.transfer import load_source_plan, transfer_topology
 from nnseg.version import __version__
 from nnseg.workspace import Workspace

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 
 from nnseg.errors import NnsegError
+
+if TYPE_CHECKING:  # torch loads where tensors are used: the CLI and the planner read labels without it
+    import torch
 
 IGNORE_NAME = "ignore"
 Objective = Literal["softmax", "sigmoid"]
@@ -248,6 +250,8 @@ class LabelScheme(Mapping[str, LabelValue]):
         Softmax: the target is the label map (long) with ignore voxels set to 0 (they are masked out).
         Sigmoid: one binary float channel per region, ``(B, R, *spatial)``.
         """
+        import torch
+
         seg = seg.long()
         ignore = self.ignore_value
         valid = None if ignore is None else seg != ignore
@@ -258,6 +262,8 @@ class LabelScheme(Mapping[str, LabelValue]):
 
     def probabilities(self, logits: torch.Tensor, dim: int = 0) -> torch.Tensor:
         """Network outputs -> probabilities: softmax over channels, or a sigmoid per region."""
+        import torch
+
         return torch.sigmoid(logits) if self.has_regions else torch.softmax(logits, dim)
 
     def segmentation(self, probabilities: torch.Tensor | np.ndarray, dim: int = 0) -> torch.Tensor | np.ndarray:
@@ -273,6 +279,8 @@ class LabelScheme(Mapping[str, LabelValue]):
 
     @property
     def label_dtype(self) -> torch.dtype:
+        import torch
+
         return torch.uint8 if max(self.file_values) < 256 else torch.int16
 
     def region_masks(self, labels: np.ndarray) -> np.ndarray:
@@ -296,6 +304,8 @@ def segment(
 ) -> torch.Tensor | np.ndarray:
     """Probabilities -> labels: argmax (``regions_class_order`` None), else each region's probability > 0.5
     paints its value, in order. For saved probabilities (``.npz`` records the order) and :class:`LabelScheme`."""
+    import torch
+
     if isinstance(probabilities, np.ndarray):
         return segment(torch.from_numpy(probabilities), regions_class_order, dim).numpy()  # type: ignore[union-attr]
     if not regions_class_order:

@@ -2,7 +2,9 @@
 
 W/fingerprint.json  plans.json  splits.json  check_report.json  inference.json  mlflow.db  mlartifacts/
 W/preprocessed/<data identifier>/...               (case files: nnseg.preprocessing.preprocess)
+W/nnseg_model.json  labels.json      (a registered model's folder: nnseg.deploy.registry)
 W/models/<configuration>/fold_<k>/checkpoint_{latest,best,final}.pt  curves.png  tracking_fallback.jsonl
+                                  .nnseg_cache/<backend>_<key>.*   (converted models, nnseg.inference.backends)
                                   validation/<case>.nii.gz|.npz  summary.json
                                   predicted_next_stage/<next configuration>/<case>.npy   (cascade's first stage)
 """
@@ -73,6 +75,11 @@ class FoldPaths:
         return {p.stem: p for p in sorted(folder.glob("*.npy")) if not p.name.startswith(".")}
 
     @property
+    def cache(self) -> Path:
+        """Models converted for another backend from this fold's checkpoints (rebuilt when missing)."""
+        return self.root / ".nnseg_cache"
+
+    @property
     def tracking_fallback(self) -> Path:
         """Local record of what could not reach the MLflow server."""
         return self.root / "tracking_fallback.jsonl"
@@ -136,6 +143,15 @@ class Workspace:
     @property
     def splits(self) -> Path:
         return self.root / "splits.json"
+
+    @property
+    def registered_manifest(self) -> Path:
+        """A registered model's folder: configuration, folds, nnseg version and checkpoint hashes."""
+        return self.root / "nnseg_model.json"
+
+    @property
+    def registered_labels(self) -> Path:
+        return self.root / "labels.json"
 
     @property
     def mlflow_store(self) -> Path:

@@ -10,9 +10,14 @@ from nnseg.options import cli_type, positive_int
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
-    from nnseg.deploy.export import MIN_LABEL_AGREEMENT, TOLERANCE
-    from nnseg.deploy.quantize import CALIBRATION_PATCHES, CALIBRATION_SEED, MAX_DICE_DROP
-    from nnseg.inference.exported import FORMATS
+    from nnseg.deploy.settings import (
+        CALIBRATION_PATCHES,
+        CALIBRATION_SEED,
+        MAX_DICE_DROP,
+        MIN_LABEL_AGREEMENT,
+        TOLERANCE,
+    )
+    from nnseg.inference.config import EXPORT_FORMATS
 
     p = sub.add_parser(
         "export",
@@ -26,12 +31,18 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-m", "--model", type=Path, required=True, help="work folder, models/<config> folder, fold folder or checkpoint"
     )
-    p.add_argument("-c", "--config", default="3d_fullres", metavar="NAME", help="configuration (default 3d_fullres)")
+    p.add_argument(
+        "-c",
+        "--config",
+        default=None,
+        metavar="NAME",
+        help="configuration of a work folder (default: 3d_fullres when trained, else the only one trained)",
+    )
     add_folds_option(
         p, "folds to export (default: every cross-validation fold found; fold_all only when named or alone)"
     )
     # no argparse choices: an unknown format gets the same one-line NnsegError as from the Python API
-    p.add_argument("--format", required=True, metavar="FORMAT", help=" | ".join(FORMATS))
+    p.add_argument("--format", required=True, metavar="FORMAT", help=" | ".join(EXPORT_FORMATS))
     p.add_argument("-o", "--output", type=Path, required=True, help="export folder (created; an export is replaced)")
     q = p.add_argument_group("reduced precision (OpenVINO)")
     reduced = q.add_mutually_exclusive_group()
@@ -74,7 +85,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 def _run_export(args: argparse.Namespace) -> int:
     from nnseg.deploy.export import export_model
-    from nnseg.deploy.quantize import QuantizationSettings
+    from nnseg.deploy.settings import QuantizationSettings
     from nnseg.errors import NnsegError
 
     int8_options = [

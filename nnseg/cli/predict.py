@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from nnseg.cli.common import EXIT_BAD_INPUT, EXIT_OK, add_shard_options, launch_shard, warn
 from nnseg.options import (
@@ -33,7 +32,6 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-m",
         "--model",
-        type=Path,
         required=True,
         help="work folder, models/<config> folder, checkpoint file, export folder (nnseg export), or a registered "
         "model: models:/NAME/VERSION or models:/NAME@ALIAS (nnseg register)",
@@ -51,67 +49,22 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_predict)
 
 
-def _model_location(model: Path, config: str, tracking_uri: str | None = None) -> tuple[Path, Path | None]:
-    """(checkpoint file, folder with fold_* or export folder; the work folder when -m is it or its models/<config>,
-    whose find-best postprocessing then applies). A registered model (``models:/...``) is downloaded first
-    (cached, hashes checked)."""
-    from nnseg.inference.checkpoints import locate_model
-    from nnseg.inference.exported import is_export
-
-    if str(model).startswith("models:"):
-        from nnseg.deploy.registry import resolve_model_uri
-
-        model = resolve_model_uri(str(model), tracking_uri)  # <cache>/<model id>/models/<config>
-    if model.exists() and is_export(model):
-        return model, None
-    kinds = "a models/<config> folder, a fold_<k> folder, a checkpoint file or an export folder"
-    location, work = locate_model(model, config, kinds=kinds)
-    if work is not None and (work.root == model or work.models(model.name) == model):
-        return location, work.root
-    return location, None
-
-
 def _run_predict(args: argparse.Namespace) -> int:
     from nnseg.inference.batch import predict_folder
     from nnseg.inference.config import PredictConfig
-    from nnseg.inference.exported import is_export
-    from nnseg.inference.predictor import Predictor
+    from nnseg.inference.model import open_model
 
     config = config_from_args(PredictConfig, args)
     writable_folder("-o", args.output)
-    location, work = _model_location(args.model, config.configuration, args.tracking_uri)
+    model = open_model(args.model, config.configuration, config.folds, args.tracking_uri)
     shard, context = launch_shard(args)
     try:
-        postprocess = None
-        if work is not None and config.postprocess:
-            postprocess = _load_postprocessing(work, config.configuration)
-        device = config.device
-        if context.enabled and device in ("auto", "cuda"):
-            import torch
-
-            device = f"cuda:{context.local_rank}" if torch.cuda.is_available() else "cpu"
-        settings: dict[str, Any] = {
-            "folds": config.folds,
-            "backend": config.backend,
-            "device": device,
-            "tta": config.tta_mode,
-            "skip_air": config.skip_air,
-            "step_size": config.step_size,
-            "window_batch": config.window_batch,
-            "prune_level": config.prune,
-        }
-        if work is None and is_export(location):
-            predictor = Predictor.from_export(location, **settings)
-            rule = predictor.export.postprocessing_rule() if predictor.export and config.postprocess else None
-            postprocess = None if rule is None else rule.apply
-        else:
-            predictor = Predictor.from_checkpoints(location, **settings)
+        predictor = model.predictor(postprocess=config.postprocess, context=context, **config.predictor_settings())
         predictor.on_warning = warn
         if context.is_main:
-            if predictor.export is not None:
-                print(f"using {predictor.export.describe(location)}")
+            for line in model.describe():
+                print(f"using {line}")
             for source in predictor.sources:
-                print(f"using {source.describe()}")
                 if source.warning:
                     warn(source.warning)
         report = predict_folder(
@@ -120,7 +73,6 @@ def _run_predict(args: argparse.Namespace) -> int:
             args.output,
             overwrite=config.overwrite,
             save_probabilities=config.save_probabilities,
-            postprocess=postprocess,
             overlay=config.overlay,
             show_progress=context.is_main,
             shard=shard,
@@ -147,14 +99,6 @@ def _run_predict(args: argparse.Namespace) -> int:
     for case_id, message in failed.items():
         print(f"nnseg: error: {case_id}: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT if failed else EXIT_OK
-
-
-def _load_postprocessing(work: Path, config: str):
-    """The postprocessing rule chosen by find-best for this configuration, or None."""
-    from nnseg.ensembling import chosen_postprocessing
-
-    rule = chosen_postprocessing(work, config)
-    return None if rule is None else rule.apply
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:

@@ -26,7 +26,13 @@ def add_register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI, else the work folder's mlflow.db)",
     )
-    p.add_argument("-c", "--config", default="3d_fullres", help="configuration of a work folder (default 3d_fullres)")
+    p.add_argument(
+        "-c",
+        "--config",
+        default=None,
+        metavar="NAME",
+        help="configuration of a work folder (default: 3d_fullres when trained, else the only one trained)",
+    )
     add_folds_option(p, "folds to include (default: every trained fold)")
     p.add_argument("--alias", default=None, help="also point this alias (e.g. champion) at the new version")
     p.add_argument("--experiment", default=None, help="experiment of the logged model (default: the dataset name)")

@@ -32,30 +32,25 @@ import numpy as np
 import torch
 
 from nnseg.checkpoint import Checkpoint, CheckpointError, load_weights
-from nnseg.deploy.quantize import QuantizationSettings, fold_cases, reduce_precision, require_nncf
+from nnseg.deploy.quantize import fold_cases, reduce_precision, require_nncf
+from nnseg.deploy.settings import MIN_LABEL_AGREEMENT, TOLERANCE, QuantizationSettings
 from nnseg.errors import NnsegError
 from nnseg.inference import backends
+from nnseg.inference.checkpoints import require_single_stage
+from nnseg.inference.config import EXPORT_FORMATS, EXPORT_PRECISIONS
 from nnseg.inference.exported import (
-    FORMATS,
     MANIFEST_VERSION,
-    PRECISIONS,
     FoldExport,
     Manifest,
     export_runner,
     is_export,
 )
+from nnseg.inference.model import open_model
 from nnseg.networks.registry import build_network
 from nnseg.schema import to_jsonable
+from nnseg.tracking.registry import is_model_uri
 from nnseg.version import __version__
 from nnseg.workspace import Workspace, fold_folder_name
-
-#: largest |logit difference| from PyTorch an fp32 export may show, relative to the logits' scale
-#: max(1, max |logit|): f32 error grows with the values. On nnU-Net's 32..320 U-Net trained 300 iterations
-#: (logits up to 22), OpenVINO's f32 kernels differ by 0.012 on real patches (5e-4 of the scale; ONNX Runtime
-#: 7.7e-4, PyTorch f32 vs f64 1.8e-5; label agreement 0.99999), so an absolute 1e-3 refused a sound export.
-TOLERANCE = 1e-3
-#: fraction of voxels of the parity patches whose label (argmax) must equal PyTorch's
-MIN_LABEL_AGREEMENT = 0.999
 
 
 def export_model(
@@ -64,7 +59,7 @@ def export_model(
     *,
     format: str,
     folds: Sequence[int | str] | None = None,
-    configuration: str = "3d_fullres",
+    configuration: str | None = None,
     precision: str = "fp32",
     tolerance: float | None = None,
     random_patches: int = 2,
@@ -72,7 +67,8 @@ def export_model(
     quantization: QuantizationSettings | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> Manifest:
-    """Export the folds of ``model`` (work folder, ``models/<config>``, fold folder or checkpoint) to ``output``.
+    """Export the folds of ``model`` (work folder, ``models/<config>``, fold folder or checkpoint, opened by
+    :func:`nnseg.inference.model.open_model`; ``configuration`` of a work folder, default 3d_fullres) to ``output``.
 
     ``precision="int8"`` (OpenVINO only; ``model`` in a work folder) quantizes with ``quantization`` (default
     :class:`~nnseg.deploy.quantize.QuantizationSettings`); ``on_warning`` gets the warning of a forced export
@@ -84,10 +80,10 @@ def export_model(
             ``tolerance``, or an int8 fold whose mean Dice drops more than allowed and not forced (nothing is
             written then).
     """
-    if format not in FORMATS:
-        raise NnsegError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
-    if precision not in PRECISIONS:
-        raise NnsegError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if format not in EXPORT_FORMATS:
+        raise NnsegError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
+    if precision not in EXPORT_PRECISIONS:
+        raise NnsegError(f"--precision must be one of {', '.join(EXPORT_PRECISIONS)}, got {precision!r}")
     if precision != "fp32" and format != "openvino":
         raise NnsegError(f"--{precision} applies to --format openvino only, not --format {format}")
     if precision == "int8":
@@ -108,15 +104,15 @@ def export_model(
     elif format == "openvino":
         backends.require("openvino", option)
     output = _check_output(Path(output))
-    files, work = _locate(Path(model), configuration, folds)
-    checkpoints = [Checkpoint.load(p) for p in files]
+    if is_model_uri(model) or is_export(Path(model)):
+        raise NnsegError(f"-m {model}: export takes trained checkpoints (a work folder, models/<config>, a fold)")
+    opened = open_model(model, configuration, folds)
+    files = [source.path for source in opened.checkpoints]
+    checkpoints = [source.checkpoint for source in opened.checkpoints]
     first = checkpoints[0]
-    for path, checkpoint in zip(files[1:], checkpoints[1:]):
-        if checkpoint.configuration != first.configuration or checkpoint.plan != first.plan:
-            raise NnsegError(f"{path}: checkpoint was trained with another plan/configuration than {files[0]}")
-    from nnseg.inference.checkpoints import require_single_stage
-
     require_single_stage(first, "an export")
+    containing = Workspace.containing(Path(model))
+    work = None if containing is None else containing.root  # its splits and preprocessed cases
     config_plan = first.plan.configuration(first.configuration)
     if precision != "fp32":
         for checkpoint in checkpoints:
@@ -162,7 +158,7 @@ def export_model(
             input_shape=("N", channels, *config_plan.patch_size),
             plan=to_jsonable(first.plan),
             labels=to_jsonable(first.plan.labels),
-            postprocessing=_postprocessing(work, first.configuration),
+            postprocessing=None if opened.postprocessing is None else opened.postprocessing.to_dict(),
             folds=tuple(exported),
         )
         manifest.save(scratch)
@@ -188,14 +184,6 @@ def _check_output(output: Path) -> Path:
             "(an earlier export is replaced)"
         )
     return output
-
-
-def _locate(model: Path, configuration: str, folds: Sequence[int | str] | None) -> tuple[list[Path], Path | None]:
-    """(checkpoint files, work folder or None) of ``-m``."""
-    from nnseg.inference.checkpoints import find_checkpoints, locate_model
-
-    location, work = locate_model(model, configuration)
-    return find_checkpoints(location, folds), None if work is None else work.root
 
 
 def _networks(checkpoint: Checkpoint, path: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -295,14 +283,6 @@ def _parity(
                 "nothing was exported. Report this with the model's architecture, or export another --format"
             )
     return result
-
-
-def _postprocessing(work: Path | None, configuration: str) -> dict[str, Any] | None:
-    """``inference.json``'s postprocessing when it applies to ``configuration`` (as ``nnseg predict`` does)."""
-    from nnseg.ensembling import chosen_postprocessing
-
-    rule = None if work is None else chosen_postprocessing(work, configuration)
-    return None if rule is None else rule.to_dict()
 
 
 def _replace_folder(scratch: Path, output: Path) -> None:

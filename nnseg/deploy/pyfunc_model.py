@@ -20,25 +20,27 @@ from typing import Any
 import pandas as pd  # type: ignore[import-untyped]
 from mlflow.pyfunc import PythonModel
 
+from nnseg.errors import NnsegError
+from nnseg.inference.model import Model, open_model
+from nnseg.inference.predictor import Predictor
+from nnseg.io import split_suffix
+from nnseg.tracking.registry import ARTIFACT_KEY
+
 #: column names of the pyfunc model's input and output tables
 IMAGE_COLUMN = "image"
 OUTPUT_COLUMN = "output"
 STATUS_COLUMN = "status"
 STATUS_OK = "ok"
-#: the artifact key (and folder name) of the model folder
-ARTIFACT_KEY = "nnseg_model"
-#: the manifest in the model folder: configuration, folds, nnseg version, checkpoint hashes
-MANIFEST_FILE = "nnseg_model.json"
-LABELS_FILE = "labels.json"
 
 
 class NnsegPyfuncModel(PythonModel):
     """Segments the images named in a table; holds no data (MLflow pickles it), the weights are artifacts."""
 
     def load_context(self, context: Any) -> None:
-        """Remember the model folder; the networks are built on the first prediction (per device)."""
-        self._root = Path(context.artifacts[ARTIFACT_KEY])
-        self._predictors: dict[str, Any] = {}
+        """Open the model folder (checkpoints read by nnseg's safe loader); networks are built on the first
+        prediction, per device."""
+        self._model: Model = open_model(Path(context.artifacts[ARTIFACT_KEY]))
+        self._predictors: dict[str, Predictor] = {}
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Write one label map per row; a table of ``output`` and ``status``.
@@ -46,8 +48,6 @@ class NnsegPyfuncModel(PythonModel):
         ``params``: ``device`` (``auto``, ``cpu``, ``cuda:0``...), ``postprocess`` (apply the model's
         inference.json rule, default true), ``overwrite`` (default true).
         """
-        from nnseg.errors import NnsegError
-
         params = dict(params or {})
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         missing = [c for c in (IMAGE_COLUMN, OUTPUT_COLUMN) if c not in frame.columns]
@@ -56,48 +56,26 @@ class NnsegPyfuncModel(PythonModel):
                 f"nnseg model input: missing column(s) {missing}; give a table with columns "
                 f"{IMAGE_COLUMN!r} (input image path) and {OUTPUT_COLUMN!r} (label map path to write)"
             )
-        predictor = self._predictor(str(params.get("device") or "auto"))
-        postprocess = self._postprocessing(predictor) if _flag(params.get("postprocess", True)) else None
+        predictor = self._predictor(str(params.get("device") or "auto"), _flag(params.get("postprocess", True)))
         overwrite = _flag(params.get("overwrite", True))
         outputs, statuses = [], []
         for image, output in zip(frame[IMAGE_COLUMN], frame[OUTPUT_COLUMN]):
             outputs.append(str(output))
             try:
-                statuses.append(_predict_row(predictor, image, output, postprocess, overwrite))
+                statuses.append(_predict_row(predictor, image, output, overwrite))
             except (NnsegError, OSError, ValueError) as exc:
                 statuses.append(f"error: {exc}")
         return pd.DataFrame({OUTPUT_COLUMN: outputs, STATUS_COLUMN: statuses})
 
-    def _predictor(self, device: str) -> Any:
-        from nnseg.inference.predictor import Predictor
-
+    def _predictor(self, device: str, postprocess: bool) -> Predictor:
         if device not in self._predictors:
-            self._predictors[device] = Predictor.from_checkpoints(model_folder(self._root), device=device)
-        return self._predictors[device]
-
-    def _postprocessing(self, predictor: Any) -> Any:
-        from nnseg.ensembling import chosen_postprocessing
-
-        rule = chosen_postprocessing(self._root, model_folder(self._root).name)
-        return None if rule is None else rule.apply
+            self._predictors[device] = self._model.predictor(device=device)
+        predictor = self._predictors[device]
+        predictor.postprocess = self._model.postprocess() if postprocess else None
+        return predictor
 
 
-def model_folder(root: Path) -> Path:
-    """The ``models/<configuration>`` folder (holding ``fold_*``) of a model folder."""
-    from nnseg.errors import NnsegError
-    from nnseg.workspace import Workspace
-
-    folders = sorted(p for p in Workspace(root).models_root.glob("*") if p.is_dir())
-    if len(folders) != 1:
-        raise NnsegError(f"{root}: not an nnseg model folder (expected one models/<configuration> folder)")
-    return folders[0]
-
-
-def _predict_row(predictor: Any, image: Any, output: Any, postprocess: Any, overwrite: bool) -> str:
-    from dataclasses import replace
-
-    from nnseg.errors import NnsegError
-
+def _predict_row(predictor: Predictor, image: Any, output: Any, overwrite: bool) -> str:
     if not isinstance(image, str) or not image.strip():
         raise NnsegError(f"{IMAGE_COLUMN} must be a file path, got {image!r}")
     if not isinstance(output, str) or not output.strip():
@@ -106,8 +84,6 @@ def _predict_row(predictor: Any, image: Any, output: Any, postprocess: Any, over
     if target.exists() and not overwrite:
         return "skipped: exists"
     prediction = predictor.predict_files(channel_files(Path(image), len(predictor.plan.channel_names)))
-    if postprocess is not None:
-        prediction = replace(prediction, labels=postprocess(prediction.labels))
     target.parent.mkdir(parents=True, exist_ok=True)
     predictor.write(prediction, target)
     return STATUS_OK
@@ -115,8 +91,6 @@ def _predict_row(predictor: Any, image: Any, output: Any, postprocess: Any, over
 
 def channel_files(image: Path, channels: int) -> list[Path]:
     """``image``, or for a multi-channel model given nnU-Net's ``<case>_0000`` file, every channel's file."""
-    from nnseg.errors import NnsegError
-    from nnseg.io import split_suffix
 
     if not image.exists():
         raise NnsegError(f"{image}: input image not found")

@@ -26,43 +26,17 @@ import contextlib
 import io
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nnseg.deploy.settings import OVERSAMPLE_FOREGROUND, QuantizationSettings
 from nnseg.errors import NnsegError
 from nnseg.inference import backends
 from nnseg.planning.plan import Plan
 from nnseg.schema import read_json
 from nnseg.workspace import Workspace
-
-#: default calibration patches per fold
-CALIBRATION_PATCHES = 32
-CALIBRATION_SEED = 0
-#: default largest mean-Dice drop (fp32 minus int8) an int8 export may show on the fold's validation cases
-MAX_DICE_DROP = 0.005
-#: fraction of calibration patches centred on foreground (training's default sampling)
-OVERSAMPLE_FOREGROUND = 1 / 3
-
-
-@dataclass(frozen=True)
-class QuantizationSettings:
-    """What ``--int8`` was asked for."""
-
-    calibration_patches: int = CALIBRATION_PATCHES
-    seed: int = CALIBRATION_SEED
-    max_dice_drop: float = MAX_DICE_DROP
-    force: bool = False
-
-    def check(self) -> None:
-        if isinstance(self.calibration_patches, bool) or not (
-            isinstance(self.calibration_patches, int) and self.calibration_patches >= 1
-        ):
-            raise NnsegError(f"--calibration-patches must be a positive integer, got {self.calibration_patches!r}")
-        if not isinstance(self.max_dice_drop, (int, float)) or math.isnan(self.max_dice_drop):
-            raise NnsegError(f"--max-dice-drop must be a number, got {self.max_dice_drop!r}")
 
 
 def require_nncf() -> Any:

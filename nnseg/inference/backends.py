@@ -31,13 +31,11 @@ import numpy as np
 import torch
 
 from nnseg.errors import NnsegError
+from nnseg.inference.config import BACKENDS, CPU_BACKENDS
 
-BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
 #: backends that run on the CPU only
-CPU_BACKENDS = ("openvino", "onnxruntime")
 #: OpenVINO ``INFERENCE_PRECISION_HINT`` values nnseg accepts
 OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
-CACHE_FOLDER = ".nnseg_cache"
 _PACKAGES = {"openvino": ("openvino", "openvino"), "onnxruntime": ("onnxruntime", "onnx"), "onnx": ("onnx", "onnx")}
 
 

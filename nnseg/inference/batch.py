@@ -14,12 +14,13 @@ import os
 import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnseg.atomic import remove_stale_temporaries
 from nnseg.dataset.reading import read_channels
 from nnseg.errors import NnsegError
+from nnseg.inference.config import OUTPUT_FORMATS
 from nnseg.inference.predictor import Prediction, Predictor
 from nnseg.inference.probability_files import probabilities_path
 from nnseg.io import Volume, split_suffix
@@ -28,9 +29,6 @@ from nnseg.progress import progress
 from nnseg.sharding import Shard, file_bytes
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
-
-OUTPUT_FORMATS = ("nifti", "dicom-seg")
 
 
 @dataclass(frozen=True)
@@ -111,7 +109,6 @@ def predict_folder(
     *,
     overwrite: bool = False,
     save_probabilities: bool = False,
-    postprocess=None,
     overlay: bool = False,
     show_progress: bool = True,
     shard: Shard | None = None,
@@ -122,12 +119,11 @@ def predict_folder(
     """Predict every case of ``inputs`` into ``output`` (``<case><ending>``).
 
     Args:
-        predictor: the loaded model(s).
+        predictor: the loaded model(s), with their postprocessing (:meth:`nnseg.inference.model.Model.predictor`).
         inputs: folder of images, or one image file.
         output: output folder (created).
         overwrite: replace existing predictions (default: skip cases already predicted).
         save_probabilities: also write ``<case>.npz`` with float16 probabilities and the label order.
-        postprocess: a callable applied to each label map before writing (e.g. from inference.json).
         overlay: also write ``<case>_overlay.png`` for quick visual QC.
         show_progress: progress bar over cases.
         shard: predict only this part of the cases (``--num-parts/--part-id``, torchrun ranks).
@@ -220,8 +216,6 @@ def predict_folder(
                     volume, case.files[0].name, return_probabilities=save_probabilities
                 )
                 del volume
-                if postprocess is not None:
-                    prediction = replace(prediction, labels=postprocess(prediction.labels))
             except NnsegError as exc:
                 report.failed[case.case_id] = str(exc)
                 prediction = None

@@ -69,6 +69,19 @@ def find_checkpoints(model_dir: str | os.PathLike, folds: Sequence[int | str] | 
     return found
 
 
+def load_checkpoints(files: Sequence[Path]) -> list[CheckpointSource]:
+    """Load checkpoint files (nnseg's safe loader) that must share one plan and configuration."""
+    if not files:
+        raise NnsegError("no checkpoint given")
+    sources = [CheckpointSource(path, Checkpoint.load(path)) for path in files]
+    first = sources[0]
+    for source in sources[1:]:
+        checkpoint = source.checkpoint
+        if checkpoint.configuration != first.checkpoint.configuration or checkpoint.plan != first.checkpoint.plan:
+            raise NnsegError(f"{source.path}: checkpoint was trained with another plan/configuration than {first.path}")
+    return sources
+
+
 def first_stage_folder(checkpoint: Path, configuration: str, stage: str) -> Path:
     """``models/<stage>`` of the work folder holding ``checkpoint`` (of a cascade ``configuration``); NnsegError
     naming the command to run when that stage is not trained there."""

@@ -3,16 +3,36 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from nnseg import options
 from nnseg.options import option
+
+#: mirroring test-time augmentation: every flip combination, in-plane flips only, none
+TTA_MODES = ("full", "fast", "none")
+#: what runs the network (``auto``: :func:`nnseg.inference.backends.resolve_backend`)
+BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
+#: backends that run on the CPU only
+CPU_BACKENDS = ("openvino", "onnxruntime")
+#: how label maps are written
+OUTPUT_FORMATS = ("nifti", "dicom-seg")
+#: ``nnseg export --format``, the runtime that runs each, and the precisions an export may have
+EXPORT_FORMATS = ("onnx", "openvino", "torchscript")
+EXPORT_RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino", "torchscript": "torch"}
+EXPORT_PRECISIONS = ("fp32", "int8", "bf16")
 
 
 @dataclass(frozen=True)
 class PredictConfig:
     """Prediction settings; each field is also an ``nnseg predict`` option with this help."""
 
-    configuration: str = option("3d_fullres", "configuration", flag=("-c", "--config"), metavar="NAME")
+    configuration: str | None = option(
+        None,
+        "configuration of a work folder (default: 3d_fullres when trained, else the only one trained); other "
+        "models predict their own",
+        flag=("-c", "--config"),
+        metavar="NAME",
+    )
     folds: tuple[int | str, ...] | None = option(
         None,
         "folds to average (default: every cross-validation fold found; fold_all only when named or alone)",
@@ -27,7 +47,7 @@ class PredictConfig:
         "full",
         "mirroring test-time augmentation: full (every flip combination, 2^dims passes per window, nnU-Net's), "
         "fast (in-plane axes only: 4 passes per 3D window, 2 per 2D one) or none",
-        validate=options.choice("full", "fast", "none"),
+        validate=options.choice(*TTA_MODES),
         metavar="MODE",
     )
     skip_air: bool = option(
@@ -45,7 +65,7 @@ class PredictConfig:
         "auto",
         "what runs the network: torch, openvino or onnxruntime (CPU only; checkpoints are converted once and "
         "cached in <fold>/.nnseg_cache/), or auto: openvino on the CPU when installed (fp32, faster), else torch",
-        validate=options.choice("auto", "torch", "openvino", "onnxruntime"),
+        validate=options.choice(*BACKENDS),
         metavar="NAME",
     )
     window_batch: int = option(2, "windows per forward pass", validate=options.positive_int, metavar="N")
@@ -61,7 +81,7 @@ class PredictConfig:
         "nifti",
         "nifti (label maps in the input's format and geometry) or dicom-seg (a DICOM Segmentation per DICOM "
         "series input, one segment per label, referencing the series)",
-        validate=options.choice("nifti", "dicom-seg"),
+        validate=options.choice(*OUTPUT_FORMATS),
         metavar="FORMAT",
     )
     series: str | None = option(
@@ -74,6 +94,18 @@ class PredictConfig:
             if self.tta != "full":  # full is the default: --no-tta alone means none
                 raise options.OptionError(f"--no-tta contradicts --tta {self.tta}; give one of them")
             object.__setattr__(self, "tta", "none")
+
+    def predictor_settings(self) -> dict[str, Any]:
+        """The :class:`~nnseg.inference.predictor.Predictor` settings these options ask for."""
+        return {
+            "backend": self.backend,
+            "device": self.device,
+            "tta": self.tta_mode,
+            "skip_air": self.skip_air,
+            "step_size": self.step_size,
+            "window_batch": self.window_batch,
+            "prune_level": self.prune,
+        }
 
     @property
     def tta_mode(self) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,11 @@ import torch
 
 from nnseg.errors import NnsegError
 from nnseg.inference import backends
+from nnseg.inference.config import EXPORT_FORMATS, EXPORT_PRECISIONS, EXPORT_RUNTIMES
 from nnseg.planning.plan import Plan
 from nnseg.postprocessing import PostprocessingRule
 from nnseg.schema import SchemaError, load_dataclass, read_json, write_json_atomic
 
-FORMATS = ("onnx", "openvino", "torchscript")
-#: the runtime that runs each format
-RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino", "torchscript": "torch"}
-PRECISIONS = ("fp32", "int8", "bf16")
 #: the OpenVINO inference precision hint of each export precision (int8 layers run in int8 whatever the hint)
 OPENVINO_HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
 MANIFEST = "manifest.json"
@@ -71,7 +68,7 @@ class Manifest:
 
     @property
     def runtime(self) -> str:
-        return RUNTIMES[self.format]
+        return EXPORT_RUNTIMES[self.format]
 
     def plan_object(self) -> Plan:
         plan = load_dataclass(Plan, self.plan, "plan")
@@ -81,6 +78,18 @@ class Manifest:
     def postprocessing_rule(self) -> Any:
         """The :class:`~nnseg.postprocessing.PostprocessingRule` exported with the model, or None."""
         return None if self.postprocessing is None else PostprocessingRule.from_dict(self.postprocessing)
+
+    def with_folds(self, folds: Sequence[int | str] | None, folder: Path) -> Manifest:
+        """This manifest with only ``folds`` (all when None or empty); NnsegError naming a fold it lacks."""
+        if not folds:
+            return self
+        by_name = {str(f.fold): f for f in self.folds}
+        missing = [str(f) for f in folds if str(f) not in by_name]
+        if missing:
+            raise NnsegError(
+                f"-f {' '.join(missing)}: not in the export {folder} (it holds fold(s) {', '.join(by_name)})"
+            )
+        return replace(self, folds=tuple(by_name[str(f)] for f in folds))
 
     def describe(self, folder: Path) -> str:
         folds = ", ".join(str(f.fold) for f in self.folds)
@@ -95,10 +104,12 @@ class Manifest:
         data = read_json(path, "export manifest (written by nnseg export)")
         try:
             manifest = load_dataclass(cls, data, "manifest")
-            if manifest.format not in FORMATS:
-                raise SchemaError(f"format: expected one of {', '.join(FORMATS)}, got {manifest.format!r}")
-            if manifest.precision not in PRECISIONS:
-                raise SchemaError(f"precision: expected one of {', '.join(PRECISIONS)}, got {manifest.precision!r}")
+            if manifest.format not in EXPORT_FORMATS:
+                raise SchemaError(f"format: expected one of {', '.join(EXPORT_FORMATS)}, got {manifest.format!r}")
+            if manifest.precision not in EXPORT_PRECISIONS:
+                raise SchemaError(
+                    f"precision: expected one of {', '.join(EXPORT_PRECISIONS)}, got {manifest.precision!r}"
+                )
             manifest.plan_object().configuration(manifest.configuration)
         except (NnsegError, ValueError, TypeError) as exc:
             raise NnsegError(f"{path}: damaged export manifest ({exc}); export the model again") from None
@@ -111,22 +122,18 @@ def is_export(path: str | os.PathLike) -> bool:
 
 
 def load_export(
-    folder: str | os.PathLike, *, folds: Sequence[int | str] | None = None, device: torch.device | None = None
+    folder: str | os.PathLike,
+    *,
+    folds: Sequence[int | str] | None = None,
+    device: torch.device | None = None,
+    manifest: Manifest | None = None,
 ) -> tuple[Manifest, list[backends.WindowRunner]]:
-    """The manifest and one runner per fold (all, or ``folds``) of an export folder."""
+    """The manifest (restricted to ``folds``) and one runner per fold of an export folder; ``manifest``: the
+    folder's manifest already read."""
     folder = Path(folder)
-    manifest = Manifest.load(folder)
-    chosen = list(manifest.folds)
-    if folds:
-        by_name = {str(f.fold): f for f in manifest.folds}
-        missing = [str(f) for f in folds if str(f) not in by_name]
-        if missing:
-            raise NnsegError(
-                f"-f {' '.join(missing)}: not in the export {folder} (it holds fold(s) {', '.join(by_name)})"
-            )
-        chosen = [by_name[str(f)] for f in folds]
+    manifest = (manifest or Manifest.load(folder)).with_folds(folds, folder)
     runners = []
-    for entry in chosen:
+    for entry in manifest.folds:
         path = folder / entry.file
         if not path.is_file():
             raise NnsegError(f"{path}: missing from the export; export the model again")

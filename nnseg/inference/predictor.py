@@ -26,7 +26,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,8 +35,10 @@ from nnseg.checkpoint import Checkpoint, load_weights
 from nnseg.dataset.reading import read_channels
 from nnseg.distributed import resolve_device
 from nnseg.errors import NnsegError
-from nnseg.inference.backends import CACHE_FOLDER, WindowRunner, resolve_backend, window_runners
-from nnseg.inference.checkpoints import CheckpointSource, find_checkpoints, first_stage_folder
+from nnseg.inference.backends import WindowRunner, resolve_backend, window_runners
+from nnseg.inference.checkpoints import CheckpointSource, find_checkpoints, first_stage_folder, load_checkpoints
+from nnseg.inference.config import TTA_MODES
+from nnseg.inference.exported import Manifest, load_export
 from nnseg.inference.probability_files import save_probabilities
 from nnseg.inference.skipping import air_body_mask, mirror_axes_for
 from nnseg.inference.sliding_window import WindowStats, predict_sliding_window
@@ -49,9 +50,7 @@ from nnseg.preprocessing.cascade import StoredStage, previous_stage_channels, se
 from nnseg.preprocessing.preprocess import PreprocessedCase, preprocess_case
 from nnseg.preprocessing.restore import RESAMPLE_METHODS, probabilities_to_labels, restore_probabilities
 from nnseg.schema import to_jsonable
-
-if TYPE_CHECKING:
-    from nnseg.inference.exported import Manifest
+from nnseg.workspace import FoldPaths
 
 #: Warn when an input's voxel size differs from the model's by more than this factor along an axis.
 SPACING_WARNING_FACTOR = 2.0
@@ -127,7 +126,7 @@ class Predictor:
             network_plan = _pruned(network_plan, prune_level, trained_heads=deep_supervision_heads)
         self.backend, device = resolve_backend(backend, options.device("device", device))
         self.device = resolve_device(device)
-        tta = options.choice("full", "fast", "none")("tta", tta)
+        tta = options.choice(*TTA_MODES)("tta", tta)
         #: spatial axes whose flips are averaged (test-time augmentation); may be set to any of them
         self.mirror_axes: tuple[int, ...] = mirror_axes_for(tta if mirror else "none", self.config_plan.dimensions)
         self.skip_air = options.yes_no("skip_air", skip_air)
@@ -167,6 +166,8 @@ class Predictor:
         self.sources: list[CheckpointSource] = []
         #: called with a message when an input is suspicious but usable (the CLI prints it)
         self.on_warning: Callable[[str], None] = _warn
+        #: applied to every label map this predictor returns or writes (the model's postprocessing), or None
+        self.postprocess: Callable[[np.ndarray], np.ndarray] | None = None
 
     @classmethod
     def from_checkpoints(
@@ -176,28 +177,30 @@ class Predictor:
         folds: Sequence[int | str] | None = None,
         **kwargs,
     ) -> Predictor:
-        """Load checkpoint files, or every ``fold_*`` of a model folder; they must share plan and configuration."""
+        """Load checkpoint files, or every ``fold_*`` of a model folder; they must share plan and configuration.
+        (Any kind of model, postprocessing included: :func:`nnseg.inference.model.open_model`.)"""
         if isinstance(paths, (str, os.PathLike)):
             files = find_checkpoints(paths, folds)
         else:
             files = [Path(p) for p in paths]
-        checkpoints = [Checkpoint.load(p) for p in files]
-        first = checkpoints[0]
-        for path, checkpoint in zip(files[1:], checkpoints[1:]):
-            if checkpoint.configuration != first.configuration or checkpoint.plan != first.plan:
-                raise NnsegError(f"{path}: checkpoint was trained with another plan/configuration than {files[0]}")
+        return cls.from_sources(load_checkpoints(files), **kwargs)
+
+    @classmethod
+    def from_sources(cls, sources: Sequence[CheckpointSource], **kwargs) -> Predictor:
+        """Checkpoints already loaded (:func:`~nnseg.inference.checkpoints.load_checkpoints`)."""
+        first = sources[0].checkpoint
         previous_stage = first.plan.configuration(first.configuration).previous_stage
         if previous_stage is not None and kwargs.get("previous") is None:
-            kwargs["previous"] = _first_stage(files[0], first, previous_stage, kwargs)
+            kwargs["previous"] = _first_stage(sources[0].path, first, previous_stage, kwargs)
         predictor = cls(
             first.plan,
             first.configuration,
-            [c.inference_state(path) for path, c in zip(files, checkpoints)],
+            [s.checkpoint.inference_state(s.path) for s in sources],
             deep_supervision_heads=first.deep_supervision,
-            cache_dirs=[path.parent / CACHE_FOLDER for path in files],
+            cache_dirs=[FoldPaths(s.path.parent).cache for s in sources],
             **kwargs,
         )
-        predictor.sources = [CheckpointSource(path, c) for path, c in zip(files, checkpoints)]
+        predictor.sources = list(sources)
         if predictor.previous is not None:  # listed too: the user sees every checkpoint a case goes through
             predictor.sources = predictor.previous.sources + predictor.sources
         return predictor
@@ -211,12 +214,12 @@ class Predictor:
         backend: str = "auto",
         device: str = "auto",
         prune_level: int | None = None,
+        manifest: Manifest | None = None,
         **kwargs,
     ) -> Predictor:
-        """An export folder of ``nnseg export`` (its ``manifest.json`` holds the plan): no checkpoint needed."""
-        from nnseg.inference.exported import Manifest, load_export
-
-        manifest = Manifest.load(folder)
+        """An export folder of ``nnseg export`` (its ``manifest.json`` holds the plan): no checkpoint needed.
+        ``manifest``: the folder's manifest already read (its folds are the ones loaded)."""
+        manifest = manifest or Manifest.load(folder)
         if backend not in ("auto", manifest.runtime):
             raise NnsegError(
                 f"--backend {backend}: {folder} is a {manifest.format} export, run by {manifest.runtime}; "
@@ -225,7 +228,7 @@ class Predictor:
         if prune_level is not None:
             raise NnsegError(f"--prune: {folder} is an export with a fixed network; predict from the checkpoints")
         runtime, device = resolve_backend(manifest.runtime, options.device("device", device))
-        manifest, runners = load_export(folder, folds=folds, device=resolve_device(device))
+        manifest, runners = load_export(folder, folds=folds, device=resolve_device(device), manifest=manifest)
         predictor = cls(
             manifest.plan_object(),
             manifest.configuration,
@@ -395,6 +398,8 @@ class Predictor:
         labels, probabilities, staged = self._predict(
             images.astype(np.float32, copy=False), volume.geometry, case_id, return_probabilities, next_stage
         )
+        if self.postprocess is not None:
+            labels = self.postprocess(labels)
         return Prediction(labels, probabilities, volume.geometry, staged)
 
     def predict(

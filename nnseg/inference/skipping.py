@@ -21,12 +21,12 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from nnseg.inference.config import TTA_MODES
 from nnseg.options import OptionError
 from nnseg.planning.plan import ChannelNormalization
 from nnseg.preprocessing.crop import AIR_HU, margin_voxels
 from nnseg.preprocessing.crop import BODY_MARGIN_MM as AIR_MARGIN_MM
 
-TTA_MODES = ("full", "fast", "none")
 _EPS = 1e-8
 
 

@@ -45,7 +45,6 @@ from nnseg.tracking.mlflow_tracker import (
     LOGGED_MODEL_TYPE,
     MODEL_DEVELOPMENT,
     MLflowTracker,
-    file_sha256,
 )
 from nnseg.tracking.probe import PROBE_TIMEOUT_S, probe_server
 from nnseg.tracking.uri import (
@@ -90,7 +89,6 @@ __all__ = [
     "TrackingWarning",
     "artifact_root",
     "default_tracking_uri",
-    "file_sha256",
     "flatten_params",
     "mlflow_with_fallback",
     "probe_server",

@@ -11,13 +11,13 @@ configured retries once.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from nnseg.digest import file_sha256
 from nnseg.tracking.base import RunStatus, TrackingError, WarnOnce, check_status, now_ms
 from nnseg.tracking.probe import PROBE_TIMEOUT_S, probe_server
 from nnseg.tracking.uri import artifact_root, is_http, sqlite_path, ui_hint
@@ -322,12 +322,3 @@ def _context_tags(tags: dict[str, str]) -> dict[str, str]:
         return {str(k): text(v)[:MAX_TAG_VALUE_LENGTH] for k, v in resolve_tags(tags).items()}
     except Exception:  # noqa: BLE001 - context tags are a nicety
         return tags
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

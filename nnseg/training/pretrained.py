@@ -176,7 +176,7 @@ def transfer_weights(
     if isinstance(source, Checkpoint):
         checkpoint, where, digest = source, "<in-memory checkpoint>", _state_digest(source.network_state)
     else:
-        from nnseg.tracking.mlflow_tracker import file_sha256
+        from nnseg.digest import file_sha256
 
         checkpoint, where = Checkpoint.load(source), str(source)
         digest = file_sha256(source)

@@ -17,8 +17,10 @@ from nnseg.checkpoint import Checkpoint
 from nnseg.cli import main
 from nnseg.deploy.export import export_model
 from nnseg.errors import NnsegError
-from nnseg.inference import backends, export
-from nnseg.inference.exported import FORMATS, Manifest, load_export
+from nnseg.deploy import export
+from nnseg.inference import backends
+from nnseg.inference.config import EXPORT_FORMATS as FORMATS
+from nnseg.inference.exported import Manifest, load_export
 from nnseg.io import read_volume
 from nnseg.networks import build_network
 from tests.helpers import run_cli
@@ -155,13 +157,13 @@ def test_a_failed_parity_check_writes_nothing(
     earlier = tmp_path / "out"
     export_model(trained_work, earlier, format="torchscript", folds=[0])
     before = {p.name: p.read_bytes() for p in earlier.iterdir()}
-    real_runner = export._runner
+    real_runner = export.export_runner
 
     def off_by_a_hundredth(*args, **kwargs):
         runner = real_runner(*args, **kwargs)
         return lambda batch: runner(batch) + 0.01
 
-    monkeypatch.setattr(export, "_runner", off_by_a_hundredth)
+    monkeypatch.setattr(export, "export_runner", off_by_a_hundredth)
     code, output = run_cli(["export", "-m", trained_work, "--format", "torchscript", "-o", earlier], capsys)
     assert code == 2
     assert "fold 0: the torchscript export's logits differ from PyTorch's by up to 0.01 on random patches" in output
@@ -173,7 +175,7 @@ def test_the_parity_tolerance_is_relative_to_the_logits_scale(
     trained_work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """f32 error grows with the logits: 0.09 % of each logit passes a 0.1 % tolerance, whatever the scale."""
-    real_runner = export._runner
+    real_runner = export.export_runner
 
     def scaled(*args, **kwargs):
         runner = real_runner(*args, **kwargs)
@@ -185,7 +187,7 @@ def test_the_parity_tolerance_is_relative_to_the_logits_scale(
         network, reference = real_networks(*args, **kwargs)
         return network, _Scaled(reference, 1000.0)
 
-    monkeypatch.setattr(export, "_runner", scaled)
+    monkeypatch.setattr(export, "export_runner", scaled)
     monkeypatch.setattr(export, "_networks", larger_logits)
     manifest = export_model(trained_work, tmp_path / "out", format="torchscript", folds=[0])
     random = manifest.folds[0].parity["random"]
@@ -196,13 +198,13 @@ def test_the_parity_tolerance_is_relative_to_the_logits_scale(
 def test_an_export_that_changes_labels_writes_nothing(
     trained_work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    real_runner = export._runner
+    real_runner = export.export_runner
 
     def swapped_classes(*args, **kwargs):
         runner = real_runner(*args, **kwargs)
         return lambda batch: runner(batch).flip(1)
 
-    monkeypatch.setattr(export, "_runner", swapped_classes)
+    monkeypatch.setattr(export, "export_runner", swapped_classes)
     monkeypatch.setattr(export, "TOLERANCE", 1e9)  # only the label check can refuse it
     code, output = run_cli(["export", "-m", trained_work, "--format", "torchscript", "-o", tmp_path / "out"], capsys)
     assert code == 2

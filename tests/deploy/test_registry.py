@@ -1,5 +1,5 @@
 """MLflow model registry: register a trained predictor, load it back as pyfunc (by version and alias) and
-through resolve_model_uri, against the embedded sqlite store and a live `mlflow server`; training runs as
+through download_model / open_model, against the embedded sqlite store and a live `mlflow server`; training runs as
 model development with one logged model per fold; bad input gives a clear NnsegError (exit 2 in the CLI)."""
 
 from __future__ import annotations
@@ -72,17 +72,22 @@ def _check_pyfunc(uri: str, name: str, work: Path, reference: dict[str, np.ndarr
 
 
 def _check_resolved(uri: str, name: str, work: Path, reference: dict[str, np.ndarray], cache: Path) -> None:
-    from nnseg.deploy.registry import resolve_model_uri
+    import nnseg
     from nnseg.inference.predictor import Predictor
+    from nnseg.tracking.registry import download_model
     from nnseg.workspace import Workspace
 
-    folder = resolve_model_uri(f"models:/{name}@champion", uri, cache_dir=cache)
+    root = download_model(f"models:/{name}@champion", uri, cache_dir=cache)
+    folder = Workspace(root).models("3d_fullres")
     assert sorted(p.name for p in folder.glob("fold_*/*.pt")) == ["checkpoint_final.pt"]
     assert Workspace.containing(folder) is not None and folder.name == "3d_fullres"
     predictor = Predictor.from_checkpoints(folder, device="cpu")
     for image in _test_images(work):
         assert np.array_equal(predictor.predict(image), reference[image.name])
-    assert resolve_model_uri(f"models:/{name}/1", uri, cache_dir=cache) == folder  # cached, same model id
+    assert download_model(f"models:/{name}/1", uri, cache_dir=cache) == root  # cached, same model id
+    # the Python API in two lines, from the URI
+    predictor = nnseg.open_model(f"models:/{name}/1", tracking_uri=uri, cache_dir=cache).predictor(device="cpu")
+    assert all(np.array_equal(predictor.predict(image), reference[image.name]) for image in _test_images(work))
 
 
 def _register_and_check(
@@ -143,7 +148,7 @@ def test_training_run_is_model_development_with_logged_model(preprocessed_work: 
     assert {m.key for m in model.metrics} == {"final_val_mean_dice"}
     assert run.data.metrics["final_val_mean_dice"] == model.metrics[0].value
     final = preprocessed_work / "models" / "3d_fullres" / "fold_0" / "checkpoint_final.pt"
-    from nnseg.tracking import file_sha256
+    from nnseg.digest import file_sha256
 
     assert model.tags["nnseg.checkpoint.sha256"] == file_sha256(final)
     assert model.tags["nnseg.checkpoint.uri"] == f"runs:/{run.info.run_id}/model/checkpoint_final.pt"
@@ -151,7 +156,8 @@ def test_training_run_is_model_development_with_logged_model(preprocessed_work: 
 
 
 def test_bad_input(work: Path, tmp_path: Path) -> None:
-    from nnseg.deploy.registry import register_model, resolve_model_uri
+    from nnseg.deploy.registry import register_model
+    from nnseg.tracking.registry import download_model as resolve_model_uri
 
     uri = f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}"
     with pytest.raises(NnsegError, match="not a registered model URI"):

@@ -16,6 +16,7 @@ from nnseg.inference import backends
 from nnseg.inference.config import PredictConfig
 from nnseg.inference.predictor import Predictor
 from nnseg.io import read_volume
+from nnseg.workspace import FoldPaths
 from tests.deploy.test_export import raw_dataset, run_cli
 
 
@@ -24,7 +25,7 @@ def models(trained_work: Path, tmp_path: Path) -> Path:
     """A private copy of ``models/3d_fullres`` (the cache is written beside the checkpoints), without the cache that
     tests predicting from ``trained_work`` with the default backend may have left there."""
     source = trained_work / "models" / "3d_fullres"
-    ignore = shutil.ignore_patterns(backends.CACHE_FOLDER)
+    ignore = shutil.ignore_patterns(FoldPaths(Path("fold")).cache.name)
     return Path(shutil.copytree(source, tmp_path / "3d_fullres", ignore=ignore))
 
 
@@ -73,14 +74,14 @@ def test_backend_windows_match_torch(models: Path, backend: str) -> None:
         hint = other.runners[0].compiled.get_property("INFERENCE_PRECISION_HINT")  # type: ignore[attr-defined]
         assert str(hint) in ("<Type: 'float32'>", "f32")
     suffix = {"openvino": ".xml", "onnxruntime": ".onnx"}[backend]
-    assert len(list((models / "fold_0" / backends.CACHE_FOLDER).glob(f"*{suffix}"))) == 1
+    assert len(list(FoldPaths(models / "fold_0").cache.glob(f"*{suffix}"))) == 1
 
 
 def test_openvino_cache_is_made_once_and_reused(
     models: Path, trained_work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     images = raw_dataset(trained_work) / "imagesTs"
-    cache = models / "fold_0" / backends.CACHE_FOLDER
+    cache = FoldPaths(models / "fold_0").cache
 
     def predict(out: str, *extra: str) -> None:
         args = ["predict", "-m", models, "-i", images, "-o", tmp_path / out, "--device", "cpu", *extra]
@@ -118,7 +119,7 @@ def test_cache_key_changes_with_what_shapes_the_converted_model() -> None:
 
 
 def test_unwritable_cache_still_predicts(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (models / "fold_0" / backends.CACHE_FOLDER).write_text("a file where the cache folder would go")
+    FoldPaths(models / "fold_0").cache.write_text("a file where the cache folder would go")
     predictor = Predictor.from_checkpoints(models, device="cpu", backend="openvino")
     assert isinstance(predictor.runners[0], backends.OpenVinoRunner)
 
