@@ -28,11 +28,13 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# Lint, format and types (pyproject.toml configures ruff and mypy); CI runs it after the tests.
+# Lint, format, types and the layer order (pyproject.toml configures ruff, mypy and import-linter); CI runs it
+# after the tests.
 check: $(STAMP)
 	$(BIN)/ruff check nnseg tests benchmarks setup.py
 	$(BIN)/ruff format --check nnseg tests benchmarks setup.py
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Build the wheel, install it (not editable) into a fresh venv, and plan a synthetic dataset with the shipped presets.
 wheel-check: $(STAMP)

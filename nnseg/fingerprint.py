@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from nnseg.cropping import crop_to_nonzero
 from nnseg.dataset import Dataset
 from nnseg.dataset.reading import largest_case_bytes, read_case_images, read_case_labels
 from nnseg.errors import NnsegError
 from nnseg.parallel import default_workers, parallel_map
-from nnseg.preprocessing.crop import crop_to_nonzero
 from nnseg.progress import progress
 from nnseg.schema import load_dataclass, read_json, write_json_atomic
 

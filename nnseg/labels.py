@@ -326,6 +326,25 @@ def scheme_from(labels: Mapping[str, Any], regions_class_order: Sequence[int] | 
     return LabelScheme.from_json(labels, regions_class_order)
 
 
+def normalize_labels(labels: Mapping[str, int | Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """Check a class map (name -> value or values) and return it as name -> tuple of values.
+
+    Raises:
+        ValueError: a name is empty, or a value is not an integer or a non-empty sequence of integers.
+    """
+    normalized: dict[str, tuple[int, ...]] = {}
+    for name, spec in labels.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"labels: class names must be non-empty strings, got {name!r}")
+        values = (spec,) if _is_int(spec) else tuple(spec) if isinstance(spec, (tuple, list)) else None
+        if not values or not all(_is_int(v) for v in values):
+            raise ValueError(
+                f"labels: class {name!r} must map to an integer or a non-empty tuple of integers, got {spec!r}"
+            )
+        normalized[name] = tuple(sorted({int(v) for v in values}))
+    return normalized
+
+
 def evaluated_classes(labels: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ...]], int | None]:
     """Classes to score and the ignore value, for any label mapping (a scheme or a user's class map).
 
@@ -335,10 +354,5 @@ def evaluated_classes(labels: Mapping[str, Any]) -> tuple[dict[str, tuple[int, .
     if isinstance(labels, LabelScheme):
         return labels.foreground, labels.ignore_value
     ignore = labels.get(IGNORE_NAME)
-    classes: dict[str, tuple[int, ...]] = {}
-    for name, value in labels.items():
-        if name == IGNORE_NAME:
-            continue
-        values = (value,) if _is_int(value) else tuple(value) if isinstance(value, (list, tuple)) else value
-        classes[name] = values
+    classes = normalize_labels({name: value for name, value in labels.items() if name != IGNORE_NAME})
     return classes, (int(ignore) if isinstance(ignore, (int, np.integer)) and not isinstance(ignore, bool) else None)

@@ -29,7 +29,6 @@ from nnseg.evaluation.metrics import (
     ClassMetrics,
     class_mask,
     compute_metrics,
-    normalize_labels,
 )
 from nnseg.evaluation.summary import summarize_class
 from nnseg.io import IMAGE_SUFFIXES, Geometry, read_label_map, write_volume
@@ -298,7 +297,7 @@ def _rescore(
 
 def _foreground_classes(labels: Mapping[str, int | Sequence[int]]) -> tuple[dict[str, tuple[int, ...]], int | None]:
     named, ignore = evaluated_classes(labels)
-    classes = {name: values for name, values in normalize_labels(named).items() if values != (0,)}
+    classes = {name: values for name, values in named.items() if values != (0,)}
     if not classes:
         raise NnsegError("decide_postprocessing: labels has no foreground class (only the background, 0)")
     for name, values in classes.items():

@@ -12,7 +12,6 @@ from nnseg.evaluation.metrics import (
     hausdorff_distance,
     iou_from_counts,
     mask_metrics,
-    normalize_labels,
     normalized_surface_dice,
     overlap_counts,
     surface_distances,
@@ -24,6 +23,7 @@ from nnseg.evaluation.summary import (
     MetricAccumulator,
     summarize_class,
 )
+from nnseg.labels import normalize_labels
 
 __all__ = [
     "METRIC_NAMES",

@@ -26,7 +26,6 @@ from nnseg.evaluation.metrics import (
     check_nsd_tolerance,
     compute_metrics,
     empty_class_metrics,
-    normalize_labels,
 )
 from nnseg.evaluation.summary import CaseResult, EvaluationSummary, MetricAccumulator
 from nnseg.io import IMAGE_SUFFIXES, Volume, read_label_map, split_suffix
@@ -164,12 +163,11 @@ def _evaluate_case(
 
 def _check_labels(labels: Mapping[str, int | Sequence[int]]) -> tuple[dict[str, tuple[int, ...]], int | None]:
     """The classes to score (background dropped) and the ignore value (``ignore`` label, or a LabelScheme's)."""
-    classes, ignore = evaluated_classes(labels)
     try:
-        normalized = normalize_labels(classes)
+        classes, ignore = evaluated_classes(labels)
     except ValueError as exc:
         raise NnsegError(str(exc)) from None
-    foreground = {name: values for name, values in normalized.items() if values != (0,)}
+    foreground = {name: values for name, values in classes.items() if values != (0,)}
     if not foreground:
         raise NnsegError(f"labels {dict(labels)!r} name no foreground class (a class made only of label 0 is skipped)")
     return foreground, ignore

@@ -54,6 +54,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from nnseg.labels import normalize_labels
+
 #: A class definition: one label value, or a tuple of values for a region.
 LabelSpec = int | tuple[int, ...]
 
@@ -134,25 +136,6 @@ def check_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
     if not names:
         raise ValueError(f"no metric asked for; choose from {list(METRIC_NAMES)}")
     return tuple(name for name in METRIC_NAMES if name in names)
-
-
-def normalize_labels(labels: Mapping[str, int | Sequence[int]]) -> dict[str, tuple[int, ...]]:
-    """Check a class map (name -> value or values) and return it as name -> tuple of values.
-
-    Raises:
-        ValueError: a name is empty, or a value is not an integer or a non-empty sequence of integers.
-    """
-    normalized: dict[str, tuple[int, ...]] = {}
-    for name, spec in labels.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"labels: class names must be non-empty strings, got {name!r}")
-        values = (spec,) if _is_int(spec) else tuple(spec) if isinstance(spec, (tuple, list)) else None
-        if not values or not all(_is_int(v) for v in values):
-            raise ValueError(
-                f"labels: class {name!r} must map to an integer or a non-empty tuple of integers, got {spec!r}"
-            )
-        normalized[name] = tuple(sorted({int(v) for v in values}))
-    return normalized
 
 
 def _is_int(value: object) -> bool:

@@ -49,8 +49,8 @@ from nnseg.evaluation.metrics import (
     check_nsd_tolerance,
     compute_metrics,
     json_safe,
-    normalize_labels,
 )
+from nnseg.labels import normalize_labels
 from nnseg.schema import SchemaError, read_json
 
 #: Metrics shown by :meth:`EvaluationSummary.table`, when computed.

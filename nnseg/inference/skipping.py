@@ -21,11 +21,11 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from nnseg.cropping import AIR_HU, margin_voxels
+from nnseg.cropping import BODY_MARGIN_MM as AIR_MARGIN_MM
 from nnseg.inference.config import TTA_MODES
 from nnseg.options import OptionError
 from nnseg.planning.plan import ChannelNormalization
-from nnseg.preprocessing.crop import AIR_HU, margin_voxels
-from nnseg.preprocessing.crop import BODY_MARGIN_MM as AIR_MARGIN_MM
 
 _EPS = 1e-8
 
@@ -49,7 +49,7 @@ def ct_body_threshold(normalization: ChannelNormalization, hu: float = AIR_HU) -
     threshold is then the clip itself (the labelled foreground lies above it by construction of the
     clip: its 0.5 percentile).
     """
-    if normalization.scheme != "ct" or normalization.mean is None:
+    if not normalization.is_ct or normalization.mean is None:
         return None
     high = normalization.clip_high
     if high is not None and high <= hu:

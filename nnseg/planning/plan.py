@@ -60,6 +60,11 @@ class ChannelNormalization:
     mean: float | None = None
     std: float | None = None
 
+    @property
+    def is_ct(self) -> bool:
+        """Hounsfield units (the "ct" scheme): air lies below ``nnseg.cropping.AIR_HU``."""
+        return self.scheme == "ct"
+
 
 @dataclass(frozen=True)
 class ResamplingPlan:
@@ -120,6 +125,11 @@ class ConfigurationPlan:
     budget_used: float
     previous_stage: str | None = None
     next_stage: str | None = None
+
+    @property
+    def is_ct(self) -> bool:
+        """Every channel is CT (the one rule for "is this CT": the body crop and ``--skip-air`` follow it)."""
+        return bool(self.normalization) and all(n.is_ct for n in self.normalization)
 
 
 @dataclass(frozen=True)

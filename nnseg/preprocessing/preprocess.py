@@ -1,7 +1,7 @@
 """``nnseg preprocess``: crop, transpose, normalize and resample every training case; cache it for training.
 
 Per case, in the plan's order (as nnU-Net): transpose to planning axis order -> crop to
-the nonzero box (CT: then to the body's box, :func:`~nnseg.preprocessing.crop.crop_to_body`) -> normalize
+the nonzero box (CT: then to the body's box, :func:`~nnseg.cropping.crop_to_body`) -> normalize
 -> resample to the configuration's spacing. The cache
 under ``<work>/preprocessed/<data_identifier>/`` holds per case:
 
@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 
 from nnseg.atomic import atomic_path, remove_stale_temporaries
+from nnseg.cropping import OUTSIDE_NONZERO_LABEL, crop_to_body, crop_to_nonzero
 from nnseg.dataset import Dataset, load_dataset
 from nnseg.dataset.reading import largest_case_bytes, read_case_images, read_case_labels
 from nnseg.errors import NnsegError
 from nnseg.io import Geometry
 from nnseg.parallel import default_workers, parallel_map
 from nnseg.planning.plan import ConfigurationPlan, Plan
-from nnseg.preprocessing.crop import OUTSIDE_NONZERO_LABEL, crop_to_body, crop_to_nonzero
 from nnseg.preprocessing.normalize import channel_normalizer
 from nnseg.preprocessing.resample import new_shape_for, resample_image, resample_labels, separate_axis
 from nnseg.progress import progress
@@ -112,11 +112,6 @@ def preprocessing_hash(plan: Plan, config: ConfigurationPlan) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def is_ct(config: ConfigurationPlan) -> bool:
-    """Every channel is CT-normalized: its intensities are Hounsfield units, air is below ``AIR_HU``."""
-    return bool(config.normalization) and all(n.scheme == "ct" for n in config.normalization)
-
-
 def target_spacing_for(config: ConfigurationPlan, spacing_planning_order: tuple[float, ...]) -> tuple[float, ...]:
     """3D: the configuration's spacing. 2D: each case keeps its own spacing along the first (out-of-plane) axis."""
     if config.dimensions == 2:
@@ -149,7 +144,7 @@ def preprocess_case(
     if labels is not None:
         labels = labels.transpose(forward)
     cropped, cropped_labels, inside, box = crop_to_nonzero(images, labels)
-    if is_ct(config):
+    if config.is_ct:
         cropped, cropped_labels, inside, box = crop_to_body(cropped, cropped_labels, inside, box, spacing)
     target = target_spacing_for(config, spacing)
     new_shape = new_shape_for(cropped.shape[1:], spacing, target)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nnseg.cropping import box_slices
 from nnseg.planning.plan import Plan, ResamplingPlan
-from nnseg.preprocessing.crop import box_slices
 from nnseg.preprocessing.preprocess import CaseProperties
 from nnseg.preprocessing.resample import (
     SLAB_VOXELS,

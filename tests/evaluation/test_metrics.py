@@ -15,10 +15,10 @@ from nnseg.evaluation import (
     compute_metrics,
     hausdorff_distance,
     mask_metrics,
-    normalize_labels,
     normalized_surface_dice,
     surface_distances,
 )
+from nnseg.labels import normalize_labels
 
 SPACING = (2.0, 1.0, 0.5)  # array order (k, j, i), mm
 

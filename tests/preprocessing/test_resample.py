@@ -7,9 +7,9 @@ import pytest
 import torch
 from scipy import ndimage
 
+from nnseg.cropping import bounding_box, crop_to_nonzero, nonzero_mask, uncrop
 from nnseg.planning.plan import ResamplingPlan
 from nnseg.preprocessing import resample as resample_module
-from nnseg.preprocessing.crop import bounding_box, crop_to_nonzero, nonzero_mask, uncrop
 from nnseg.preprocessing.resample import (
     interpolate_linear,
     new_shape_for,

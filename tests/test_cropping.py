@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 
 import nnseg
+from nnseg.cropping import AIR_HU, BODY_MARGIN_MM, body_box, crop_to_body, crop_to_nonzero
 from nnseg.dataset import load_dataset
 from nnseg.dataset.reading import read_case_images, read_case_labels
 from nnseg.io import Geometry
-from nnseg.preprocessing.crop import AIR_HU, BODY_MARGIN_MM, body_box, crop_to_body, crop_to_nonzero
-from nnseg.preprocessing.preprocess import is_ct, preprocess_case
+from nnseg.preprocessing.preprocess import preprocess_case
 from nnseg.preprocessing.restore import restore_labels
 
 
@@ -54,7 +54,7 @@ def test_ct_preprocessing_does_not_depend_on_the_air_around_the_body(ct_dataset_
     MR keeps nnU-Net's nonzero crop (its zero padding is cropped, anything else is kept)."""
     plan = nnseg.plan(ct_dataset_template, tmp_path / "work", workers=1, show_progress=False).plan
     config = plan.configurations["3d_fullres"]
-    assert is_ct(config)
+    assert config.is_ct
     dataset = load_dataset(ct_dataset_template)
     case = dataset.cases[0]
     images = read_case_images(case, dataset.num_channels)
@@ -76,4 +76,4 @@ def test_ct_preprocessing_does_not_depend_on_the_air_around_the_body(ct_dataset_
     first, second = (np.array(r.properties.crop_box) for r in results)
     assert (second - first == 20).all()
     zscore = [replace(n, scheme="zscore") for n in config.normalization]
-    assert not is_ct(replace(config, normalization=zscore))
+    assert not replace(config, normalization=zscore).is_ct
