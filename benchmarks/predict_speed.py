@@ -16,7 +16,7 @@ preset's model for the same budget. Then every command predicts the held-out ima
 - nnseg, same plan, OpenVINO int8 (``nnseg export --int8``, Dice-checked at export), TTA full;
 - nnseg, same plan, OpenVINO bf16 (``nnseg export --bf16``), TTA full, where the CPU has bf16;
 - nnseg, ``cpu`` preset model, every default (``nnseg predict -m WORK -i -o``);
-- the ``cpu`` model with ``--tta fast`` and with ``--skip-air yes`` (the Dice cost of each).
+- the ``cpu`` model with ``--tta fast`` and with ``--skip-air`` (the Dice cost of each).
 
 Each command runs twice; the table gives the second run (OpenVINO's compiled model cached, files
 in the page cache), whole command (start-up, reading, writing), seconds per case, peak RSS of the
@@ -241,7 +241,7 @@ def predict_all(out: Path, raw: Path, nnunet_model: Path, args: argparse.Namespa
     variants += [
         ("nnseg default: cpu preset, every default", ours(cpu, "cpu_default"), "cpu_default"),
         ("nnseg cpu preset, --tta fast", ours(cpu, "cpu_fast", "--tta", "fast"), "cpu_fast"),
-        ("nnseg cpu preset, --skip-air yes", ours(cpu, "cpu_skip", "--skip-air", "yes"), "cpu_skip"),
+        ("nnseg cpu preset, --skip-air", ours(cpu, "cpu_skip", "--skip-air"), "cpu_skip"),
     ]
     rows += [measure(name, command, pred / folder, raw, references) for name, command, folder in variants]
     return rows

@@ -7,6 +7,7 @@ and where the MLflow store is.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -14,14 +15,13 @@ from nnseg.api import plan
 from nnseg.dataset import check_dataset
 from nnseg.evaluation import evaluate_folders
 from nnseg.inference.batch import predict_folder
-from nnseg.inference.predictor import Predictor
+from nnseg.inference.model import open_model
 from nnseg.planning.summary import plan_summary
 from nnseg.preprocessing.preprocess import preprocess_dataset
 from nnseg.synth import SynthConfig, generate_dataset
 from nnseg.tracking import default_tracking_uri, ui_hint
 from nnseg.training.config import TrainConfig
 from nnseg.training.loop import train
-from nnseg.workspace import Workspace
 
 
 def run_demo(
@@ -64,7 +64,7 @@ def run_demo(
     )
     if result.validation is not None:
         print(f"[train] fold 0 validation mean Dice {result.validation['mean_dice']:.4f}")
-    predictor = Predictor.from_checkpoints(Workspace.at(work).models("3d_fullres"), device=device)
+    predictor = open_model(work, "3d_fullres").predictor(device=device)
     predicted = predict_folder(
         predictor, raw / "imagesTs", predictions, overwrite=True, overlay=True, show_progress=False
     )
@@ -79,6 +79,12 @@ def run_demo(
     print("[evaluate] test-set Dice:")
     print(summary.table())
     uri = default_tracking_uri(work)
-    print(f"[mlflow] runs are in {uri}\n         open the UI with: {ui_hint(uri)}")
+    tools = Path(sys.executable).parent  # nnseg and mlflow are installed beside this interpreter (the venv)
+    hint = ui_hint(uri)
+    if (tools / "mlflow").is_file():
+        hint = f"{tools / 'mlflow'}{hint.removeprefix('mlflow')}"
+    print(f"[mlflow] runs are in {uri}\n         open the UI with: {hint}")
     print(f"demo finished in {time.perf_counter() - started:.0f} s; outputs under {out.resolve()}")
+    if (tools / "nnseg").is_file():
+        print(f"the nnseg command is {tools / 'nnseg'}; `source {tools / 'activate'}` puts nnseg and mlflow on PATH")
     return True

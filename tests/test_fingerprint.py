@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from nnseg import fingerprint as fingerprint_module
+from nnseg.cropping import crop_to_nonzero
 from nnseg.dataset import load_dataset
 from nnseg.dataset.reading import read_case_images, read_case_labels
 from nnseg.fingerprint import Fingerprint, extract_fingerprint
-from nnseg.preprocessing.crop import crop_to_nonzero
 
 
 def test_case_facts_match_the_files(mr_dataset_template: Path) -> None:

@@ -51,10 +51,7 @@ class PredictConfig:
         metavar="MODE",
     )
     skip_air: bool = option(
-        "no",
-        "CT models: don't run windows holding only air (HU <= -500 outside the body, 10 mm margin)",
-        validate=options.yes_no,
-        metavar="yes|no",
+        False, "CT models: don't run windows holding only air (HU <= -500 outside the body, 10 mm margin)"
     )
     save_probabilities: bool = option(False, "also write <case>.npz probabilities (for nnseg ensemble)")
     overwrite: bool = option(False, "replace existing predictions")

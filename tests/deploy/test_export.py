@@ -15,9 +15,9 @@ import torch
 
 from nnseg.checkpoint import Checkpoint
 from nnseg.cli import main
+from nnseg.deploy import export
 from nnseg.deploy.export import export_model
 from nnseg.errors import NnsegError
-from nnseg.deploy import export
 from nnseg.inference import backends
 from nnseg.inference.config import EXPORT_FORMATS as FORMATS
 from nnseg.inference.exported import Manifest, load_export
