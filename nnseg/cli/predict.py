@@ -62,9 +62,10 @@ def _run_predict(args: argparse.Namespace) -> int:
         predictor = model.predictor(postprocess=config.postprocess, context=context, **config.predictor_settings())
         predictor.on_warning = warn
         if context.is_main:
-            for line in model.describe():
-                print(f"using {line}")
-            for source in predictor.sources:
+            if model.manifest is not None:
+                print(f"using {model.manifest.describe(model.location)}")
+            for source in predictor.sources:  # a cascade's first-stage checkpoints included
+                print(f"using {source.describe()}")
                 if source.warning:
                     warn(source.warning)
         report = predict_folder(

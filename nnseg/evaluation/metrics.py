@@ -175,6 +175,14 @@ def dice_from_counts(tp: int, fp: int, fn: int) -> float:
     return 1.0 if denominator == 0 else 2.0 * tp / denominator
 
 
+def dice_per_class(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """:func:`dice_from_counts` elementwise over arrays of counts (1 where both masks are empty): training's
+    pseudo-Dice per class follows the same convention as every reported Dice."""
+    tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
+    denominator = 2 * tp + fp + fn
+    return np.where(denominator == 0, 1.0, 2 * tp / np.maximum(denominator, 1e-12))
+
+
 def iou_from_counts(tp: int, fp: int, fn: int) -> float:
     """IoU (Jaccard) from voxel counts; 1 when both masks are empty."""
     denominator = tp + fp + fn

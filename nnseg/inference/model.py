@@ -154,7 +154,7 @@ def open_model(
 def _open_checkpoints(source: str, path: Path, configuration: str | None, folds: Sequence[int | str] | None) -> Model:
     """A work folder, ``models/<config>`` folder, fold folder or checkpoint file."""
     chosen = configuration or _default_configuration(path)
-    location, work = locate_model(path, chosen)
+    location, work = locate_model(path, chosen or DEFAULT_CONFIGURATION)
     checkpoints = load_checkpoints(find_checkpoints(location, folds))
     first = checkpoints[0].checkpoint
     whole = work is not None and (work.root == path or work.models(path.name) == path)
@@ -173,8 +173,8 @@ def _open_checkpoints(source: str, path: Path, configuration: str | None, folds:
 
 
 def _default_configuration(path: Path) -> str | None:
-    """For a work folder: 3d_fullres when trained, else its only trained configuration; None otherwise (the
-    checkpoint says)."""
+    """For a work folder: 3d_fullres when trained, else its only trained configuration; None for the other kinds
+    (their checkpoints say)."""
     work = Workspace.containing(path)
     if work is None or work.root != path:
         return None

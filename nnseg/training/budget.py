@@ -17,16 +17,14 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from nnseg.preprocessing.preprocess import open_case
+from nnseg.training.augment import TrainingAugmentation
 from nnseg.training.losses import SegmentationLoss
-
-if TYPE_CHECKING:
-    from nnseg.training.loop import Trainer
+from nnseg.training.run_record import RunRecord
 
 #: Per validation case: reading, resampling and writing the label map and probabilities (seconds).
 CASE_OVERHEAD_S = 0.5
@@ -144,32 +142,32 @@ class TimeBudget:
         return cls(seconds, final, epoch, max_epochs)
 
     @classmethod
-    def for_trainer(cls, trainer: Trainer) -> TimeBudget:
-        """Probe the trainer's network, loss and augmentation at its batch and patch; fit to ``--time-budget``."""
-        config = trainer.train_config
-        batch = config.batch_size or trainer.config_plan.batch_size
+    def probe(cls, network: torch.nn.Module, augment: TrainingAugmentation, record: RunRecord) -> TimeBudget:
+        """Probe ``network`` (on the run's device) and ``augment`` at the run's batch and patch; fit the estimate
+        to ``--time-budget``, with the final validation of the fold's validation cases (their preprocessed shapes)."""
+        config, config_plan = record.config, record.config_plan
         times = probe_step_times(
-            trainer.network,
-            SegmentationLoss(batch_dice=trainer.config_plan.batch_dice),  # the recipe's weights cost the same
-            trainer.augment,
-            batch_size=max(1, math.ceil(batch / trainer.dist.world_size)),
-            channels=trainer.num_channels,
-            sampling_size=trainer.augment.sampling_patch_size,
-            patch_size=trainer.config_plan.patch_size,
-            num_classes=trainer.plan.num_classes,
-            device=trainer.device,
+            network,
+            SegmentationLoss(batch_dice=config_plan.batch_dice),  # the recipe's weights cost the same
+            augment,
+            batch_size=record.batch_per_rank,
+            channels=record.num_channels,
+            sampling_size=augment.sampling_patch_size,
+            patch_size=config_plan.patch_size,
+            num_classes=record.plan.num_classes,
+            device=record.device,
         )
         shapes = []
         if config.final_validation and config.fold != "all":
-            shapes = [open_case(trainer.data_dir, case_id).seg.shape for case_id in trainer.val_ids]
+            shapes = [open_case(record.data_dir, case_id).seg.shape for case_id in record.val_ids]
         return cls.from_probe(
             float(config.time_budget or 0),
             times,
             iters_per_epoch=config.iters_per_epoch,
-            val_iters=config.val_iters if trainer.val_ids else 0,
+            val_iters=config.val_iters if record.val_ids else 0,
             validation_shapes=shapes,
-            patch_size=trainer.config_plan.patch_size,
-            mirrors=2**trainer.config_plan.dimensions,
+            patch_size=config_plan.patch_size,
+            mirrors=2**config_plan.dimensions,
             max_epochs=config.epochs,
         )
 

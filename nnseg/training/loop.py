@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from nnseg.atomic import remove_stale_temporaries
 from nnseg.checkpoint import (
     Checkpoint,
     LogitAdjustment,
@@ -39,33 +37,25 @@ from nnseg.checkpoint import (
     load_weights,
     restore_rng_state,
 )
-from nnseg.distributed import DistributedContext, resolve_device
 from nnseg.errors import NnsegError
-from nnseg.networks.plans import UNetPlusPlusPlan
-from nnseg.networks.registry import build_network
-from nnseg.planning.plan import ConfigurationPlan, Plan
+from nnseg.evaluation.metrics import dice_per_class
 from nnseg.progress import progress
-from nnseg.recipes import (
-    ADJUSTMENT_STRENGTHS,
-    RECIPE_FIELDS,
-    Recipe,
-    choose_adjustment_strength,
-    choose_recipe,
-    resumed_recipe,
-)
+from nnseg.recipes import ADJUSTMENT_STRENGTHS, Recipe, choose_adjustment_strength
+from nnseg.training.assembly import build_parts, initial_network, open_run, resume_checkpoint, run_recipe
 from nnseg.training.augment import TrainingAugmentation, center_crop
-from nnseg.training.augment.cascade import CascadeAugmentation, append_previous_stage
+from nnseg.training.augment.cascade import append_previous_stage
 from nnseg.training.budget import TimeBudget
 from nnseg.training.config import TrainConfig
-from nnseg.training.data import Batch, PatchSampler, Prefetcher, class_frequencies, previous_stage_files
-from nnseg.training.heads import logit_adjustment, set_head_bias_to_prior
+from nnseg.training.data import Batch, PatchSampler, Prefetcher
 from nnseg.training.losses import SegmentationLoss
 from nnseg.training.plots import plot_curves
-from nnseg.training.pretrained import start_from_pretrained
-from nnseg.training.run_setup import fold_cases, log_finished_fold, resumable_checkpoint, start_tracker
+from nnseg.training.pretrained import TransferReport
+from nnseg.training.run_setup import log_finished_fold, start_tracker
 from nnseg.training.validation import pseudo_dice_counts, validate_fold
 from nnseg.version import __version__
-from nnseg.workspace import Workspace
+
+if TYPE_CHECKING:
+    from nnseg.tracking import RunStatus
 
 EMA_DECAY = 0.9
 GRAD_CLIP = 12.0
@@ -83,156 +73,73 @@ class TrainResult:
 
 
 class Trainer:
-    """Holds the state of one training run; :meth:`run` is the epoch loop."""
+    """Holds the state of one training run; :meth:`run` is the epoch loop.
+
+    What the run is (:attr:`record`) and what its steps use (:attr:`parts`) are assembled by
+    :mod:`nnseg.training.assembly`; the trainer keeps the loop's own state (epoch, history, EMA, run id, ...).
+    """
+
+    #: the epoch in progress (the next one to train)
+    epoch: int
+    #: one row of metrics per trained epoch
+    history: list[dict[str, Any]]
+    #: moving average of the mean pseudo-Dice on the validation patches, and its best value (best checkpoint)
+    ema: float | None
+    best_ema: float
+    #: the MLflow run id (kept across resumes)
+    run_id: str | None
+    #: wall time of each epoch of this session
+    epoch_walls: list[float]
+    #: wall time of the earlier sessions of a resumed run
+    elapsed_before_s: float
+    #: the logit adjustment strength chosen on the validation patches
+    adjustment_strength: float
 
     def __init__(
         self, work: str | os.PathLike | None, config: TrainConfig, *, resume: bool = True, show_progress: bool = True
     ) -> None:
         self.started = time.perf_counter()
-        self.train_config = config
-        self.workspace = Workspace.at(work)
-        self.plan = Plan.load(self.workspace.plans)
-        self.config_plan: ConfigurationPlan = self.plan.configuration(config.configuration)
-        self.device = resolve_device(config.device)
-        self.dist = DistributedContext.from_launcher(self.device.type)
-        self.device = self.dist.local_device(self.device)
-        self.show_progress = show_progress and self.dist.is_main
-        self.fold_paths = self.workspace.fold_paths(config.configuration, config.fold)
-        self.fold_dir = self.fold_paths.root
-        remove_stale_temporaries(self.fold_dir)
-        remove_stale_temporaries(self.fold_paths.validation)
-        if self.config_plan.next_stage is not None:
-            remove_stale_temporaries(self.fold_paths.next_stage(self.config_plan.next_stage))
-        self.data_dir = self.workspace.preprocessed(self.config_plan.data_identifier)
-        cases = fold_cases(self.workspace, self.plan, self.config_plan, config.configuration, config.fold, self.dist)
-        self.splits, self.train_ids, self.val_ids = cases.splits, cases.train_ids, cases.val_ids
-        #: cascade stage: case id -> the previous stage's cross-validation segmentation on this grid
-        self.previous_stage = self._previous_stage_files()
-        torch.manual_seed(config.seed + self.dist.rank)
-        np.random.seed(config.seed + self.dist.rank)
-        random.seed(config.seed + self.dist.rank)
-
-        self.num_channels = self.plan.input_channels(config.configuration)  # + the previous stage's one-hot
-        self.scheme = self.plan.scheme  # labels, objective (softmax / sigmoid per region), ignore label
-        # deep supervision where the plan has it, unless the run turns it off (--no-deep-supervision)
-        self.deep_supervision = config.deep_supervision and self.config_plan.network.deep_supervision
-        network_plan = self.config_plan.network
-        if isinstance(network_plan, UNetPlusPlusPlan) and network_plan.is_pruned and not self.deep_supervision:
-            raise NnsegError(
-                "--no-deep-supervision: the plan prunes its UNet++ (prune_level), whose pruned head only "
-                "deep supervision trains; drop the option or set prune_level to null in plans.json"
-            )
-        network = build_network(
-            self.config_plan.network, self.num_channels, self.plan.num_classes, deep_supervision=self.deep_supervision
-        )
-        resuming = resume and self.fold_paths.latest.is_file()  # --pretrained: only a fresh run starts from it
-        self.pretrained = start_from_pretrained(
-            network, config.pretrained, self.plan, config.configuration, resuming=resuming, show=self.dist.is_main
-        )
-        self.network = network.to(self.device)
-        self.model: torch.nn.Module = self.network
-        if config.compile:
-            self.model = torch.compile(self.network)  # type: ignore[assignment]
-        if self.dist.enabled:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
-        self.use_amp = config.mixed_precision and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.augment = TrainingAugmentation.for_patch_size(self.config_plan.patch_size)
-        self.cascade_augment = CascadeAugmentation() if self.previous_stage is not None else None
-        self.generator = torch.Generator(device="cpu").manual_seed(config.seed + 7919 * self.dist.rank)
-
-        self.epoch = 0
-        self.history: list[dict[str, Any]] = []
-        self.ema: float | None = None
-        self.best_ema = -math.inf
-        self.run_id: str | None = None
-        self.elapsed_before_s = 0.0
-        self.epoch_walls: list[float] = []
-        checkpoint = None
-        if resume and self.fold_paths.latest.is_file():
-            checkpoint = resumable_checkpoint(
-                self.fold_paths.latest, self.plan, config.configuration, config.fold, self.device, self.workspace.plans
-            )
-        self.budget = TimeBudget.for_trainer(self) if config.time_budget else None
+        self.record = open_run(work, config, show_progress=show_progress)
+        checkpoint = resume_checkpoint(self.record) if resume else None
+        state = None if checkpoint is None else checkpoint.training
+        network, pretrained = initial_network(self.record, resuming=checkpoint is not None)
+        augment = TrainingAugmentation.for_patch_size(self.record.config_plan.patch_size)
+        self.budget = TimeBudget.probe(network, augment, self.record) if config.time_budget else None
+        self.elapsed_before_s = 0.0 if state is None else state.elapsed_s
         self.planned_epochs = config.epochs  # a resumed run may be given more (or fewer) epochs
-        epochs_done = 0
-        if checkpoint is not None and checkpoint.training is not None:
-            self.elapsed_before_s = checkpoint.training.elapsed_s
-            epochs_done = checkpoint.training.epoch + 1
         if self.budget is not None:  # rank 0's clock decides for every rank
-            self.planned_epochs = self.dist.from_main(self.budget.fit(self.elapsed_before_s, epochs_done))
-        self.recipe = self._recipe(checkpoint)
-        frequencies = None
-        if self.recipe.head_bias_prior or self.recipe.class_weight_power:
-            frequencies = class_frequencies(self.data_dir, self.train_ids, self.scheme)
-        weights = None if frequencies is None else self.recipe.class_weights(frequencies, self.scheme.objective)
-        #: a class-weighted run's logit adjustment at strength 1; the strength is chosen on the validation patches
-        self.full_adjustment = logit_adjustment(self.network, weights)
-        self.adjustment_strength = 0.0
-        #: (strengths, 1, classes, 1, ...) offsets the validation tries; one row of zeros without an adjustment
-        strengths = ADJUSTMENT_STRENGTHS if self.full_adjustment is not None else (0.0,)
-        offsets = [0.0] * self.plan.num_classes if self.full_adjustment is None else self.full_adjustment.offsets
-        spatial = [1] * len(self.config_plan.patch_size)
-        self.trial_offsets = (torch.tensor(strengths)[:, None] * torch.tensor(offsets)[None]).to(self.device)
-        self.trial_offsets = self.trial_offsets.view(len(strengths), 1, -1, *spatial)
-        self.loss = SegmentationLoss(
-            batch_dice=self.config_plan.batch_dice,
-            topk_percent=self.recipe.topk_percent,
-            class_weights=None if weights is None else torch.tensor(weights, dtype=torch.float32),
-            scheme=self.scheme,
-        )
-        self.optimizer = self.recipe.make_optimizer(self.network.parameters())
-        if checkpoint is not None:
-            self._restore(checkpoint)
-            self.adjustment_strength = choose_adjustment_strength(self.history)
-        elif self.recipe.head_bias_prior and frequencies is not None:
-            set_head_bias_to_prior(self.network, torch.from_numpy(frequencies).float(), self.scheme.objective)
-        if self.budget is not None and self.dist.is_main:
+            fitted = self.budget.fit(self.elapsed_before_s, 0 if state is None else state.epoch + 1)
+            self.planned_epochs = self.record.dist.from_main(fitted)
+        recipe = run_recipe(self.record, checkpoint, self.planned_epochs)
+        self.parts = build_parts(self.record, network, augment, recipe, pretrained=pretrained, fresh=state is None)
+        self._start_loop(checkpoint)
+        if self.budget is not None and self.record.dist.is_main:
             print(self.budget.describe(self.planned_epochs, config.iters_per_epoch))
-        self.tracker = start_tracker(self)
-
-    # ------------------------------------------------------------------------------------------ setup
-
-    def _previous_stage_files(self) -> dict[str, Path] | None:
-        """A cascade stage's input: every case's segmentation by the previous stage's fold that validated it."""
-        if self.config_plan.previous_stage is None:
-            return None
-        return previous_stage_files(
-            self.workspace,
-            self.config_plan.previous_stage,
-            self.train_config.configuration,
-            sorted(set(self.train_ids) | set(self.val_ids)),
-            self.splits,
+        self.tracker, self.run_id = start_tracker(
+            self.record, recipe, self.planned_epochs, pretrained=pretrained, resume_run_id=self.run_id
         )
 
-    def _restore(self, checkpoint: Checkpoint) -> None:
-        state = checkpoint.training
-        assert state is not None  # checked by _resumable
-        load_weights(self.network, checkpoint.network_state, self.fold_paths.latest)
+    # ------------------------------------------------------------------------------------------ state
+
+    def _start_loop(self, checkpoint: Checkpoint | None) -> None:
+        """The loop's state: from the start, or where the resumed ``checkpoint`` left off (weights, optimizer,
+        grad scaler, history, EMA, MLflow run id and random streams restored)."""
+        state = None if checkpoint is None else checkpoint.training
+        self.epoch = 0 if state is None else state.epoch + 1
+        self.history = [] if state is None else list(state.history)
+        self.ema = None if state is None else state.ema
+        self.best_ema = -math.inf if state is None else state.best_ema
+        self.run_id = None if state is None else state.run_id
+        self.epoch_walls = []
+        self.adjustment_strength = 0.0 if state is None else choose_adjustment_strength(self.history)
+        if checkpoint is None or state is None:
+            return
+        load_weights(self.network, checkpoint.network_state, self.record.fold_paths.latest)
         self.optimizer.load_state_dict(state.optimizer)
         if state.scaler:
-            self.scaler.load_state_dict(state.scaler)
-        self.epoch = state.epoch + 1
-        self.history = list(state.history)
-        self.ema = state.ema
-        self.best_ema = state.best_ema
-        self.run_id = state.run_id
+            self.parts.scaler.load_state_dict(state.scaler)
         restore_rng_state(state.rng)
-        self.generator.set_state(state.generator)
-
-    def _recipe(self, checkpoint: Checkpoint | None) -> Recipe:
-        """The run's recipe: a resumed run keeps its own; options override single fields of a new one."""
-        overrides = {
-            name: getattr(self.train_config, name) for name in RECIPE_FIELDS if hasattr(self.train_config, name)
-        }
-        if checkpoint is not None and checkpoint.training is not None:
-            return resumed_recipe(checkpoint.training.recipe, overrides, self.fold_paths.latest)
-        return choose_recipe(
-            self.train_config.recipe,
-            preset_recipe=self.plan.preset_values.training_recipe,
-            total_iterations=self.planned_epochs * self.train_config.iters_per_epoch,
-        ).with_overrides(**overrides)
+        self.parts.generator.set_state(state.generator)
 
     def _checkpoint(self, epoch: int, *, finished: bool, with_training: bool) -> Checkpoint:
         self.run_id = self.tracker.run_id or self.run_id  # a run created late (server back after an outage)
@@ -245,20 +152,20 @@ class Trainer:
                 best_ema=self.best_ema,
                 run_id=self.run_id,
                 optimizer=self.optimizer.state_dict(),
-                scaler=self.scaler.state_dict() if self.use_amp else None,
+                scaler=self.parts.scaler.state_dict() if self.parts.use_amp else None,
                 rng=capture_rng_state(),
-                generator=self.generator.get_state(),
-                train_config=asdict(self.train_config),
+                generator=self.parts.generator.get_state(),
+                train_config=asdict(self.record.config),
                 recipe=asdict(self.recipe),
                 planned_epochs=self.planned_epochs,
                 elapsed_s=self._elapsed_s(),
             )
         return Checkpoint(
-            plan=self.plan,
-            configuration=self.train_config.configuration,
-            fold=self.train_config.fold,
+            plan=self.record.plan,
+            configuration=self.record.config.configuration,
+            fold=self.record.config.fold,
             network_state=self.network.state_dict(),
-            deep_supervision=self.deep_supervision,
+            deep_supervision=self.record.deep_supervision,
             finished=finished,
             epochs_trained=epoch + 1,
             nnseg_version=__version__,
@@ -271,14 +178,45 @@ class Trainer:
         """What the checkpoints record for inference: the full adjustment at the chosen strength."""
         return None if self.full_adjustment is None else self.full_adjustment.scaled(self.adjustment_strength)
 
+    # the parts and options by their names (tests, benchmarks)
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.parts.network
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.parts.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.parts.optimizer
+
+    @property
+    def loss(self) -> SegmentationLoss:
+        return self.parts.loss
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.parts.recipe
+
+    @property
+    def full_adjustment(self) -> LogitAdjustment | None:
+        return self.parts.full_adjustment
+
+    @property
+    def pretrained(self) -> TransferReport | None:
+        return self.parts.pretrained
+
     # ------------------------------------------------------------------------------------------ steps
 
     def _to_device(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Image and seg on the device; a cascade's previous-stage segmentation rides along as seg channel 1."""
-        image = torch.from_numpy(batch.image).to(self.device, non_blocking=True)
-        seg = torch.from_numpy(batch.seg).to(self.device, non_blocking=True)
+        device = self.record.device
+        image = torch.from_numpy(batch.image).to(device, non_blocking=True)
+        seg = torch.from_numpy(batch.seg).to(device, non_blocking=True)
         if batch.previous is not None:
-            previous = torch.from_numpy(batch.previous).to(self.device, non_blocking=True)
+            previous = torch.from_numpy(batch.previous).to(device, non_blocking=True)
             seg = torch.cat([seg, previous.to(seg.dtype)], 1)
         return image, seg
 
@@ -288,39 +226,40 @@ class Trainer:
         """(network input, labels): a cascade's seg channel 1 moved to the image as (augmented) one-hot channels."""
         if seg.shape[1] == 1:
             return image, seg
-        return append_previous_stage(image, seg, self.scheme, self.cascade_augment if augment else None, self.generator)
+        cascade = self.parts.cascade_augment if augment else None
+        return append_previous_stage(image, seg, self.record.scheme, cascade, self.parts.generator)
 
     def _forward_loss(self, image: torch.Tensor, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with torch.autocast(self.record.device.type, dtype=torch.float16, enabled=self.parts.use_amp):
             output = self.model(image)
         return output, self.loss(output, seg)
 
     def train_step(self, batch: Batch) -> float:
         image, seg = self._to_device(batch)
-        image, seg = self.augment(image, seg, self.generator)
+        image, seg = self.parts.augment(image, seg, self.parts.generator)
         image, seg = self._with_previous_stage(image, seg, augment=True)
         self.optimizer.zero_grad(set_to_none=True)
         _, loss = self._forward_loss(image, seg)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
+        self.parts.scaler.scale(loss).backward()
+        self.parts.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), GRAD_CLIP)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.parts.scaler.step(self.optimizer)
+        self.parts.scaler.update()
         return float(loss.detach())
 
     @torch.no_grad()
     def val_step(self, batch: Batch) -> tuple[float, torch.Tensor]:
         """Loss and (strengths, 3, classes) pseudo-Dice counts: one row per logit adjustment strength tried."""
         image, seg = self._to_device(batch)
-        patch = self.config_plan.patch_size
+        patch = self.record.config_plan.patch_size
         image, seg = center_crop(image, patch), center_crop(seg, patch)
         image, seg = self._with_previous_stage(image, seg, augment=False)
         output, loss = self._forward_loss(image, seg)
         main = (output[0] if isinstance(output, list) else output).float()
-        scheme = self.scheme
+        scheme = self.record.scheme
         classes, target = list(scheme.foreground.values()), seg[:, 0].long()
         counts = []
-        for offsets in self.trial_offsets:
+        for offsets in self.parts.trial_offsets:
             predicted = scheme.segmentation(scheme.probabilities(main + offsets, dim=1), dim=1)
             assert isinstance(predicted, torch.Tensor)
             counts.append(pseudo_dice_counts(predicted, target, classes, scheme.ignore_value))
@@ -329,41 +268,40 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ loop
 
     def _samplers(self) -> tuple[Prefetcher, Prefetcher | None]:
-        batch = self.train_config.batch_size or self.config_plan.batch_size
-        per_rank = max(1, math.ceil(batch / self.dist.world_size))
-        region = self.augment.sampling_patch_size
-        seed = self.train_config.seed + 1000 * self.dist.rank + self.epoch
+        run, config_plan = self.record, self.record.config_plan
+        region = self.parts.augment.sampling_patch_size
+        seed = run.config.seed + 1000 * run.dist.rank + self.epoch
         train = PatchSampler(
-            self.data_dir,
-            self.train_ids,
+            run.data_dir,
+            run.train_ids,
             region,
-            per_rank,
-            dimensions=self.config_plan.dimensions,
+            run.batch_per_rank,
+            dimensions=config_plan.dimensions,
             oversample_foreground=self.recipe.oversample_foreground,
             seed=seed,
-            previous_stage=self.previous_stage,
-            border=[r - p for r, p in zip(region, self.config_plan.patch_size)],
+            previous_stage=run.previous_stage,
+            border=[r - p for r, p in zip(region, config_plan.patch_size)],
         )
         val = None
-        if self.train_config.val_iters and self.val_ids:
+        if run.config.val_iters and run.val_ids:
             val = PatchSampler(
-                self.data_dir,
-                self.val_ids,
-                self.config_plan.patch_size,
-                per_rank,
-                dimensions=self.config_plan.dimensions,
+                run.data_dir,
+                run.val_ids,
+                config_plan.patch_size,
+                run.batch_per_rank,
+                dimensions=config_plan.dimensions,
                 oversample_foreground=self.recipe.oversample_foreground,
                 seed=seed + 1,
-                previous_stage=self.previous_stage,
+                previous_stage=run.previous_stage,
             )
-        threads = max(1, self.train_config.loader_threads)
+        threads = max(1, run.config.loader_threads)
         return Prefetcher(train, threads=threads), (Prefetcher(val, threads=1) if val else None)
 
     def run(self) -> TrainResult:
         """Train from the current epoch to the end (or the wall-time budget), then validate."""
-        started = time.perf_counter()
+        started, dist = time.perf_counter(), self.record.dist
         train_loader = val_loader = None
-        status = "FAILED"
+        status: RunStatus = "FAILED"
         try:
             train_loader, val_loader = self._samplers()
             while self.epoch < self.planned_epochs:
@@ -371,23 +309,18 @@ class Trainer:
                 self._epoch(train_loader, val_loader)
                 self.epoch_walls.append(time.perf_counter() - epoch_started)
                 if self.budget is not None:
-                    fitted = self.dist.from_main(self.budget.fit(self._elapsed_s(), self.epoch, self.epoch_walls))
-                    if fitted != self.planned_epochs and self.dist.is_main:  # the epoch logged the fit before it
+                    fitted = dist.from_main(self.budget.fit(self._elapsed_s(), self.epoch, self.epoch_walls))
+                    if fitted != self.planned_epochs and dist.is_main:  # the epoch logged the fit before it
                         self.tracker.log_metrics({"planned_epochs": float(fitted)}, step=self.epoch - 1)
                     self.planned_epochs = fitted
-                if (
-                    self.train_config.max_wall_time_s
-                    and time.perf_counter() - started > self.train_config.max_wall_time_s
-                ):
-                    if self.dist.is_main:
-                        print(
-                            f"stopping after epoch {self.epoch - 1}: wall-time budget of "
-                            f"{self.train_config.max_wall_time_s:.0f} s reached"
-                        )
+                limit = self.record.config.max_wall_time_s
+                if limit and time.perf_counter() - started > limit:
+                    if dist.is_main:
+                        print(f"stopping after epoch {self.epoch - 1}: wall-time budget of {limit:.0f} s reached")
                     break
             validation = self._finish()
             status = "FINISHED"
-            if self.budget is not None and self.dist.is_main:
+            if self.budget is not None and dist.is_main:
                 print(
                     f"trained {self.epoch} epoch(s) in {self._elapsed_s():.0f} s, validation included, "
                     f"of a {self.budget.seconds:.0f} s time budget"
@@ -400,22 +333,22 @@ class Trainer:
                 if loader is not None:
                     loader.close()
             self.tracker.end(status)
-            self.dist.close()
-        return TrainResult(self.fold_dir, self.epoch, float(self.ema or 0.0), self.run_id, validation)
+            dist.close()
+        return TrainResult(self.record.fold_paths.root, self.epoch, float(self.ema or 0.0), self.run_id, validation)
 
     def _epoch(self, train_loader: Prefetcher, val_loader: Prefetcher | None) -> None:
-        epoch_start = time.perf_counter()
-        iters = self.train_config.iters_per_epoch
+        epoch_start, dist = time.perf_counter(), self.record.dist
+        iters = self.record.config.iters_per_epoch
         total = self.planned_epochs * iters
         lr = self.recipe.learning_rate(self.epoch * iters, iters, total)
         self.model.train()
         losses = []
         bar = progress(
-            range(self.train_config.iters_per_epoch),
-            total=self.train_config.iters_per_epoch,
+            range(iters),
+            total=iters,
             desc=f"epoch {self.epoch}/{self.planned_epochs}",
             unit="it",
-            enabled=self.show_progress,
+            enabled=self.record.show_progress,
         )
         for iteration in bar:
             for group in self.optimizer.param_groups:
@@ -423,66 +356,66 @@ class Trainer:
             losses.append(self.train_step(next(train_loader)))
             if not math.isfinite(losses[-1]):
                 self._diverged(f"the training loss is {losses[-1]} at iteration {iteration}")
-            if self.show_progress and hasattr(bar, "set_postfix"):
+            if self.record.show_progress and hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
-        train_loss = float(self.dist.sum(torch.tensor(np.mean(losses))) / self.dist.world_size)
-        record: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss, "lr": lr}
+        train_loss = float(dist.sum(torch.tensor(np.mean(losses))) / dist.world_size)
+        entry: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss, "lr": lr}
         if val_loader is not None:
             self.model.eval()
             val_losses = []
-            counts = torch.zeros(len(self.trial_offsets), 3, len(self.scheme.foreground), device=self.device)
-            for _ in range(self.train_config.val_iters):
+            counts = torch.zeros(len(self.parts.trial_offsets), 3, len(self._class_names()), device=self.record.device)
+            for _ in range(self.record.config.val_iters):
                 loss, batch_counts = self.val_step(next(val_loader))
                 val_losses.append(loss)
                 counts += batch_counts
-            tp, fp, fn = self.dist.sum(counts).cpu().unbind(1)
-            per_strength = 2 * tp / torch.clamp(2 * tp + fp + fn, min=1)  # (strengths, classes)
+            tp, fp, fn = dist.sum(counts).cpu().unbind(1)
+            per_strength = dice_per_class(tp.numpy(), fp.numpy(), fn.numpy())  # (strengths, classes)
             if self.full_adjustment is not None:
-                record["adjustment_pseudo_dice"] = per_strength.mean(1).tolist()
-                self.adjustment_strength = choose_adjustment_strength([*self.history, record])
-                record["adjustment_strength"] = self.adjustment_strength
+                entry["adjustment_pseudo_dice"] = per_strength.mean(1).tolist()
+                self.adjustment_strength = choose_adjustment_strength([*self.history, entry])
+                entry["adjustment_strength"] = self.adjustment_strength
             dice = per_strength[ADJUSTMENT_STRENGTHS.index(self.adjustment_strength)].tolist()
             mean_dice = float(np.mean(dice))
             self.ema = mean_dice if self.ema is None else EMA_DECAY * self.ema + (1 - EMA_DECAY) * mean_dice
-            record.update(
-                val_loss=float(self.dist.sum(torch.tensor(np.mean(val_losses))) / self.dist.world_size),
+            entry.update(
+                val_loss=float(dist.sum(torch.tensor(np.mean(val_losses))) / dist.world_size),
                 pseudo_dice=dice,
                 mean_pseudo_dice=mean_dice,
                 ema_pseudo_dice=self.ema,
             )
-        record["epoch_time_s"] = time.perf_counter() - epoch_start
-        self.history.append(record)
-        if self.dist.is_main:
-            self._after_epoch(record)
+        entry["epoch_time_s"] = time.perf_counter() - epoch_start
+        self.history.append(entry)
+        if dist.is_main:
+            self._after_epoch(entry)
         self.epoch += 1
 
-    def _after_epoch(self, record: dict[str, Any]) -> None:
+    def _after_epoch(self, entry: dict[str, Any]) -> None:
         # metrics first, checkpoint last: a kill in between redoes this epoch and logs its step again,
         # whereas the other order could leave a checkpointed epoch whose metrics never reach MLflow
-        metrics = {"train_loss": record["train_loss"], "lr": record["lr"], "epoch_time_s": record["epoch_time_s"]}
+        metrics = {"train_loss": entry["train_loss"], "lr": entry["lr"], "epoch_time_s": entry["epoch_time_s"]}
         metrics["planned_epochs"] = float(self.planned_epochs)
-        if "val_loss" in record:
+        if "val_loss" in entry:
             metrics.update(
-                val_loss=record["val_loss"],
-                mean_pseudo_dice=record["mean_pseudo_dice"],
-                ema_pseudo_dice=record["ema_pseudo_dice"],
+                val_loss=entry["val_loss"],
+                mean_pseudo_dice=entry["mean_pseudo_dice"],
+                ema_pseudo_dice=entry["ema_pseudo_dice"],
             )
-            for name, value in zip(self._class_names(), record["pseudo_dice"]):
+            for name, value in zip(self._class_names(), entry["pseudo_dice"]):
                 metrics[f"pseudo_dice_{name}"] = value
-            if "adjustment_strength" in record:
-                metrics["logit_adjustment_strength"] = record["adjustment_strength"]
-        self.tracker.log_metrics(metrics, step=record["epoch"])
-        self.tracker.log_artifact(plot_curves(self.history, self.fold_paths.curves, self._class_names()))
+            if "adjustment_strength" in entry:
+                metrics["logit_adjustment_strength"] = entry["adjustment_strength"]
+        self.tracker.log_metrics(metrics, step=entry["epoch"])
+        self.tracker.log_artifact(plot_curves(self.history, self.record.fold_paths.curves, self._class_names()))
         improved = self.ema is not None and self.ema > self.best_ema
         if self.ema is not None and improved:
             self.best_ema = self.ema
         self._require_finite_weights()
-        self._checkpoint(self.epoch, finished=False, with_training=True).save(self.fold_paths.latest)
+        self._checkpoint(self.epoch, finished=False, with_training=True).save(self.record.fold_paths.latest)
         if improved:
-            self._checkpoint(self.epoch, finished=False, with_training=False).save(self.fold_paths.best)
-        if self.show_progress:
+            self._checkpoint(self.epoch, finished=False, with_training=False).save(self.record.fold_paths.best)
+        if self.record.show_progress:
             summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-            print(f"epoch {record['epoch']}: {summary}")
+            print(f"epoch {entry['epoch']}: {summary}")
 
     def _elapsed_s(self) -> float:
         """Wall time of the whole training, including earlier sessions of a resumed run."""
@@ -494,7 +427,7 @@ class Trainer:
 
     def _diverged(self, what: str) -> None:
         kept = (
-            f"the last good checkpoint ({self.fold_paths.latest}, epoch {self.epoch - 1}) is kept"
+            f"the last good checkpoint ({self.record.fold_paths.latest}, epoch {self.epoch - 1}) is kept"
             if self.epoch > 0
             else "no checkpoint was written"
         )
@@ -504,24 +437,24 @@ class Trainer:
         )
 
     def _class_names(self) -> list[str]:
-        return list(self.scheme.foreground)
+        return list(self.record.scheme.foreground)
 
     def _finish(self) -> dict | None:
-        validation = None
-        if self.dist.is_main:
-            self._checkpoint(self.epoch - 1, finished=True, with_training=False).save(self.fold_paths.final)
-            if self.train_config.final_validation and self.train_config.fold != "all" and self.val_ids:
+        run, validation = self.record, None
+        if run.dist.is_main:
+            self._checkpoint(self.epoch - 1, finished=True, with_training=False).save(run.fold_paths.final)
+            if run.config.final_validation and run.config.fold != "all" and run.val_ids:
                 validation = validate_fold(
-                    self.plan,
-                    self.train_config.configuration,
-                    self.fold_dir,
-                    self.val_ids,
-                    device=str(self.device),
-                    show_progress=self.show_progress,
-                    previous_stage=self.previous_stage,
+                    run.plan,
+                    run.config.configuration,
+                    run.fold_paths.root,
+                    run.val_ids,
+                    device=str(run.device),
+                    show_progress=run.show_progress,
+                    previous_stage=run.previous_stage,
                 )
-            log_finished_fold(self, validation)
-        self.dist.barrier()
+            log_finished_fold(run, self.tracker, self.epoch, validation)
+        run.dist.barrier()
         return validation
 
 

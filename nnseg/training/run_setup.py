@@ -6,9 +6,8 @@ Each check here stops the run before any epoch with a message naming the file an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,19 +17,14 @@ from nnseg.errors import NnsegError
 from nnseg.planning.plan import ConfigurationPlan, Plan
 from nnseg.planning.splits import load_or_create_splits
 from nnseg.preprocessing.preprocess import is_done, preprocessing_hash
+from nnseg.recipes import Recipe
+from nnseg.training.pretrained import TransferReport
+from nnseg.training.run_parameters import run_parameters
+from nnseg.training.run_record import FoldCases, RunRecord
 from nnseg.workspace import Workspace
 
 if TYPE_CHECKING:
-    from nnseg.training.loop import Trainer
-
-
-@dataclass(frozen=True)
-class FoldCases:
-    """The cross-validation splits and the cases one fold trains and validates on."""
-
-    splits: list[dict[str, list[str]]]
-    train_ids: list[str]
-    val_ids: list[str]
+    from nnseg.tracking import Tracker
 
 
 def fold_cases(
@@ -88,47 +82,51 @@ def resumable_checkpoint(
     return checkpoint
 
 
-def start_tracker(trainer: Trainer) -> Any:
-    """The run's tracker: MLflow on rank 0 (a resumed run continues its MLflow run), else a no-op."""
+def start_tracker(
+    record: RunRecord,
+    recipe: Recipe,
+    planned_epochs: int,
+    *,
+    pretrained: TransferReport | None = None,
+    resume_run_id: str | None = None,
+) -> tuple[Tracker, str | None]:
+    """The run's tracker, MLflow on rank 0 (``resume_run_id``: a resumed run continues its MLflow run) else a no-op,
+    and the run's id: the tracker's, or ``resume_run_id`` when the server is down (kept to resume later). A new run
+    logs its parameters (:func:`~nnseg.training.run_parameters.run_parameters`)."""
     from nnseg.tracking import NullTracker, default_tracking_uri, mlflow_with_fallback
-    from nnseg.training.run_parameters import run_parameters
 
-    config, plan = trainer.train_config, trainer.plan
-    if not (config.tracking and trainer.dist.is_main):
-        return NullTracker()
-    uri = config.tracking_uri or default_tracking_uri(trainer.workspace.root)
-    tracker = mlflow_with_fallback(uri, config.experiment or plan.dataset_name, trainer.fold_dir)
+    config, plan = record.config, record.plan
+    if not (config.tracking and record.dist.is_main):
+        return NullTracker(), resume_run_id
+    uri = config.tracking_uri or default_tracking_uri(record.workspace.root)
+    tracker = mlflow_with_fallback(uri, config.experiment or plan.dataset_name, record.fold_paths.root)
     tags = {
         "dataset": plan.dataset_name,
         "configuration": config.configuration,
         "fold": str(config.fold),
         "nnseg.version": plan.nnseg_version,
     }
-    if trainer.pretrained is not None:  # the source of a fine-tuned run, searchable in the UI
-        tags["pretrained.sha256"] = trainer.pretrained.sha256
-    resumed = trainer.run_id
-    trainer.run_id = (
-        tracker.start(f"{plan.dataset_name}/{config.configuration}/{config.fold_name}", tags, resume_run_id=resumed)
-        or resumed
-    )  # server down: keep the id to resume
-    if resumed is None:
-        tracker.log_params(run_parameters(trainer))
-    return tracker
+    if pretrained is not None:  # the source of a fine-tuned run, searchable in the UI
+        tags["pretrained.sha256"] = pretrained.sha256
+    run_id = tracker.start(record.run_name, tags, resume_run_id=resume_run_id) or resume_run_id
+    if resume_run_id is None:
+        tracker.log_params(run_parameters(record, recipe, planned_epochs, pretrained=pretrained))
+    return tracker, run_id
 
 
-def log_finished_fold(trainer: Trainer, validation: dict | None) -> None:
-    """Log the plan, fingerprint, splits, curves, validation summary and final checkpoint of a finished fold, and
-    the fold as an MLflow logged model with its final metrics (the checkpoint is not uploaded twice)."""
-    workspace, paths, tracker = trainer.workspace, trainer.fold_paths, trainer.tracker
+def log_finished_fold(record: RunRecord, tracker: Tracker, epochs_done: int, validation: dict | None) -> None:
+    """Log the plan, fingerprint, splits, curves, validation summary and final checkpoint of a fold finished after
+    ``epochs_done`` epochs, and the fold as an MLflow logged model with its final metrics (the checkpoint is not
+    uploaded twice)."""
+    workspace, paths, config = record.workspace, record.fold_paths, record.config
     for path in (workspace.plans, workspace.fingerprint, workspace.splits, paths.curves, paths.validation_summary):
         if path.is_file():
             tracker.log_artifact(path)
     tracker.log_artifact(paths.final, artifact_path="model")
-    config = trainer.train_config
     tracker.log_model(
-        f"{trainer.plan.dataset_name}-{config.configuration}-{config.fold_name}",
+        f"{record.plan.dataset_name}-{config.configuration}-{config.fold_name}",
         paths.final,
-        step=trainer.epoch - 1,
+        step=epochs_done - 1,
         metrics={} if validation is None else {"final_val_mean_dice": validation["mean_dice"]},
-        params={"configuration": config.configuration, "fold": str(config.fold), "epochs": trainer.epoch},
+        params={"configuration": config.configuration, "fold": str(config.fold), "epochs": epochs_done},
     )

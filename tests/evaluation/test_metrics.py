@@ -284,3 +284,12 @@ def test_metric_names_are_checked():
         compute_metrics(pred, ref, SPACING, {"a": 1}, metrics=("dice", "hd95"))
     with pytest.raises(ValueError, match="no metric"):
         compute_metrics(pred, ref, SPACING, {"a": 1}, metrics=())
+
+
+def test_pseudo_dice_per_class_keeps_the_empty_mask_convention() -> None:
+    from nnseg.evaluation.metrics import dice_from_counts, dice_per_class
+
+    tp, fp, fn = np.array([[5, 0, 0]]), np.array([[1, 0, 3]]), np.array([[4, 0, 0]])
+    scores = dice_per_class(tp, fp, fn)
+    assert scores.shape == (1, 3)
+    assert scores[0].tolist() == [dice_from_counts(5, 1, 4), 1.0, 0.0]  # an empty class is 1, as in metrics.json

@@ -193,7 +193,7 @@ def test_trainer_transfers_on_a_fresh_start_only(
     assert trainer.pretrained is not None and "pretrained weights:" in capsys.readouterr().out
     key = "input_block.conv1.conv.weight"
     torch.testing.assert_close(trainer.network.state_dict()[key], network.state_dict()[key])
-    parameters = run_parameters(trainer)
+    parameters = run_parameters(trainer.record, trainer.recipe, trainer.planned_epochs, pretrained=trainer.pretrained)
     assert parameters["pretrained"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert parameters["trainer"]["pretrained"] == str(path)
     trainer.run()
@@ -201,7 +201,9 @@ def test_trainer_transfers_on_a_fresh_start_only(
     latest = Checkpoint.load(preprocessed_work / "models" / "3d_fullres" / "fold_0" / "checkpoint_latest.pt")
     resumed = Trainer(preprocessed_work, _config(epochs=2, pretrained=str(path)), show_progress=False)
     assert resumed.pretrained is None and "not applied again" in capsys.readouterr().out
-    assert "pretrained" not in run_parameters(resumed)
+    assert "pretrained" not in run_parameters(
+        resumed.record, resumed.recipe, resumed.planned_epochs, pretrained=resumed.pretrained
+    )
     for name, value in latest.network_state.items():  # the trained weights, not the source's again
         torch.testing.assert_close(resumed.network.state_dict()[name], value, atol=0, rtol=0)
     assert not torch.equal(latest.network_state[key], network.state_dict()[key])
