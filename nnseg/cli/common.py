@@ -30,10 +30,18 @@ def triple(kind: type) -> Callable[[str], tuple]:
     return parse
 
 
-def add_folds_option(parser: argparse.ArgumentParser, help: str) -> None:
-    """``-f/--folds K [K ...]`` of the commands that take trained folds (export, register): None means their default."""
+def add_trained_model_options(parser: argparse.ArgumentParser, help: str) -> None:
+    """``-c/--config NAME`` and ``-f/--folds K [K ...]`` of the commands that take trained folds (export,
+    register): None means the default of :func:`nnseg.inference.model.open_model`."""
     from nnseg.options import cli_type, fold
 
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=None,
+        metavar="NAME",
+        help="configuration of a work folder (default: 3d_fullres when trained, else the only one trained)",
+    )
     parser.add_argument(
         "-f", "--folds", nargs="+", type=cli_type(fold, "--folds"), default=None, metavar="K", help=help
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nnseg.cli.common import EXIT_OK, add_folds_option, warn
+from nnseg.cli.common import EXIT_OK, add_trained_model_options, warn
 from nnseg.options import cli_type, positive_int
 
 
@@ -31,14 +31,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-m", "--model", type=Path, required=True, help="work folder, models/<config> folder, fold folder or checkpoint"
     )
-    p.add_argument(
-        "-c",
-        "--config",
-        default=None,
-        metavar="NAME",
-        help="configuration of a work folder (default: 3d_fullres when trained, else the only one trained)",
-    )
-    add_folds_option(
+    add_trained_model_options(
         p, "folds to export (default: every cross-validation fold found; fold_all only when named or alone)"
     )
     # no argparse choices: an unknown format gets the same one-line NnsegError as from the Python API

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nnseg.cli.common import EXIT_OK, add_folds_option
+from nnseg.cli.common import EXIT_OK, add_trained_model_options
 
 
 def add_register(sub: argparse._SubParsersAction) -> None:
@@ -26,14 +26,7 @@ def add_register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI, else the work folder's mlflow.db)",
     )
-    p.add_argument(
-        "-c",
-        "--config",
-        default=None,
-        metavar="NAME",
-        help="configuration of a work folder (default: 3d_fullres when trained, else the only one trained)",
-    )
-    add_folds_option(p, "folds to include (default: every trained fold)")
+    add_trained_model_options(p, "folds to include (default: every trained fold)")
     p.add_argument("--alias", default=None, help="also point this alias (e.g. champion) at the new version")
     p.add_argument("--experiment", default=None, help="experiment of the logged model (default: the dataset name)")
     p.set_defaults(handler=_run_register)
