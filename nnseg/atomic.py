@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,13 +33,18 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # e.g. a full disk while writing: name the file
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, *, targets: Collection[str] | None = None) -> int:
-    """Delete temporaries of :func:`atomic_path` in ``folder`` whose writing process is gone; returns how many.
+    """Delete temporaries of :func:`atomic_path` in ``folder`` whose writing process is gone (and folders built
+    aside under the same pattern, e.g. an export's ``.<name>.<pid>.tmp/``); returns how many.
 
     Only names of this module's pattern are touched, and never one whose process is still running
     (another nnseg process may be writing into the same folder). ``targets`` limits it to temporaries of
@@ -51,16 +57,22 @@ def remove_stale_temporaries(folder: str | os.PathLike, *, targets: Collection[s
         return 0
     for path in folder.iterdir():
         match = _TEMPORARY.match(path.name)
-        if match is None or not path.is_file() or _alive(int(match["pid"])):
+        if match is None or process_alive(int(match["pid"])):
             continue
         if targets is not None and path.name[1 : match.start("pid") - 1] not in targets:
             continue
-        path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():  # a folder built aside (an export) by a killed process
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
         removed += 1
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (this process included)."""
+    if pid <= 0:
+        return False
     if pid == os.getpid():
         return True
     try:

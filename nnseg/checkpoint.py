@@ -245,6 +245,11 @@ class Checkpoint:
         try:
             payload = torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError:
+            if not zipfile.is_zipfile(path) and not _looks_pickled(path):
+                raise CheckpointError(
+                    f"{path}: not a PyTorch checkpoint (neither the zip archive torch.save writes nor a pickle); "
+                    "give an nnseg checkpoint (models/<config>/fold_<k>/checkpoint_final.pt)"
+                ) from None
             raise CheckpointError(_refusal(path)) from None
         except Exception as exc:  # torch raises many types for damaged files
             raise CheckpointError(
@@ -339,6 +344,12 @@ def _logit_adjustment(path: Path, value: Any) -> LogitAdjustment | None:
             f"{path}: damaged checkpoint (logit_adjustment must hold biases and offsets lists and a strength)"
         )
     return LogitAdjustment(tuple(biases), tuple(float(o) for o in offsets), float(strength))
+
+
+def _looks_pickled(path: Path) -> bool:
+    """Whether the file starts like a pickle (protocol 2+ opcode), as torch's legacy format does."""
+    with open(path, "rb") as handle:
+        return handle.read(1) == b"\x80"
 
 
 def _refusal(path: Path) -> str:

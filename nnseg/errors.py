@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (libraries' messages run over many lines), or its
+    type's name."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 class NnsegError(Exception):
     """An error caused by the user's input (a file, a folder, an option), with a message that says what to fix."""
 

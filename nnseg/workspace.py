@@ -75,6 +75,11 @@ class FoldPaths:
         return {p.stem: p for p in sorted(folder.glob("*.npy")) if not p.name.startswith(".")}
 
     @property
+    def lock(self) -> Path:
+        """Held by the process training this fold (:class:`nnseg.locks.FolderLock`)."""
+        return self.root / ".nnseg.lock"
+
+    @property
     def cache(self) -> Path:
         """Models converted for another backend from this fold's checkpoints (rebuilt when missing)."""
         return self.root / ".nnseg_cache"

@@ -98,7 +98,7 @@ def test_cascade_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
     # an export or a registered model holds one configuration's folds: a cascade stage is refused, naming the way
     code, out = run_cli(
-        ["export", "-m", work, "-c", "3d_cascade_fullres", "--format", "torchscript", "-o", tmp_path / "e"], capsys
+        ["export", "-m", work, "-c", "3d_cascade_fullres", "--format", "onnx", "-o", tmp_path / "e"], capsys
     )
     assert code == 2 and "3d_cascade_fullres is a cascade stage: an export cannot bundle" in out, out
     assert not (tmp_path / "e").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from nnseg.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Parser
@@ -55,7 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
-        return int(args.handler(args))
+        with warnings.catch_warnings():  # nnseg's warnings as one line each, for this call only
+            warnings.showwarning = _show_warning
+            return int(args.handler(args))
     except NnsegError as exc:
         print(f"nnseg: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -69,6 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nnseg: interrupted", file=sys.stderr)
         return 130
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    """``nnseg: warning: <message>`` for nnseg's own warnings; others as Python prints them."""
+    if category is UserWarning:
+        print(f"nnseg: warning: {message}", file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, *args[:2]).rstrip(), file=sys.stderr)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

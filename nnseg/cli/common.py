@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 from collections.abc import Callable
 
 EXIT_OK = 0
@@ -10,11 +12,31 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
+_NEGATIVE = re.compile(r"^-\.?\d")
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (exit 2) instead of the whole usage block."""
+    """argparse with a one-line error (exit 2) instead of the whole usage block, and values that start with a minus
+    (``--time-budget -5m``) given to their option, whose check then says what is wrong with them."""
 
     def error(self, message: str):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        tokens = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(_attach_negative_values(tokens), namespace)
+
+
+def _attach_negative_values(tokens: list[str]) -> list[str]:
+    """``--option -5m`` -> ``--option=-5m``: argparse takes ``-5m`` for an unknown option otherwise."""
+    joined: list[str] = []
+    for token in tokens:
+        previous = joined[-1] if joined else ""
+        if _NEGATIVE.match(token) and previous.startswith("--") and "=" not in previous:
+            joined[-1] = f"{previous}={token}"
+        else:
+            joined.append(token)
+    return joined
 
 
 def triple(kind: type) -> Callable[[str], tuple]:

@@ -1,4 +1,4 @@
-"""``nnseg export``: trained folds to ONNX, OpenVINO IR or TorchScript, checked against PyTorch."""
+"""``nnseg export``: trained folds to ONNX or OpenVINO IR, checked against PyTorch."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "export",
-        help="export trained models to ONNX, OpenVINO IR or TorchScript",
+        help="export trained models to ONNX or OpenVINO IR",
         description="Write each fold's network (eval mode, no deep-supervision heads, windows of the plan's patch "
         "size with a dynamic batch axis) and manifest.json (plan, labels, postprocessing, weights sha256, "
         f"parity). Each file's logits must match PyTorch's within {TOLERANCE:g} of the logits' scale (max(1, max "

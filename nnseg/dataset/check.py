@@ -331,8 +331,15 @@ def _check_label(dataset: Dataset, case: Case, reference: tuple[Path, Volume] | 
             "undeclared_label",
             f"label values {undeclared} are not declared in dataset.json labels (declared: {sorted(declared)}){hint}",
         )
+    ignore = dataset.labels.ignore_value
     if values <= {0}:
         add("warning", "empty_label", "label map is empty (background only)")
+    elif ignore is not None and values == {ignore}:
+        add(
+            "warning",
+            "all_ignore",
+            f"every voxel is the ignore label ({ignore}): the case teaches nothing; annotate part of it or drop it",
+        )
     scheme = dataset.labels
     if scheme.has_regions and not undeclared and not scheme.problems():
         lost = scheme.check_regions_reproduce(labels.astype(np.int64, copy=False))

@@ -375,6 +375,10 @@ def _load_msd(root: Path, raw: dict) -> Dataset:
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
             raise DatasetError(f'{json_path}: training[{index}] must be {{"image": ..., "label": ...}}')
+        outside = [entry[k] for k in ("image", "label") if isinstance(entry.get(k), str) and _leaves(entry[k])]
+        if outside:
+            problems.append(_outside_problem(f"training[{index}]", outside[0]))
+            continue
         image = (root / entry["image"]).resolve()
         label = (root / entry["label"]).resolve() if isinstance(entry.get("label"), str) else None
         case_id = _msd_case_id(image)
@@ -416,8 +420,10 @@ def _load_msd(root: Path, raw: dict) -> Dataset:
                 )
             )
     test_cases = []
-    for item in raw.get("test", []) or []:
-        if isinstance(item, str):
+    for index, item in enumerate(raw.get("test", []) or []):
+        if isinstance(item, str) and _leaves(item):
+            problems.append(_outside_problem(f"test[{index}]", item))
+        elif isinstance(item, str):
             test_path = (root / item).resolve()
             test_cases.append(Case(_msd_case_id(test_path), (test_path,), None, channels_in_one_file=True))
     return Dataset(
@@ -432,6 +438,22 @@ def _load_msd(root: Path, raw: dict) -> Dataset:
         test_cases=tuple(test_cases),
         problems=tuple(problems),
         raw_json=raw,
+    )
+
+
+def _leaves(entry: str) -> bool:
+    """Whether a dataset.json path leaves the dataset folder as written (absolute, or ``..`` past its root);
+    links inside the folder are the user's own layout and are followed as usual."""
+    return Path(entry).is_absolute() or os.path.normpath(entry).split(os.sep)[0] == ".."
+
+
+def _outside_problem(where: str, entry: str) -> Problem:
+    return Problem(
+        "error",
+        "outside_dataset",
+        "dataset.json",
+        f"{where}: {entry!r} lies outside the dataset folder; dataset.json names files inside it "
+        "(e.g. ./imagesTr/case_001.nii.gz): move or link the files into the dataset folder",
     )
 
 

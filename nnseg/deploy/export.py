@@ -1,16 +1,18 @@
-"""``nnseg export``: trained folds as ONNX, OpenVINO IR or TorchScript files, checked against PyTorch.
+"""``nnseg export``: trained folds as ONNX or OpenVINO IR files, checked against PyTorch.
 
     from nnseg.deploy.export import export_model
     manifest = export_model("nnseg_work", "exported", format="onnx")    # every cross-validation fold
-    predictor = nnseg.Predictor.from_export("exported")                 # no checkpoint needed
+    predictor = nnseg.open_model("exported").predictor()                # no checkpoint needed
 
 An export folder holds, per fold, the network in eval mode without deep-supervision heads, for windows
-``(N, channels, *patch)`` (N dynamic): ``fold_<k>.onnx``, ``fold_<k>.xml`` + ``.bin`` or ``fold_<k>.pt``; and
+``(N, channels, *patch)`` (N dynamic): ``fold_<k>.onnx`` or ``fold_<k>.xml`` + ``.bin``; and
 ``manifest.json``: nnseg version, format, precision, configuration, the plan (preprocessing and labels, so
 prediction needs no checkpoint), the postprocessing of ``inference.json`` when the work folder has one,
-each fold's weights sha256 (:func:`nnseg.inference.backends.weights_sha256`) and the parity figures: the
-largest |logit difference| from PyTorch on random patches and on preprocessed training cases. A fold off
-by more than the tolerance fails the export, and nothing is written (the folder is built aside and renamed).
+each fold's weights sha256 (:func:`nnseg.inference.backends.weights_sha256`), the SHA-256 of each of its files, the
+parity figures (the largest |logit difference| from PyTorch on random patches and on preprocessed training cases)
+and a digest of the manifest's content; loading checks all of it (:mod:`nnseg.inference.exported`). A fold off by
+more than the tolerance fails the export, and nothing is written (the folder is built aside and renamed; one
+export into a folder at a time, :class:`nnseg.locks.FolderLock`).
 
 ``precision="int8"`` (``--format openvino --int8``): each fold's fp32 IR, once it passed the parity check
 (its figures are the ones listed), is quantized by NNCF and checked by the Dice on the fold's validation
@@ -31,9 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from nnseg.atomic import remove_stale_temporaries
 from nnseg.checkpoint import Checkpoint, CheckpointError, load_weights
 from nnseg.deploy.quantize import fold_cases, reduce_precision, require_nncf
 from nnseg.deploy.settings import MIN_LABEL_AGREEMENT, TOLERANCE, QuantizationSettings
+from nnseg.digest import file_sha256
 from nnseg.errors import NnsegError
 from nnseg.inference import backends
 from nnseg.inference.checkpoints import require_single_stage
@@ -46,6 +50,7 @@ from nnseg.inference.exported import (
     is_export,
 )
 from nnseg.inference.model import open_model
+from nnseg.locks import FolderLock, lock_beside
 from nnseg.networks.registry import build_network
 from nnseg.schema import to_jsonable
 from nnseg.tracking.registry import is_model_uri
@@ -120,6 +125,8 @@ def export_model(
     channels = len(first.plan.channel_names)
     samples = {"random": _random_patches(random_patches, channels, config_plan.patch_size)}
     real = _real_patches(work, config_plan.data_identifier, config_plan.patch_size, real_cases)
+    lock = FolderLock(lock_beside(output), f"export folder {output}").acquire()  # one export into it at a time
+    remove_stale_temporaries(output.parent, targets={output.name})  # what a killed export left beside it
     scratch = output.parent / f".{output.name}.{os.getpid()}.tmp"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
@@ -147,7 +154,9 @@ def export_model(
                     on_warning=warn,
                 )
             sha = backends.weights_sha256(checkpoint.inference_state(path))
-            exported.append(FoldExport(checkpoint.fold, name, str(path), sha, parity, quantized))
+            fold_files = [name, str(Path(name).with_suffix(".bin"))] if format == "openvino" else [name]
+            hashes = {f: file_sha256(scratch / f) for f in fold_files}
+            exported.append(FoldExport(checkpoint.fold, name, str(path), sha, parity, quantized, hashes))
         shutil.rmtree(scratch / ".fp32", ignore_errors=True)
         manifest = Manifest(
             manifest_version=MANIFEST_VERSION,
@@ -165,6 +174,7 @@ def export_model(
         _replace_folder(scratch, output)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        lock.release()
     return manifest
 
 
@@ -210,8 +220,7 @@ def _write(format: str, network: torch.nn.Module, example: torch.Tensor, stem: P
     if format == "openvino":
         backends.save_openvino(backends.convert_openvino(network, example), stem.with_suffix(".xml"))
         return stem.name + ".xml"
-    backends.write_torchscript(network, example, stem.with_suffix(".pt"))
-    return stem.name + ".pt"
+    raise NnsegError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
 
 
 def _random_patches(count: int, channels: int, patch: Sequence[int]) -> torch.Tensor:

@@ -1,10 +1,13 @@
 """The MLflow pyfunc face of an nnseg predictor (registered by :func:`nnseg.deploy.registry.register_model`).
 
-Loading the model needs nnseg installed: MLflow stores only a reference to :class:`NnsegPyfuncModel`
-(an empty object, pickled by MLflow); everything real is in the model's artifacts, a small work folder::
+Loading the model needs nnseg installed, and runs only its code: the MLmodel names this module as the pyfunc
+``loader_module``; MLflow imports it and calls :func:`_load_pyfunc` with the model's data, a small work folder::
 
-    nnseg_model/plans.json  labels.json  nnseg_model.json  [inference.json]
-    nnseg_model/models/<configuration>/fold_<k>/checkpoint_final.pt
+    data/nnseg_model/plans.json  labels.json  nnseg_model.json  [inference.json]
+    data/nnseg_model/models/<configuration>/fold_<k>/checkpoint_final.pt
+
+Nothing is unpickled: the folder's files are checked against the SHA-256s its manifest recorded at registration
+(and the manifest against its own digest) before the checkpoints are read by nnseg's safe loader.
 
 Input: a table with an ``image`` column (path of a case's image: one file, a 4D file, or the ``_0000`` file
 of nnU-Net naming whose ``_0001``... siblings are read too) and an ``output`` column (the label map to
@@ -18,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd  # type: ignore[import-untyped]
-from mlflow.pyfunc import PythonModel
 
 from nnseg.errors import NnsegError
 from nnseg.inference.model import Model, open_model
 from nnseg.inference.predictor import Predictor
 from nnseg.io import split_suffix
-from nnseg.tracking.registry import ARTIFACT_KEY
+from nnseg.tracking.registry import verify_model_folder
 
 #: column names of the pyfunc model's input and output tables
 IMAGE_COLUMN = "image"
@@ -33,16 +35,22 @@ STATUS_COLUMN = "status"
 STATUS_OK = "ok"
 
 
-class NnsegPyfuncModel(PythonModel):
-    """Segments the images named in a table; holds no data (MLflow pickles it), the weights are artifacts."""
+def _load_pyfunc(data_path: str) -> NnsegPyfuncModel:
+    """MLflow's entry point (``loader_module``): the model folder at ``data_path``, checked, then opened."""
+    folder = Path(data_path)
+    verify_model_folder(folder, str(folder))
+    return NnsegPyfuncModel(open_model(folder))
 
-    def load_context(self, context: Any) -> None:
-        """Open the model folder (checkpoints read by nnseg's safe loader); networks are built on the first
-        prediction, per device."""
-        self._model: Model = open_model(Path(context.artifacts[ARTIFACT_KEY]))
+
+class NnsegPyfuncModel:
+    """Segments the images named in a table with an opened model; networks are built on the first prediction,
+    per device."""
+
+    def __init__(self, model: Model) -> None:
+        self._model = model
         self._predictors: dict[str, Predictor] = {}
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(self, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Write one label map per row; a table of ``output`` and ``status``.
 
         ``params``: ``device`` (``auto``, ``cpu``, ``cuda:0``...), ``postprocess`` (apply the model's

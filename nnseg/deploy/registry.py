@@ -5,9 +5,11 @@
     nnseg.open_model("models:/spleen@champion", tracking_uri="http://127.0.0.1:5000").predictor()
 
 The model is an MLflow *logged model* (in the experiment named after the dataset, tagged as model
-development) holding a small work folder as its artifact (see :mod:`nnseg.deploy.pyfunc_model`), registered
-as a new version of ``name``. Checkpoints are read with nnseg's safe loader (plain weights only); the only
-pickle is MLflow's reference to the empty :class:`~nnseg.deploy.pyfunc_model.NnsegPyfuncModel` class.
+development) holding a small work folder as its data (see :mod:`nnseg.deploy.pyfunc_model`), registered
+as a new version of ``name``. Nothing is pickled: the MLmodel names nnseg's loader module
+(:data:`nnseg.tracking.registry.LOADER_MODULE`), which MLflow imports from the installed nnseg; the folder's
+manifest records the SHA-256 of every file (checkpoints, plan, labels, postprocessing) and a digest of itself,
+checked before any use, and checkpoints are read with nnseg's safe loader (plain weights only).
 No environment variable and no global MLflow setting is written: every call goes through an explicit
 ``MlflowClient`` or passes the tracking URI along.
 """
@@ -22,13 +24,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nnseg.digest import file_sha256
-from nnseg.errors import NnsegError
+from nnseg.digest import file_sha256, json_sha256
+from nnseg.errors import NnsegError, first_line
 from nnseg.inference.checkpoints import CheckpointSource, require_single_stage
 from nnseg.inference.exported import is_export
 from nnseg.inference.model import Model, open_model
 from nnseg.schema import to_jsonable, write_json_atomic
-from nnseg.tracking.registry import ARTIFACT_KEY, first_line, is_model_uri, registry_client, registry_uri
+from nnseg.tracking.registry import ARTIFACT_KEY, LOADER_MODULE, is_model_uri, registry_client, registry_uri
 from nnseg.version import __version__
 from nnseg.workspace import Workspace
 
@@ -111,7 +113,8 @@ def _stage(root: Path, model: Model) -> dict[str, Any]:
     if model.work is not None and model.postprocessing is not None:
         shutil.copyfile(Workspace(model.work).inference_choice, mini.inference_choice)
         postprocessing = model.postprocessing.describe()
-    manifest = {
+    files = [mini.plans, mini.registered_labels, mini.inference_choice]
+    manifest: dict[str, Any] = {
         "nnseg_version": __version__,
         "configuration": model.configuration,
         "folds": list(model.folds),
@@ -120,8 +123,10 @@ def _stage(root: Path, model: Model) -> dict[str, Any]:
         "labels": to_jsonable(model.plan.labels),
         "postprocessing": postprocessing,
         "checkpoints_sha256": hashes,
+        "files_sha256": {p.relative_to(root).as_posix(): file_sha256(p) for p in files if p.is_file()},
         "trained_with": sorted({s.checkpoint.nnseg_version for s in model.checkpoints}),
     }
+    manifest["content_sha256"] = json_sha256(manifest)
     write_json_atomic(mini.registered_manifest, manifest)
     return manifest
 
@@ -134,7 +139,6 @@ def _log_and_register(
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
-    from nnseg.deploy.pyfunc_model import NnsegPyfuncModel
     from nnseg.tracking import MLflowTracker
 
     client = registry_client(uri)
@@ -154,10 +158,12 @@ def _log_and_register(
         )
         model_id = logged.model_id
         local = tmp / "mlflow_model"
+        # no pickle: MLmodel names nnseg's loader module, which MLflow imports from the installed nnseg; the model
+        # folder is plain data (checkpoints read by nnseg's safe loader after their hashes are checked)
         mlflow.pyfunc.save_model(
             path=str(local),
-            python_model=NnsegPyfuncModel(),
-            artifacts={ARTIFACT_KEY: str(root)},
+            loader_module=LOADER_MODULE,
+            data_path=str(root),
             signature=_signature(),
             input_example=_input_example(),
             metadata={"nnseg": manifest},

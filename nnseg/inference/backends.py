@@ -3,21 +3,24 @@
 A :class:`WindowRunner` is any callable ``(batch (n, c, *patch) float32 tensor) -> logits (n, classes, *patch)``;
 ``predict_sliding_window`` calls it per batch of windows. Implementations:
 
-* :class:`TorchRunner`: an ``nn.Module`` (a network built from a checkpoint, or a loaded TorchScript file);
+* :class:`TorchRunner`: an ``nn.Module`` (a network built from a checkpoint);
 * :class:`OnnxRuntimeRunner`: an ONNX file in an onnxruntime ``InferenceSession`` (CPU provider);
 * :class:`OpenVinoRunner`: an OpenVINO model compiled for the CPU, in fp32 unless asked otherwise
   (OpenVINO's own default on CPUs with AMX/AVX512-BF16 is bf16, which changes labels).
 
-The converters (:func:`write_onnx`, :func:`convert_openvino`, :func:`write_torchscript`) are shared by
+The converters (:func:`write_onnx`, :func:`convert_openvino`) are shared by
 ``nnseg export`` and by the conversion cache of checkpoints (:func:`cached_runner`): a checkpoint predicted
 with ``--backend openvino`` is converted once and kept as ``<fold>/.nnseg_cache/openvino_<key>.xml`` (+ .bin).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,13 +33,20 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from nnseg.atomic import atomic_path
+from nnseg.digest import file_sha256
 from nnseg.errors import NnsegError
 from nnseg.inference.config import BACKENDS, CPU_BACKENDS
 
 #: backends that run on the CPU only
 #: OpenVINO ``INFERENCE_PRECISION_HINT`` values nnseg accepts
 OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
-_PACKAGES = {"openvino": ("openvino", "openvino"), "onnxruntime": ("onnxruntime", "onnx"), "onnx": ("onnx", "onnx")}
+_PACKAGES = {
+    "openvino": ("openvino", "openvino"),
+    "onnxruntime": ("onnxruntime", "onnx"),
+    "onnx": ("onnx", "onnx"),
+    "onnxscript": ("onnxscript", "onnx"),
+}
 
 
 class WindowRunner(Protocol):
@@ -144,14 +154,6 @@ class OpenVinoRunner:
         return torch.from_numpy(np.array(self.compiled(_numpy(batch))[self.output], copy=True))
 
 
-def load_torchscript(path: str | os.PathLike, device: torch.device) -> TorchRunner:
-    """A TorchScript file (``nnseg export --format torchscript``) as a runner; needs no nnseg class."""
-    return TorchRunner(torch.jit.load(str(path), map_location=device).eval(), device)
-
-
-# ---------------------------------------------------------------------------------------------- converters
-
-
 def example_input(channels: int, patch_size: Sequence[int], batch: int = 1) -> torch.Tensor:
     """A deterministic input of the network's window shape (tracing only needs the shape)."""
     generator = torch.Generator().manual_seed(0)
@@ -159,30 +161,43 @@ def example_input(channels: int, patch_size: Sequence[int], batch: int = 1) -> t
 
 
 def write_onnx(network: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
-    """ONNX (opset 17) with a dynamic batch axis, by the TorchScript-based exporter (``dynamo=False``): it needs
-    no onnxscript and handles every nnseg architecture."""
+    """ONNX (opset 18) with a dynamic batch axis, by torch's ``torch.export``-based exporter (``dynamo=True``; the
+    TorchScript-based one is deprecated). Its diagnostics (optional torchvision ops, pytree notices) stay quiet."""
     require("onnx", "--format onnx")
-    with warnings.catch_warnings():
-        # instance norm without running statistics normalizes with the input's statistics in eval mode too,
-        # which is what the exporter writes ("train=True"); its warning about it is noise
-        warnings.filterwarnings("ignore", message=".*instance_norm.*", category=UserWarning)
-        torch.onnx.export(
-            network,
-            (example,),
-            str(path),
-            dynamo=False,
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-        )
+    require("onnxscript", "--format onnx")
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", message=".*instance_norm.*", category=UserWarning)
+            torch.onnx.export(
+                network,
+                (example,),
+                str(path),
+                dynamo=True,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                opset_version=18,
+                verbose=False,
+                external_data=False,
+            )
+    finally:
+        registration.setLevel(level)
 
 
 def convert_openvino(network: torch.nn.Module, example: torch.Tensor) -> Any:
-    """An ``ov.Model`` of ``network`` with a dynamic batch axis (weights kept in fp32)."""
+    """An ``ov.Model`` of ``network`` with a dynamic batch axis (weights kept in fp32), by OpenVINO's PyTorch
+    frontend. It traces with TorchScript inside, whose deprecation notices are OpenVINO's to act on and are kept
+    quiet here; its ``torch.export`` input gave logits up to 0.14 off PyTorch's on nnseg's instance-norm U-Nets
+    (OpenVINO 2026.4), so the traced path, checked by every export's parity test, stays."""
     ov = require("openvino", "--backend openvino")
     shape = ov.PartialShape([-1, *example.shape[1:]])
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         return ov.convert_model(network, example_input=example, input=[shape])
 
 
@@ -190,13 +205,6 @@ def save_openvino(model: Any, xml: Path) -> None:
     """Write IR ``xml`` + ``.bin`` with fp32 weights (``save_model`` would compress them to fp16)."""
     ov = require("openvino", "--format openvino")
     ov.save_model(model, str(xml), compress_to_fp16=False)
-
-
-def write_torchscript(network: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
-    """TorchScript by tracing (loads with plain ``torch.jit.load``; the batch axis stays dynamic for convnets)."""
-    with torch.no_grad():
-        traced = torch.jit.trace(network, example, check_trace=False)
-    torch.jit.save(traced, str(path))
 
 
 # ---------------------------------------------------------------------------------------------- weights and cache
@@ -231,33 +239,70 @@ def cached_runner(
 ) -> WindowRunner:
     """A CPU runner of ``network`` via ``backend``, converting only when ``cache_dir`` has no copy for ``key``.
 
-    The converted model is written to a temporary folder and renamed into place (the ``.xml``, read first,
-    last), so an interrupted conversion leaves no file that a later run would take for a complete one.
-    ``cache_dir`` None (weights not from a file) or unwritable: converted in memory every time.
+    The converted model is written to a temporary folder and renamed into place, then its record
+    ``<name>.json`` (the key and every file's SHA-256) is written: a copy is used only when its files match its
+    record, so an interrupted conversion, a damaged file or another model's files copied in are never run; such a
+    copy is converted again, with a warning saying so. ``cache_dir`` None (weights not from a file) or unwritable:
+    converted in memory every time.
     """
     option = f"--backend {backend}"
     require(backend, option)
     if backend == "openvino":
         final = None if cache_dir is None else cache_dir / f"openvino_{key}.xml"
-        if final is not None and final.is_file() and final.with_suffix(".bin").is_file():
-            return OpenVinoRunner(final, precision=precision)
+        if final is not None and _cached(final, key, (".bin", ".xml")):
+            try:
+                return OpenVinoRunner(final, precision=precision)
+            except Exception as exc:  # noqa: BLE001 - a file the runtime cannot read: converted again
+                _rebuilt(final, f"OpenVINO cannot read it ({exc})")
         model = convert_openvino(network, example)
         if final is not None:
-            _store(final, lambda path: save_openvino(model, path), (".bin", ".xml"))
+            _store(final, key, lambda path: save_openvino(model, path), (".bin", ".xml"))
         return OpenVinoRunner(model, precision=precision)
     final = None if cache_dir is None else cache_dir / f"onnx_{key}.onnx"
-    if final is not None and not final.is_file():
-        _store(final, lambda path: write_onnx(network, example, path), (".onnx",))
-    if final is not None and final.is_file():
-        return OnnxRuntimeRunner(final)
+    if final is not None and not _cached(final, key, (".onnx",)):
+        _store(final, key, lambda path: write_onnx(network, example, path), (".onnx",))
+    if final is not None and _cached(final, key, (".onnx",), warn=False):
+        try:
+            return OnnxRuntimeRunner(final)
+        except Exception as exc:  # noqa: BLE001
+            _rebuilt(final, f"ONNX Runtime cannot read it ({exc})")
     with tempfile.TemporaryDirectory(prefix="nnseg_onnx_") as scratch:  # the session keeps the model in memory
         write_onnx(network, example, Path(scratch) / "model.onnx")
         return OnnxRuntimeRunner(Path(scratch) / "model.onnx")
 
 
-def _store(final: Path, write: Any, suffixes: Sequence[str]) -> None:
-    """Write ``final`` (and its siblings with ``suffixes``) in a temporary folder beside it, then move them
-    into place in ``suffixes`` order. An unwritable cache folder is not an error: nothing is cached."""
+def _cached(final: Path, key: str, suffixes: Sequence[str], *, warn: bool = True) -> bool:
+    """Whether a complete, intact copy of ``final`` (and its siblings) is cached: its record names ``key`` and
+    every file's SHA-256 matches. Files present that fail the check are reported (they are converted again)."""
+    files = [final.with_suffix(suffix) for suffix in suffixes]
+    record = final.with_suffix(".json")
+    if not any(path.exists() for path in [*files, record]):
+        return False
+    try:
+        data = json.loads(record.read_text())
+        intact = data["key"] == key and {p.name: file_sha256(p) for p in files} == data["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        intact = False
+    if not intact and warn:
+        _rebuilt(final, f"its files do not match their record {record.name} (replaced, damaged or unfinished)")
+    return intact
+
+
+def _rebuilt(final: Path, why: str) -> None:
+    warnings.warn(
+        f"{final}: converted-model cache not used: {why}; converting the checkpoint again (deleting "
+        f"{final.parent} is always safe)",
+        UserWarning,
+        stacklevel=4,
+    )
+    for path in final.parent.glob(f"{final.stem}.*"):
+        path.unlink(missing_ok=True)
+
+
+def _store(final: Path, key: str, write: Any, suffixes: Sequence[str]) -> None:
+    """Write ``final`` (and its siblings with ``suffixes``) in a temporary folder beside it, move them into
+    place, then write their record (key and SHA-256s). An unwritable cache folder is not an error: nothing is
+    cached."""
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         scratch = final.parent / f".{final.stem}.{os.getpid()}.tmp"
@@ -267,8 +312,12 @@ def _store(final: Path, write: Any, suffixes: Sequence[str]) -> None:
         return
     try:
         write(scratch / final.name)
+        final.with_suffix(".json").unlink(missing_ok=True)  # no record while the files change
         for suffix in suffixes:
             os.replace(scratch / final.with_suffix(suffix).name, final.with_suffix(suffix))
+        files = {final.with_suffix(suffix).name: file_sha256(final.with_suffix(suffix)) for suffix in suffixes}
+        with atomic_path(final.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps({"key": key, "files": files}))
     except OSError:
         pass
     finally:

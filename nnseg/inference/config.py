@@ -16,9 +16,11 @@ BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
 CPU_BACKENDS = ("openvino", "onnxruntime")
 #: how label maps are written
 OUTPUT_FORMATS = ("nifti", "dicom-seg")
-#: ``nnseg export --format``, the runtime that runs each, and the precisions an export may have
-EXPORT_FORMATS = ("onnx", "openvino", "torchscript")
-EXPORT_RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino", "torchscript": "torch"}
+#: ``nnseg export --format``, the runtime that runs each, and the precisions an export may have. TorchScript is
+#: no longer offered: torch deprecates it (jit.save / jit.load warn), and its successor's loader
+#: (``torch.export.load``) unpickles, which nnseg never does with a model file
+EXPORT_FORMATS = ("onnx", "openvino")
+EXPORT_RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
 EXPORT_PRECISIONS = ("fp32", "int8", "bf16")
 
 

@@ -2,7 +2,7 @@
 runner per fold. Writing them is :mod:`nnseg.deploy.export`'s.
 
 An export folder holds, per fold, the network in eval mode without deep-supervision heads, for windows
-``(N, channels, *patch)`` (N dynamic): ``fold_<k>.onnx``, ``fold_<k>.xml`` + ``.bin`` or ``fold_<k>.pt``; and
+``(N, channels, *patch)`` (N dynamic): ``fold_<k>.onnx`` or ``fold_<k>.xml`` + ``.bin``; and
 ``manifest.json``: nnseg version, format, precision, configuration, the plan (preprocessing and labels, so
 prediction needs no checkpoint), the postprocessing of ``inference.json`` when the work folder had one, each fold's
 weights sha256 (:func:`nnseg.inference.backends.weights_sha256`) and the parity figures of the export.
@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nnseg.errors import NnsegError
+from nnseg.digest import file_sha256, json_sha256
+from nnseg.errors import NnsegError, first_line
 from nnseg.inference import backends
 from nnseg.inference.config import EXPORT_FORMATS, EXPORT_PRECISIONS, EXPORT_RUNTIMES
 from nnseg.planning.plan import Plan
@@ -28,7 +29,8 @@ from nnseg.schema import SchemaError, load_dataclass, read_json, write_json_atom
 #: the OpenVINO inference precision hint of each export precision (int8 layers run in int8 whatever the hint)
 OPENVINO_HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+#: 2: every file's SHA-256 (``files_sha256``) and a digest of the manifest's content (``content_sha256``)
+MANIFEST_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class FoldExport:
             <= ``t``) and ``label_agreement`` (>= :data:`MIN_LABEL_AGREEMENT`). ``real`` is None without
             preprocessed training cases; of the fp32 graph for an int8 export.
         quantization: int8 exports: calibration set and Dice figures (:mod:`nnseg.deploy.quantize`), else None.
+        files_sha256: every file of the fold (``file`` and, for OpenVINO, its ``.bin``), name -> SHA-256; checked
+            before the fold is loaded.
     """
 
     fold: int | str
@@ -49,6 +53,7 @@ class FoldExport:
     weights_sha256: str
     parity: dict[str, Any]
     quantization: dict[str, Any] | None = None
+    files_sha256: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,8 @@ class Manifest:
     labels: dict[str, Any]
     postprocessing: dict[str, Any] | None
     folds: tuple[FoldExport, ...]
+    #: digest of everything above (:func:`nnseg.digest.json_sha256`), written by :meth:`save`
+    content_sha256: str = ""
 
     @property
     def runtime(self) -> str:
@@ -96,12 +103,27 @@ class Manifest:
         return f"{self.configuration} {self.format} export {folder} (fold(s) {folds}, {self.precision})"
 
     def save(self, folder: Path) -> Path:
-        return write_json_atomic(folder / MANIFEST, asdict(self))
+        """Write ``manifest.json`` with the digest of its content."""
+        data = asdict(self)
+        data["content_sha256"] = json_sha256({k: v for k, v in data.items() if k != "content_sha256"})
+        return write_json_atomic(folder / MANIFEST, data)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> Manifest:
+        """Read and check ``manifest.json``: its version, the digest of its content, its plan and labels; every
+        problem is an NnsegError naming the file and saying to export again."""
         path = Path(folder) / MANIFEST
         data = read_json(path, "export manifest (written by nnseg export)")
+        fix = "export the model again (nnseg export)"
+        version = data.get("manifest_version") if isinstance(data, dict) else None
+        if version != MANIFEST_VERSION:
+            raise NnsegError(
+                f"{path}: manifest version {version!r}, this nnseg reads version {MANIFEST_VERSION} (with the "
+                f"hashes of every file); {fix}"
+            )
+        recorded = data.get("content_sha256")
+        if recorded != json_sha256({k: v for k, v in data.items() if k != "content_sha256"}):
+            raise NnsegError(f"{path}: its content does not match its digest (edited or damaged); {fix}")
         try:
             manifest = load_dataclass(cls, data, "manifest")
             if manifest.format not in EXPORT_FORMATS:
@@ -111,8 +133,16 @@ class Manifest:
                     f"precision: expected one of {', '.join(EXPORT_PRECISIONS)}, got {manifest.precision!r}"
                 )
             manifest.plan_object().configuration(manifest.configuration)
+            if manifest.labels != manifest.plan.get("labels"):
+                raise SchemaError("labels: differ from the plan's labels")
+            for entry in manifest.folds:
+                for name in (entry.file, *entry.files_sha256):
+                    if not name or Path(name).name != name or name in (".", ".."):
+                        raise SchemaError(f"fold {entry.fold}: file {name!r} is not a file of the export folder")
+                if entry.file not in entry.files_sha256:
+                    raise SchemaError(f"fold {entry.fold}: no SHA-256 recorded for {entry.file}")
         except (NnsegError, ValueError, TypeError) as exc:
-            raise NnsegError(f"{path}: damaged export manifest ({exc}); export the model again") from None
+            raise NnsegError(f"{path}: damaged export manifest ({exc}); {fix}") from None
         return manifest
 
 
@@ -134,11 +164,34 @@ def load_export(
     manifest = (manifest or Manifest.load(folder)).with_folds(folds, folder)
     runners = []
     for entry in manifest.folds:
+        verify_files(folder, entry.files_sha256)
         path = folder / entry.file
+        try:
+            runners.append(export_runner(manifest.format, path, manifest.precision, device or torch.device("cpu")))
+        except NnsegError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - each runtime has its own errors for a file it cannot read
+            raise NnsegError(
+                f"{path}: {EXPORT_RUNTIMES[manifest.format]} cannot read it ({first_line(exc)}); export the model again"
+            ) from None
+    return manifest, runners
+
+
+def verify_files(folder: Path, hashes: dict[str, str]) -> None:
+    """Every file of ``hashes`` lies in ``folder`` (no link out of it) with its recorded SHA-256; NnsegError
+    naming the first that does not."""
+    root = folder.resolve()
+    for name, recorded in hashes.items():
+        path = folder / name
         if not path.is_file():
             raise NnsegError(f"{path}: missing from the export; export the model again")
-        runners.append(export_runner(manifest.format, path, manifest.precision, device or torch.device("cpu")))
-    return manifest, runners
+        if path.resolve().parent != root:
+            raise NnsegError(f"{path}: points outside the export folder {folder}; export the model again")
+        if file_sha256(path) != recorded:
+            raise NnsegError(
+                f"{path}: does not match the SHA-256 recorded in {MANIFEST} (replaced or damaged); export the "
+                "model again"
+            )
 
 
 def export_runner(format: str, path: Path, precision: str, device: torch.device | None = None) -> backends.WindowRunner:
@@ -146,4 +199,4 @@ def export_runner(format: str, path: Path, precision: str, device: torch.device 
         return backends.OnnxRuntimeRunner(path)
     if format == "openvino":
         return backends.OpenVinoRunner(path, precision=OPENVINO_HINTS[precision])
-    return backends.load_torchscript(path, device or torch.device("cpu"))
+    raise NnsegError(f"{path}: {format} exports are no longer read; export the model again as onnx or openvino")

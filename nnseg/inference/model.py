@@ -37,7 +37,7 @@ from nnseg.inference.predictor import Predictor
 from nnseg.labels import LabelScheme
 from nnseg.planning.plan import Plan
 from nnseg.postprocessing import PostprocessingRule
-from nnseg.tracking.registry import download_model, is_model_uri
+from nnseg.tracking.registry import download_model, is_model_uri, verify_model_folder
 from nnseg.workspace import Workspace
 
 #: the configuration a work folder opens when none is named and it is trained
@@ -152,7 +152,10 @@ def open_model(
 
 
 def _open_checkpoints(source: str, path: Path, configuration: str | None, folds: Sequence[int | str] | None) -> Model:
-    """A work folder, ``models/<config>`` folder, fold folder or checkpoint file."""
+    """A work folder, ``models/<config>`` folder, fold folder or checkpoint file; a registered model's folder is
+    checked against the hashes recorded at registration first."""
+    if Workspace(path).registered_manifest.is_file():
+        verify_model_folder(path, source)
     chosen = configuration or _default_configuration(path)
     location, work = locate_model(path, chosen or DEFAULT_CONFIGURATION)
     checkpoints = load_checkpoints(find_checkpoints(location, folds))

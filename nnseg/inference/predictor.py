@@ -222,7 +222,7 @@ class Predictor:
         manifest = manifest or Manifest.load(folder)
         if backend not in ("auto", manifest.runtime):
             raise NnsegError(
-                f"--backend {backend}: {folder} is a {manifest.format} export, run by {manifest.runtime}; "
+                f"--backend {backend}: {folder} is an {manifest.format} export, run by {manifest.runtime}; "
                 "leave --backend auto, or predict from the checkpoints"
             )
         if prune_level is not None:

@@ -16,16 +16,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from nnseg.digest import file_sha256
-from nnseg.errors import NnsegError
+from nnseg.digest import file_sha256, json_sha256
+from nnseg.errors import NnsegError, first_line
 from nnseg.tracking.probe import probe_server
 from nnseg.tracking.uri import default_tracking_uri, is_http, sqlite_path
 from nnseg.workspace import DEFAULT_WORK_DIR, Workspace
 
 #: ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/@]+)|@(?P<alias>[^/@]+))/?$")
-#: the pyfunc artifact (and folder name) holding a registered model's folder
+#: the folder name of a registered model's folder inside the MLflow model (and its artifact key before 0.2)
 ARTIFACT_KEY = "nnseg_model"
+#: what MLflow imports to load a registered model (``mlflow.pyfunc.load_model``): nnseg's own, installed code
+LOADER_MODULE = "nnseg.deploy.pyfunc_model"
 
 
 def is_model_uri(model: object) -> bool:
@@ -121,16 +123,20 @@ def not_found(client: Any, name: str, exc: Exception) -> str:
 
 
 def artifact_folder(local: Path, key: str, uri: str) -> Path:
-    """The pyfunc artifact ``key`` inside a downloaded MLflow model folder."""
+    """The model folder inside a downloaded MLflow model: the pyfunc flavor's ``data`` (nnseg's loader module), or
+    an artifact ``key`` of models registered by earlier nnseg versions. Only read, never executed."""
     from mlflow.models import Model
 
     mlmodel = local / "MLmodel"
     if not mlmodel.is_file():
         raise NnsegError(f"{uri}: not an MLflow model (no MLmodel file)")
     try:
-        relative = Model.load(str(mlmodel)).flavors["python_function"]["artifacts"][key]["path"]
+        flavor = Model.load(str(mlmodel)).flavors["python_function"]
+        relative = flavor["data"] if flavor.get("data") else flavor["artifacts"][key]["path"]
     except (KeyError, TypeError):
-        raise NnsegError(f"{uri}: not an nnseg model (no {key!r} artifact); register it with nnseg register") from None
+        raise NnsegError(
+            f"{uri}: not an nnseg model (no model folder in it); register it with nnseg register"
+        ) from None
     folder = (local / relative).resolve()
     if not folder.is_dir() or local.resolve() not in folder.parents:
         raise NnsegError(f"{uri}: the model's {key!r} artifact is missing")
@@ -138,19 +144,35 @@ def artifact_folder(local: Path, key: str, uri: str) -> Path:
 
 
 def intact(folder: Path) -> bool:
-    """Every checkpoint in the manifest exists with its recorded SHA-256."""
+    """The model folder is as registered: its manifest matches its digest, and every file it lists (checkpoints,
+    plan, labels, postprocessing) lies inside the folder with its recorded SHA-256."""
     try:
-        hashes = json.loads(Workspace(folder).registered_manifest.read_text())["checkpoints_sha256"]
-        return bool(hashes) and all(file_sha256(folder / rel) == digest for rel, digest in hashes.items())
-    except (OSError, ValueError, KeyError, TypeError):
+        data = json.loads(Workspace(folder).registered_manifest.read_text())
+        if "content_sha256" in data and data["content_sha256"] != json_sha256(
+            {k: v for k, v in data.items() if k != "content_sha256"}
+        ):
+            return False
+        hashes = {**data["checkpoints_sha256"], **data.get("files_sha256", {})}
+        root = folder.resolve()
+        inside = all(root in (folder / rel).resolve().parents for rel in hashes)
+        return (
+            bool(data["checkpoints_sha256"])
+            and inside
+            and all(file_sha256(folder / rel) == digest for rel, digest in hashes.items())
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+
+
+def verify_model_folder(folder: Path, what: str) -> None:
+    """NnsegError unless :func:`intact`: a registered model's files were changed after registration."""
+    if not intact(folder):
+        raise NnsegError(
+            f"{what}: the model's files do not match the SHA-256s recorded at registration (changed or damaged); "
+            "register the model again"
+        )
 
 
 def cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "nnseg" / "registered"
-
-
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

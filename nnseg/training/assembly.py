@@ -21,6 +21,7 @@ from nnseg.atomic import remove_stale_temporaries
 from nnseg.checkpoint import Checkpoint, LogitAdjustment
 from nnseg.distributed import DistributedContext, resolve_device
 from nnseg.errors import NnsegError
+from nnseg.locks import FolderLock
 from nnseg.networks.plans import UNetPlusPlusPlan
 from nnseg.networks.registry import build_network
 from nnseg.planning.plan import Plan
@@ -34,7 +35,7 @@ from nnseg.training.losses import SegmentationLoss
 from nnseg.training.pretrained import TransferReport, start_from_pretrained
 from nnseg.training.run_record import RunRecord
 from nnseg.training.run_setup import fold_cases, resumable_checkpoint
-from nnseg.workspace import Workspace
+from nnseg.workspace import FoldPaths, Workspace
 
 #: the generators of different ranks start this far apart
 RANK_SEED_STRIDE = 7919
@@ -46,11 +47,32 @@ def open_run(work: str | os.PathLike | None, config: TrainConfig, *, show_progre
     this process's random streams (``seed + rank``); NnsegError for what cannot train."""
     workspace = Workspace.at(work)
     plan = Plan.load(workspace.plans)
-    config_plan = plan.configuration(config.configuration)
+    plan.configuration(config.configuration)  # an unknown configuration fails before the fold is touched
     device = resolve_device(config.device)
     dist = DistributedContext.from_launcher(device.type)
     device = dist.local_device(device)
     fold_paths = workspace.fold_paths(config.configuration, config.fold)
+    # one training per fold: a second process stops here, before it reads or writes anything of the fold
+    lock = FolderLock(fold_paths.lock, f"fold folder {fold_paths.root}").acquire() if dist.is_main else None
+    try:
+        return _record(workspace, plan, config, fold_paths, device, dist, show_progress, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _record(
+    workspace: Workspace,
+    plan: Plan,
+    config: TrainConfig,
+    fold_paths: FoldPaths,
+    device: torch.device,
+    dist: DistributedContext,
+    show_progress: bool,
+    lock: FolderLock | None,
+) -> RunRecord:
+    config_plan = plan.configuration(config.configuration)
     remove_stale_temporaries(fold_paths.root)
     remove_stale_temporaries(fold_paths.validation)
     if config_plan.next_stage is not None:
@@ -86,6 +108,7 @@ def open_run(work: str | os.PathLike | None, config: TrainConfig, *, show_progre
         dist=dist,
         deep_supervision=deep_supervision,
         show_progress=show_progress and dist.is_main,
+        lock=lock,
     )
 
 

@@ -99,7 +99,15 @@ class Trainer:
         self, work: str | os.PathLike | None, config: TrainConfig, *, resume: bool = True, show_progress: bool = True
     ) -> None:
         self.started = time.perf_counter()
-        self.record = open_run(work, config, show_progress=show_progress)
+        self.record = open_run(work, config, show_progress=show_progress)  # holds the fold's lock until run() ends
+        try:
+            self._assemble(config, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _assemble(self, config: TrainConfig, resume: bool) -> None:
+        """Everything after the record: the resumed checkpoint, network, time budget, recipe, parts, tracker."""
         checkpoint = resume_checkpoint(self.record) if resume else None
         state = None if checkpoint is None else checkpoint.training
         network, pretrained = initial_network(self.record, resuming=checkpoint is not None)
@@ -118,6 +126,12 @@ class Trainer:
         self.tracker, self.run_id = start_tracker(
             self.record, recipe, self.planned_epochs, pretrained=pretrained, resume_run_id=self.run_id
         )
+
+    def close(self) -> None:
+        """Leave the process group and release the fold's lock (the end of :meth:`run` does it)."""
+        self.record.dist.close()
+        if self.record.lock is not None:
+            self.record.lock.release()
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -333,7 +347,7 @@ class Trainer:
                 if loader is not None:
                     loader.close()
             self.tracker.end(status)
-            dist.close()
+            self.close()
         return TrainResult(self.record.fold_paths.root, self.epoch, float(self.ema or 0.0), self.run_id, validation)
 
     def _epoch(self, train_loader: Prefetcher, val_loader: Prefetcher | None) -> None:

@@ -16,6 +16,7 @@ import torch
 
 from nnseg.distributed import DistributedContext
 from nnseg.labels import LabelScheme
+from nnseg.locks import FolderLock
 from nnseg.planning.plan import ConfigurationPlan, Plan
 from nnseg.training.config import TrainConfig
 from nnseg.workspace import FoldPaths, Workspace
@@ -48,6 +49,7 @@ class RunRecord:
         dist: this process's place in the job.
         deep_supervision: whether the network trains its deep-supervision heads (the plan's flag and the option).
         show_progress: progress bars and per-epoch lines (rank 0 only).
+        lock: the fold folder's lock, held by rank 0 for the whole run (None on the other ranks).
     """
 
     config: TrainConfig
@@ -62,6 +64,7 @@ class RunRecord:
     dist: DistributedContext
     deep_supervision: bool
     show_progress: bool
+    lock: FolderLock | None = None
 
     @property
     def train_ids(self) -> list[str]:

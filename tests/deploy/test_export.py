@@ -113,14 +113,15 @@ def test_reloaded_export_matches_pytorch(exports: dict[str, Path], trained_work:
         assert float((got - expected).abs().max()) <= 1e-3
 
 
-def test_torchscript_loads_without_nnseg(exports: dict[str, Path]) -> None:
-    path = exports["torchscript"] / "fold_0.pt"
+def test_onnx_loads_without_nnseg(exports: dict[str, Path]) -> None:
+    path = exports["onnx"] / "fold_0.onnx"
     code = (
-        "import sys, torch; m = torch.jit.load(sys.argv[1]); "
-        "shape = json_shape = tuple(m(torch.zeros(2, 1, *[int(s) for s in sys.argv[2:]])).shape); "
+        "import sys, numpy as np, onnxruntime as ort; s = ort.InferenceSession(sys.argv[1]); "
+        "x = np.zeros((2, 1, *[int(v) for v in sys.argv[2:]]), np.float32); "
+        "shape = tuple(s.run(None, {s.get_inputs()[0].name: x})[0].shape); "
         "assert not any(k.startswith('nnseg') for k in sys.modules), 'nnseg imported'; print(shape)"
     )
-    patch = Manifest.load(exports["torchscript"]).input_shape[2:]
+    patch = Manifest.load(exports["onnx"]).input_shape[2:]
     result = subprocess.run(
         [sys.executable, "-c", code, str(path), *map(str, patch)], capture_output=True, text=True, timeout=120
     )
@@ -155,7 +156,7 @@ def test_a_failed_parity_check_writes_nothing(
     trained_work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     earlier = tmp_path / "out"
-    export_model(trained_work, earlier, format="torchscript", folds=[0])
+    export_model(trained_work, earlier, format="onnx", folds=[0])
     before = {p.name: p.read_bytes() for p in earlier.iterdir()}
     real_runner = export.export_runner
 
@@ -164,9 +165,9 @@ def test_a_failed_parity_check_writes_nothing(
         return lambda batch: runner(batch) + 0.01
 
     monkeypatch.setattr(export, "export_runner", off_by_a_hundredth)
-    code, output = run_cli(["export", "-m", trained_work, "--format", "torchscript", "-o", earlier], capsys)
+    code, output = run_cli(["export", "-m", trained_work, "--format", "onnx", "-o", earlier], capsys)
     assert code == 2
-    assert "fold 0: the torchscript export's logits differ from PyTorch's by up to 0.01 on random patches" in output
+    assert "fold 0: the onnx export's logits differ from PyTorch's by up to 0.01 on random patches" in output
     assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before  # the earlier export is kept whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary left behind
 
@@ -189,7 +190,7 @@ def test_the_parity_tolerance_is_relative_to_the_logits_scale(
 
     monkeypatch.setattr(export, "export_runner", scaled)
     monkeypatch.setattr(export, "_networks", larger_logits)
-    manifest = export_model(trained_work, tmp_path / "out", format="torchscript", folds=[0])
+    manifest = export_model(trained_work, tmp_path / "out", format="onnx", folds=[0])
     random = manifest.folds[0].parity["random"]
     assert random["max_abs_diff"] > 1e-3  # an absolute 1e-3 would refuse it
     assert random["relative_diff"] == pytest.approx(9e-4, rel=0.05) and random["label_agreement"] == 1.0
@@ -206,9 +207,9 @@ def test_an_export_that_changes_labels_writes_nothing(
 
     monkeypatch.setattr(export, "export_runner", swapped_classes)
     monkeypatch.setattr(export, "TOLERANCE", 1e9)  # only the label check can refuse it
-    code, output = run_cli(["export", "-m", trained_work, "--format", "torchscript", "-o", tmp_path / "out"], capsys)
+    code, output = run_cli(["export", "-m", trained_work, "--format", "onnx", "-o", tmp_path / "out"], capsys)
     assert code == 2
-    assert "fold 0: the torchscript export gives" in output and "another label than PyTorch" in output
+    assert "fold 0: the onnx export gives" in output and "another label than PyTorch" in output
     assert not (tmp_path / "out").exists()
 
 
@@ -223,7 +224,7 @@ class _Scaled(torch.nn.Module):
 
 def test_export_replaces_an_earlier_export(trained_work: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    export_model(trained_work, out, format="torchscript", folds=[0])
+    export_model(trained_work, out, format="onnx", folds=[0])
     code, output = run_cli(["export", "-m", trained_work, "-f", "0", "--format", "onnx", "-o", out], capsys)
     assert code == 0, output
     assert "fold 0: " in output and "max |logit diff| vs PyTorch: random" in output
@@ -244,7 +245,7 @@ def _no_package(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
-        ("format", "--format must be one of onnx, openvino, torchscript, got 'tflite'"),
+        ("format", "--format must be one of onnx, openvino, got 'tflite'"),
         ("openvino", "--format openvino needs the openvino package: pip install 'nnseg[openvino]'"),
         ("onnxruntime", "--format onnx needs the onnxruntime package: pip install 'nnseg[onnx]'"),
         ("model", "-m {tmp}/missing: not found; give a work folder"),
@@ -297,7 +298,7 @@ def test_export_folder_refuses_another_backend(
     exports: dict[str, Path], trained_work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     images = raw_dataset(trained_work) / "imagesTs"
-    args = ["predict", "-m", exports["torchscript"], "-i", images, "-o", tmp_path / "out", "--backend", "openvino"]
+    args = ["predict", "-m", exports["onnx"], "-i", images, "-o", tmp_path / "out", "--backend", "openvino"]
     code, output = run_cli(args, capsys)
     assert code == 2
-    assert "is a torchscript export, run by torch; leave --backend auto, or predict from the checkpoints" in output
+    assert "is an onnx export, run by onnxruntime; leave --backend auto, or predict from the checkpoints" in output

@@ -109,7 +109,7 @@ def test_force_writes_with_a_warning(int8_export: tuple[Path, str]) -> None:
     ("args", "message"),
     [
         (["--format", "onnx", "--int8"], "--int8 applies to --format openvino only, not --format onnx"),
-        (["--format", "torchscript", "--int8"], "--int8 applies to --format openvino only"),
+        (["--format", "onnx", "--int8"], "--int8 applies to --format openvino only"),
         (["--format", "openvino", "--force"], "--force: only with --int8 or --bf16"),
         (["--format", "openvino", "--max-dice-drop", "0.1"], "--max-dice-drop: only with --int8 or --bf16"),
         (["--format", "openvino", "--bf16", "--calibration-patches", "3"], "--calibration-patches: only with --int8"),

@@ -205,3 +205,53 @@ def test_cli(work: Path, reference: dict, tmp_path: Path, capsys: pytest.Capture
         main(["register", "--name", "cli"])
     assert exit_info.value.code == EXIT_BAD_INPUT
     assert "-m/--model" in capsys.readouterr().err
+
+
+class _Marker:
+    """Unpickling this creates a marker file: the attack a pickled pyfunc model allows."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path(self.path).touch, ())
+
+
+def test_a_registered_model_loads_without_unpickling_and_checks_its_files(
+    work: Path, reference: dict, tmp_path: Path, global_uri: pytest.MonkeyPatch
+) -> None:
+    """No pickle in the stored model (MLmodel names nnseg's loader module); a pickle planted in the store never
+    runs; a checkpoint changed in the store stops both mlflow.pyfunc.load_model and nnseg's own download."""
+    import pickle
+
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from nnseg.deploy.registry import register_model
+    from nnseg.inference.model import open_model
+
+    uri = f"sqlite:///{(tmp_path / 'store' / 'mlflow.db').as_posix()}"
+    global_uri.setenv("MLFLOW_TRACKING_URI", uri)
+    global_uri.setenv("MLFLOW_REGISTRY_URI", uri)
+    register_model(work, "safe", tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    logged = client.get_logged_model(client.get_model_version("safe", "1").tags["nnseg.logged_model_id"])
+    stored = Path(logged.artifact_location.removeprefix("file://"))
+    assert "loader_module: nnseg.deploy.pyfunc_model" in (stored / "MLmodel").read_text()
+    assert not [p for p in stored.rglob("*.pkl")], "nothing in the stored model is pickled"
+
+    marker = tmp_path / "code_ran"
+    (stored / "python_model.pkl").write_bytes(pickle.dumps(_Marker(str(marker))))
+    model = mlflow.pyfunc.load_model("models:/safe/1")
+    image = _test_images(work)[0]
+    result = model.predict(pd.DataFrame({"image": [str(image)], "output": [str(tmp_path / "out" / image.name)]}))
+    assert list(result["status"]) == ["ok"] and not marker.exists()
+    assert np.array_equal(read_volume(tmp_path / "out" / image.name).array, reference[image.name])
+
+    (checkpoint,) = stored.rglob("checkpoint_final.pt")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:-16] + b"\0" * 16)
+    with pytest.raises(NnsegError, match="do not match the SHA-256s recorded at registration"):
+        mlflow.pyfunc.load_model("models:/safe/1")
+    with pytest.raises(NnsegError, match="do not match the hashes recorded at registration"):
+        open_model("models:/safe/1", tracking_uri=uri, cache_dir=tmp_path / "cache")
