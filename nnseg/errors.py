@@ -10,6 +10,12 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's whole message on one line (its lines joined), cut at ``limit`` characters."""
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class NnsegError(Exception):
     """An error caused by the user's input (a file, a folder, an option), with a message that says what to fix."""
 

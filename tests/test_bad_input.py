@@ -571,3 +571,50 @@ def test_checkpoints_load_with_weights_only(trained_work: Path) -> None:
     for path in (trained_work / "models" / "3d_fullres" / "fold_0").glob("checkpoint_*.pt"):
         payload = torch.load(path, weights_only=True)  # raises if anything but plain data is inside
         assert payload["format"] == 2 and isinstance(payload["plan"], str)
+
+
+def test_a_corrupt_compressed_dicom_slice_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import generate_uid
+
+    series = tmp_path / "series"
+    series.mkdir()
+    for k in range(3):  # JPEG baseline slices whose compressed frames are garbage
+        ds = pydicom.dcmread(get_testdata_file("JPEG-lossy.dcm"))
+        ds.PixelData = encapsulate([b"\xff\xd8\xff\xe0" + b"\x00" * 64])
+        ds.SOPInstanceUID = generate_uid()
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [0.0, 0.0, float(k)]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [1.0, 1.0]
+        ds.save_as(series / f"img{k}.dcm")
+    from nnseg.errors import NnsegError
+    from nnseg.io.dicom import read_dicom_series
+
+    with pytest.raises(NnsegError) as caught:
+        read_dicom_series(series)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{series / 'img0.dcm'}: the pixel data cannot be read")
+
+
+def test_smaller_messages_name_the_file_or_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    from nnseg.atomic import atomic_path
+    from nnseg.checkpoint import Checkpoint, CheckpointError
+
+    target = tmp_path / "out" / "case.nii.gz"
+    with pytest.raises(OSError) as caught, atomic_path(target):
+        raise OSError(errno.ENOSPC, "No space left on device")  # what a full disk raises mid-write
+    assert caught.value.filename == str(target) and caught.value.errno == errno.ENOSPC
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint") as refused:
+        Checkpoint.load(text)
+    assert "pickled" not in str(refused.value)
+
+    code, output = run_cli(["train", "--work", tmp_path, "--time-budget", "-5m"], capsys)
+    assert code == 2 and "--time-budget: must be a duration" in output and "expected one argument" not in output

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from nnseg.atomic import atomic_path
-from nnseg.errors import ImageReadError, NnsegError, first_line
+from nnseg.errors import ImageReadError, NnsegError, one_line
 from nnseg.io.geometry import Geometry, Volume
 
 __all__ = [
@@ -113,7 +113,7 @@ def _read_headers(folder: Path) -> list[tuple[Path, Any]]:
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         except Exception as exc:  # pydicom raises many types for broken files
             raise DicomSeriesError(
-                f"{path}: not a readable DICOM file ({type(exc).__name__}: {first_line(exc)}); remove it from {folder}"
+                f"{path}: not a readable DICOM file ({type(exc).__name__}: {one_line(exc)}); remove it from {folder}"
             ) from None
         if "Rows" in ds and "Columns" in ds and "SeriesInstanceUID" in ds:
             headers.append((path, ds))
@@ -335,7 +335,7 @@ def read_dicom_series(
             pixels = pydicom.dcmread(item.path).pixel_array
         except Exception as exc:  # missing pixel data, unsupported compression, truncation
             raise DicomSeriesError(
-                f"{item.path}: the pixel data cannot be read ({type(exc).__name__}: {first_line(exc)})"
+                f"{item.path}: the pixel data cannot be read ({type(exc).__name__}: {one_line(exc)})"
             ) from None
         if pixels.shape != geometry.shape[1:]:
             raise DicomSeriesError(

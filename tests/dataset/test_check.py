@@ -14,8 +14,9 @@ import pytest
 from nnseg.cli import main
 from nnseg.dataset import check_dataset, load_dataset
 from nnseg.errors import DatasetError
+from nnseg.io import read_volume, write_volume
 from tests.dataset.test_spec import make_msd_copy
-from tests.helpers import tree_digest
+from tests.helpers import run_cli, tree_digest
 
 
 def _load(path: Path) -> nib.Nifti1Image:
@@ -301,3 +302,40 @@ def test_report_raises_for_later_stages(mr_dataset: Path) -> None:
     report = check_dataset(load_dataset(mr_dataset), show_progress=False)
     with pytest.raises(DatasetError, match="labelsTr/case_001.nii.gz"):
         report.raise_if_errors()
+
+
+def test_msd_paths_that_leave_the_dataset_are_refused(mr_dataset_template: Path, tmp_path: Path, capsys) -> None:
+    root = make_msd_copy(mr_dataset_template, tmp_path / "Task02_MR")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    raw = json.loads((root / "dataset.json").read_text())
+    first = raw["training"][0]
+    shutil.copy(root / first["image"], outside / "x.nii.gz")
+    raw["training"][0] = {"image": "../elsewhere/x.nii.gz", "label": first["label"]}
+    raw["training"][1]["label"] = str((root / raw["training"][1]["label"]).resolve())  # absolute
+    raw["test"] = ["../../etc/passwd"]
+    (root / "dataset.json").write_text(json.dumps(raw))
+    report = check_dataset(root, show_progress=False)
+    outside_problems = [p for p in report.errors if p.kind == "outside_dataset"]
+    assert [p.message.split(":")[0] for p in outside_problems] == ["training[0]", "training[1]", "test[0]"]
+    assert "lies outside the dataset folder" in outside_problems[0].message
+    code, output = run_cli(["check", root], capsys)
+    assert code == 2 and "../elsewhere/x.nii.gz" in output
+
+
+def test_a_case_labelled_all_ignore_is_warned_about(tmp_path: Path) -> None:
+    from nnseg.synth import SynthConfig, generate_dataset
+
+    root = generate_dataset(
+        tmp_path / "raw",
+        SynthConfig(num_cases=2, num_test=0, shape=(20, 24, 24), modality="MR", sparse=0.25, seed=3),
+        show_progress=False,
+    )
+    ignore = json.loads((root / "dataset.json").read_text())["labels"]["ignore"]
+    label = sorted((root / "labelsTr").glob("*.nii.gz"))[0]
+    volume = read_volume(label)
+    write_volume(label, np.full_like(volume.array, ignore), volume.geometry, is_label=True)
+    report = check_dataset(root, show_progress=False)
+    warned = [p for p in report.warnings if p.kind == "all_ignore"]
+    assert report.ok and len(warned) == 1 and warned[0].file == f"labelsTr/{label.name}"
+    assert f"every voxel is the ignore label ({ignore})" in warned[0].message

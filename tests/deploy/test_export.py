@@ -302,3 +302,22 @@ def test_export_folder_refuses_another_backend(
     code, output = run_cli(args, capsys)
     assert code == 2
     assert "is an onnx export, run by onnxruntime; leave --backend auto, or predict from the checkpoints" in output
+
+
+def test_an_export_removes_what_a_killed_export_left_and_waits_for_a_live_one(
+    trained_work: Path, tmp_path: Path, capsys
+) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f".out.{int(dead.stdout)}.tmp"  # the folder a kill -9 during export leaves behind
+    (left / "fold_0.onnx").parent.mkdir()
+    (left / "fold_0.onnx").write_bytes(b"half")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".out.lock").write_text(json.dumps({"pid": live.pid, "host": __import__("socket").gethostname()}))
+        code, output = run_cli(["export", "-m", trained_work, "--format", "onnx", "-o", tmp_path / "out"], capsys)
+        assert code == 2 and f"export folder {tmp_path / 'out'} is in use by process {live.pid}" in output
+    finally:
+        live.kill()
+        live.wait()
+    export_model(trained_work, tmp_path / "out", format="onnx", folds=[0])  # the dead holder's lock taken over
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
