@@ -124,8 +124,6 @@ def test_tracking_helpers_take_the_record(preprocessed_work: Path) -> None:
     assert parameters["recipe"]["name"] == "nnunet" and parameters["planned_epochs"] == 3
     assert parameters["trainer"]["train_cases"] == len(record.train_ids) and parameters["trainer"]["world_size"] == 1
     assert parameters["fingerprint"]["cases"] == 6 and "pretrained" not in parameters
-    with pytest.raises(TypeError, match="the recipe and the epochs are needed"):
-        run_parameters(record)
     recorder = _Recorder()
     record.fold_paths.root.mkdir(parents=True)
     log_finished_fold(record, recorder, 3, {"mean_dice": 0.5})  # type: ignore[arg-type]
