@@ -125,7 +125,7 @@ def test_tracking_helpers_take_the_record(preprocessed_work: Path) -> None:
     assert parameters["trainer"]["train_cases"] == len(record.train_ids) and parameters["trainer"]["world_size"] == 1
     assert parameters["fingerprint"]["cases"] == 6 and "pretrained" not in parameters
     recorder = _Recorder()
-    record.fold_paths.root.mkdir(parents=True)
+    record.fold_paths.root.mkdir(parents=True, exist_ok=True)  # the fold lock made it already
     log_finished_fold(record, recorder, 3, {"mean_dice": 0.5})  # type: ignore[arg-type]
     assert ("plans.json", None) in recorder.artifacts and (record.fold_paths.final.name, "model") in recorder.artifacts
     ((name, details),) = recorder.models
