@@ -21,6 +21,7 @@ from typing import Literal
 
 from nnseg.networks.plan_base import (
     NNUNET_BLOCKS,
+    RESENC_BLOCKS_PER_STAGE,
     BlockCounts,
     BlockRules,
     NetworkPlan,
@@ -421,6 +422,7 @@ __all__ = [
     "BlockCounts",
     "BlockRules",
     "NNUNET_BLOCKS",
+    "RESENC_BLOCKS_PER_STAGE",
     "DeepLabV3PlusPlan",
     "FCNPlan",
     "NETWORK_PLANS",

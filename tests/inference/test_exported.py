@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+import nnseg
 from nnseg.deploy.export import export_model
 from nnseg.digest import json_sha256
 from nnseg.inference import backends
 from nnseg.inference.exported import MANIFEST
 from nnseg.inference.predictor import Predictor
+from nnseg.io import read_volume
 from nnseg.networks import create
 from nnseg.workspace import FoldPaths
 from tests.deploy.test_export import raw_dataset
@@ -61,9 +63,18 @@ def _one_error_line(output: str, *fragments: str) -> None:
         assert fragment in errors[0], errors[0]
 
 
-def test_an_intact_export_predicts(pristine: dict[str, Path], trained_work: Path, tmp_path: Path, capsys) -> None:
-    code, output = _predict(_copy(pristine, "onnx", tmp_path), trained_work, tmp_path, capsys)
+def test_an_intact_export_predicts_from_the_cli_and_from_python_in_two_lines(
+    pristine: dict[str, Path], trained_work: Path, tmp_path: Path, capsys
+) -> None:
+    export = _copy(pristine, "onnx", tmp_path)
+    code, output = _predict(export, trained_work, tmp_path, capsys)
     assert code == 0, output
+    image = sorted((raw_dataset(trained_work) / "imagesTs").glob("*.nii.gz"))[0]
+
+    predictor = nnseg.open_model(export).predictor(device="cpu")
+    labels = predictor.predict(image)
+
+    assert np.array_equal(labels, read_volume(tmp_path / "out" / image.name).array)
 
 
 def test_a_replaced_fold_file_is_refused(pristine: dict[str, Path], trained_work: Path, tmp_path: Path, capsys) -> None:
