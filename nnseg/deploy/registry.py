@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from nnseg.digest import file_sha256, json_sha256
-from nnseg.errors import NnsegError, first_line
+from nnseg.errors import NnsegError
 from nnseg.inference.checkpoints import CheckpointSource, require_single_stage
 from nnseg.inference.exported import is_export
 from nnseg.inference.model import Model, open_model
 from nnseg.schema import to_jsonable, write_json_atomic
-from nnseg.tracking.registry import ARTIFACT_KEY, LOADER_MODULE, is_model_uri, registry_client, registry_uri
+from nnseg.tracking.registry import ARTIFACT_KEY, LOADER_MODULE, is_model_uri, register_logged_model, registry_uri
 from nnseg.version import __version__
 from nnseg.workspace import Workspace
 
@@ -134,30 +134,10 @@ def _stage(root: Path, model: Model) -> dict[str, Any]:
 def _log_and_register(
     tmp: Path, root: Path, manifest: dict[str, Any], uri: str, name: str, alias: str | None, experiment: str
 ) -> tuple[str, str]:
-    import mlflow
+    """Save ``root`` as a pyfunc model with nnseg's loader module and register it (:func:`register_logged_model`)."""
     import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
-    from mlflow.models import Model
 
-    from nnseg.tracking import MLflowTracker
-
-    client = registry_client(uri)
-    model_id = None
-    try:
-        experiment_id = MLflowTracker(uri, experiment).ensure_experiment()
-        logged = client.create_logged_model(
-            experiment_id,
-            name=name,
-            tags={"nnseg.version": manifest["nnseg_version"], "nnseg.dataset": manifest["dataset"]},
-            params={
-                "configuration": manifest["configuration"],
-                "folds": ",".join(manifest["folds"]),
-                "postprocessing": str(manifest["postprocessing"]),
-            },
-            model_type=MODEL_TYPE,
-        )
-        model_id = logged.model_id
-        local = tmp / "mlflow_model"
+    def save(local: Path, mlflow_model: Any) -> None:
         # no pickle: MLmodel names nnseg's loader module, which MLflow imports from the installed nnseg; the model
         # folder is plain data (checkpoints read by nnseg's safe loader after their hashes are checked)
         mlflow.pyfunc.save_model(
@@ -168,36 +148,24 @@ def _log_and_register(
             input_example=_input_example(),
             metadata={"nnseg": manifest},
             pip_requirements=_requirements(manifest["nnseg_version"]),
-            mlflow_model=Model(artifact_path=logged.artifact_location, model_uuid=model_id, model_id=model_id),
+            mlflow_model=mlflow_model,
         )
-        client.log_model_artifacts(model_id, str(local))
-        tags = {"nnseg.version": manifest["nnseg_version"], "nnseg.logged_model_id": model_id}
-        client.finalize_logged_model(model_id, "READY")
-        try:
-            client.create_registered_model(name, tags={"nnseg.dataset": manifest["dataset"]})
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        version = client.create_model_version(name, tags=tags, **_version_source(uri, logged))
-        if alias is not None:
-            client.set_registered_model_alias(name, alias, version.version)
-    except MlflowException as exc:
-        if model_id is not None:
-            _finalize_failed(client, model_id)
-        raise NnsegError(f"cannot register {name!r} at {uri}: {first_line(exc)}") from None
-    return name, str(version.version)
 
-
-def _version_source(uri: str, logged: Any) -> dict[str, Any]:
-    """Where a model version points: its logged model on a server; the logged model's storage location
-    otherwise, since MLflow's local registry stores look a ``models:/<id>`` source (and the ``model_id``
-    link) up through the process-wide tracking URI, which nnseg does not set (the tag
-    ``nnseg.logged_model_id`` names the logged model instead)."""
-    from nnseg.tracking.uri import is_http
-
-    if is_http(uri):
-        return {"source": f"models:/{logged.model_id}", "model_id": logged.model_id}
-    return {"source": logged.artifact_location}
+    return register_logged_model(
+        uri,
+        experiment,
+        name,
+        alias=alias,
+        model_type=MODEL_TYPE,
+        tags={"nnseg.version": manifest["nnseg_version"], "nnseg.dataset": manifest["dataset"]},
+        params={
+            "configuration": manifest["configuration"],
+            "folds": ",".join(manifest["folds"]),
+            "postprocessing": str(manifest["postprocessing"]),
+        },
+        save=save,
+        scratch=tmp,
+    )
 
 
 def _signature() -> Any:
@@ -234,16 +202,6 @@ def _requirements(nnseg_version: str) -> list[str]:
     import mlflow
 
     return [f"nnseg=={nnseg_version}", f"mlflow=={mlflow.__version__}"]
-
-
-def _finalize_failed(client: Any, model_id: str) -> None:
-    try:
-        client.finalize_logged_model(model_id, "FAILED")
-    except Exception:  # noqa: BLE001 - the original error is the one to report
-        pass
-
-
-# -- shared --------------------------------------------------------------------------------------------
 
 
 def check_name(value: str, what: str) -> None:

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,69 @@ def verify_model_folder(folder: Path, what: str) -> None:
 def cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "nnseg" / "registered"
+
+
+def register_logged_model(
+    uri: str,
+    experiment: str,
+    name: str,
+    *,
+    alias: str | None,
+    model_type: str,
+    tags: dict[str, str],
+    params: dict[str, str],
+    save: Callable[[Path, Any], None],
+    scratch: Path,
+) -> tuple[str, str]:
+    """Create an MLflow logged model in ``experiment``, fill it with what ``save(folder, mlflow_model)`` writes,
+    and register it as a new version of ``name`` (and ``alias``); ``(name, version)``. A failure marks the logged
+    model FAILED and is an NnsegError naming the store."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    from nnseg.tracking.mlflow_tracker import MLflowTracker
+
+    client = registry_client(uri)
+    model_id = None
+    try:
+        experiment_id = MLflowTracker(uri, experiment).ensure_experiment()
+        logged = client.create_logged_model(experiment_id, name=name, tags=tags, params=params, model_type=model_type)
+        model_id = logged.model_id
+        local = scratch / "mlflow_model"
+        save(local, Model(artifact_path=logged.artifact_location, model_uuid=model_id, model_id=model_id))
+        client.log_model_artifacts(model_id, str(local))
+        client.finalize_logged_model(model_id, "READY")
+        try:
+            client.create_registered_model(name, tags={k: v for k, v in tags.items() if k != "nnseg.version"})
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        version_tags = {"nnseg.version": tags.get("nnseg.version", ""), "nnseg.logged_model_id": model_id}
+        version = client.create_model_version(name, tags=version_tags, **_version_source(uri, logged))
+        if alias is not None:
+            client.set_registered_model_alias(name, alias, version.version)
+    except MlflowException as exc:
+        if model_id is not None:
+            _finalize_failed(client, model_id)
+        raise NnsegError(f"cannot register {name!r} at {uri}: {first_line(exc)}") from None
+    return name, str(version.version)
+
+
+def _version_source(uri: str, logged: Any) -> dict[str, Any]:
+    """Where a model version points: its logged model on a server; the logged model's storage location
+    otherwise, since MLflow's local registry stores look a ``models:/<id>`` source (and the ``model_id``
+    link) up through the process-wide tracking URI, which nnseg does not set (the tag
+    ``nnseg.logged_model_id`` names the logged model instead)."""
+    if is_http(uri):
+        return {"source": f"models:/{logged.model_id}", "model_id": logged.model_id}
+    return {"source": logged.artifact_location}
+
+
+def _finalize_failed(client: Any, model_id: str) -> None:
+    try:
+        client.finalize_logged_model(model_id, "FAILED")
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+        pass
+
+
+# -- shared --------------------------------------------------------------------------------------------
