@@ -5,7 +5,7 @@ The Python API mirrors the ``nnseg`` command line::
     import nnseg
     report = nnseg.check_dataset("Dataset001_Phantoms")
     result = nnseg.plan("Dataset001_Phantoms", "work")   # fingerprint.json + plans.json
-    labels = nnseg.Predictor.from_checkpoints("work/models/3d_fullres").predict("case_0000.nii.gz")
+    labels = nnseg.open_model("work").predictor().predict("case_0000.nii.gz")   # or an export, models:/NAME/1
 
 Every name loads on first use, so ``import nnseg`` and the CLI start fast.
 """
