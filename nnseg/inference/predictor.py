@@ -278,7 +278,7 @@ class Predictor:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Label map (and optionally probabilities) for ``images`` ``(c, k, j, i)`` in the input grid."""
         labels, full, _ = self._predict(images, geometry, case_id, return_probabilities, None)
-        return labels, full
+        return (labels if self.postprocess is None else self.postprocess(labels)), full
 
     def stage_segmentation(
         self, images: np.ndarray, geometry: Geometry, config: ConfigurationPlan, *, case_id: str = "case"
