@@ -59,7 +59,7 @@ def run_demo(
     )
     result = train(
         work,
-        TrainConfig(fold=0, epochs=epochs, iters_per_epoch=iters_per_epoch, val_iters=5, device=device),
+        TrainConfig(fold=0, epochs=epochs, iters_per_epoch=iters_per_epoch, device=device),
         show_progress=True,
     )
     if result.validation is not None:

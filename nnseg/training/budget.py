@@ -164,7 +164,7 @@ class TimeBudget:
             float(config.time_budget or 0),
             times,
             iters_per_epoch=config.iters_per_epoch,
-            val_iters=config.val_iters if record.val_ids else 0,
+            val_iters=config.validation_patches if record.val_ids else 0,
             validation_shapes=shapes,
             patch_size=config_plan.patch_size,
             mirrors=2**config_plan.dimensions,

@@ -1,8 +1,8 @@
 """``nnseg train``: one fold of one configuration, from the preprocessed cache to checkpoints and an MLflow run.
 
 The epoch loop: learning rate (poly) -> ``iters_per_epoch`` training steps on augmented
-patches -> ``val_iters`` validation patches (loss + pseudo-Dice, EMA) -> checkpoints
-(latest every epoch, best on the EMA pseudo-Dice) -> curves.png and metrics to MLflow.
+patches -> ``val_iters`` validation patches (loss + pseudo-Dice, EMA; by default one per 5 training iterations)
+-> checkpoints (latest every epoch, best on the EMA pseudo-Dice) -> curves.png and metrics to MLflow.
 At the end: ``checkpoint_final.pt`` and a sliding-window prediction of the fold's
 validation cases in their original geometry, scored per case and class.
 
@@ -297,7 +297,7 @@ class Trainer:
             border=[r - p for r, p in zip(region, config_plan.patch_size)],
         )
         val = None
-        if run.config.val_iters and run.val_ids:
+        if run.config.validation_patches and run.val_ids:
             val = PatchSampler(
                 run.data_dir,
                 run.val_ids,
@@ -374,11 +374,12 @@ class Trainer:
                 bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
         train_loss = float(dist.sum(torch.tensor(np.mean(losses))) / dist.world_size)
         entry: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss, "lr": lr}
+        entry["train_time_s"] = time.perf_counter() - epoch_start
         if val_loader is not None:
             self.model.eval()
             val_losses = []
             counts = torch.zeros(len(self.parts.trial_offsets), 3, len(self._class_names()), device=self.record.device)
-            for _ in range(self.record.config.val_iters):
+            for _ in range(self.record.config.validation_patches):
                 loss, batch_counts = self.val_step(next(val_loader))
                 val_losses.append(loss)
                 counts += batch_counts
@@ -398,6 +399,7 @@ class Trainer:
                 ema_pseudo_dice=self.ema,
             )
         entry["epoch_time_s"] = time.perf_counter() - epoch_start
+        entry["val_time_s"] = entry["epoch_time_s"] - entry["train_time_s"]
         self.history.append(entry)
         if dist.is_main:
             self._after_epoch(entry)
@@ -406,7 +408,7 @@ class Trainer:
     def _after_epoch(self, entry: dict[str, Any]) -> None:
         # metrics first, checkpoint last: a kill in between redoes this epoch and logs its step again,
         # whereas the other order could leave a checkpointed epoch whose metrics never reach MLflow
-        metrics = {"train_loss": entry["train_loss"], "lr": entry["lr"], "epoch_time_s": entry["epoch_time_s"]}
+        metrics = {key: entry[key] for key in ("train_loss", "lr", "epoch_time_s", "train_time_s", "val_time_s")}
         metrics["planned_epochs"] = float(self.planned_epochs)
         if "val_loss" in entry:
             metrics.update(
