@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 
+def _message_lines(exc: BaseException) -> list[str]:
+    """The non-empty lines of an exception's message, stripped; its type's name when there are none."""
+    return [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+
+
 def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message (libraries' messages run over many lines), or its
-    type's name."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+    """The first line of an exception's message (libraries' messages run over many lines)."""
+    return _message_lines(exc)[0]
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's whole message on one line (its lines joined), cut at ``limit`` characters."""
-    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip()) or type(exc).__name__
+    text = " ".join(_message_lines(exc))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -175,6 +175,12 @@ class Workspace:
         """Every configuration's trained models (``models/<configuration>/fold_<k>``)."""
         return self.root / "models"
 
+    def trained_configurations(self) -> list[str]:
+        """The configurations with a ``models/<configuration>`` folder, sorted."""
+        if not self.models_root.is_dir():
+            return []
+        return sorted(p.name for p in self.models_root.iterdir() if p.is_dir())
+
     def models(self, configuration: str) -> Path:
         return self.models_root / configuration
 

@@ -49,11 +49,10 @@ from nnseg.inference.exported import (
     export_runner,
     is_export,
 )
-from nnseg.inference.model import open_model
+from nnseg.inference.model import open_trained
 from nnseg.locks import FolderLock, lock_beside
 from nnseg.networks.registry import build_network
 from nnseg.schema import to_jsonable
-from nnseg.tracking.registry import is_model_uri
 from nnseg.version import __version__
 from nnseg.workspace import Workspace, fold_folder_name
 
@@ -109,9 +108,7 @@ def export_model(
     elif format == "openvino":
         backends.require("openvino", option)
     output = _check_output(Path(output))
-    if is_model_uri(model) or is_export(Path(model)):
-        raise NnsegError(f"-m {model}: export takes trained checkpoints (a work folder, models/<config>, a fold)")
-    opened = open_model(model, configuration, folds)
+    opened = open_trained(model, configuration, folds, command="export")
     files = [source.path for source in opened.checkpoints]
     checkpoints = [source.checkpoint for source in opened.checkpoints]
     first = checkpoints[0]

@@ -26,7 +26,6 @@ from nnseg.errors import NnsegError
 from nnseg.inference.model import Model, open_model
 from nnseg.inference.predictor import Predictor
 from nnseg.io import split_suffix
-from nnseg.tracking.registry import verify_model_folder
 
 #: column names of the pyfunc model's input and output tables
 IMAGE_COLUMN = "image"
@@ -36,10 +35,9 @@ STATUS_OK = "ok"
 
 
 def _load_pyfunc(data_path: str) -> NnsegPyfuncModel:
-    """MLflow's entry point (``loader_module``): the model folder at ``data_path``, checked, then opened."""
-    folder = Path(data_path)
-    verify_model_folder(folder, str(folder))
-    return NnsegPyfuncModel(open_model(folder))
+    """MLflow's entry point (``loader_module``): the model folder at ``data_path``, opened (and so checked against
+    its registration's hashes first, :func:`nnseg.inference.model.open_model`)."""
+    return NnsegPyfuncModel(open_model(Path(data_path)))
 
 
 class NnsegPyfuncModel:

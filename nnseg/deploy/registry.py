@@ -24,13 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nnseg.digest import file_sha256, json_sha256
+from nnseg.digest import CONTENT_KEY, content_sha256, file_sha256
 from nnseg.errors import NnsegError
 from nnseg.inference.checkpoints import CheckpointSource, require_single_stage
-from nnseg.inference.exported import is_export
-from nnseg.inference.model import Model, open_model
+from nnseg.inference.model import Model, open_trained
 from nnseg.schema import to_jsonable, write_json_atomic
-from nnseg.tracking.registry import ARTIFACT_KEY, LOADER_MODULE, is_model_uri, register_logged_model, registry_uri
+from nnseg.tracking.registry import ARTIFACT_KEY, LOADER_MODULE, register_logged_model, registry_uri
 from nnseg.version import __version__
 from nnseg.workspace import Workspace
 
@@ -68,9 +67,7 @@ def register_model(
     check_name(name, "model name")
     if alias is not None:
         check_name(alias, "alias")
-    if is_model_uri(model) or is_export(Path(model)):
-        raise NnsegError(f"-m {model}: register takes trained checkpoints (a work folder, models/<config>, a fold)")
-    opened = open_model(model, configuration, folds)
+    opened = open_trained(model, configuration, folds, command="register")
     _require_finished(opened.checkpoints)
     work = Workspace.containing(Path(model))
     uri = registry_uri(tracking_uri, work.root if work is not None else None)
@@ -126,7 +123,7 @@ def _stage(root: Path, model: Model) -> dict[str, Any]:
         "files_sha256": {p.relative_to(root).as_posix(): file_sha256(p) for p in files if p.is_file()},
         "trained_with": sorted({s.checkpoint.nnseg_version for s in model.checkpoints}),
     }
-    manifest["content_sha256"] = json_sha256(manifest)
+    manifest[CONTENT_KEY] = content_sha256(manifest)
     write_json_atomic(mini.registered_manifest, manifest)
     return manifest
 

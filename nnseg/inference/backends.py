@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from nnseg.atomic import atomic_path
-from nnseg.digest import file_sha256
+from nnseg.digest import file_sha256, mismatched_file
 from nnseg.errors import NnsegError
 from nnseg.inference.config import BACKENDS, CPU_BACKENDS
 
@@ -259,9 +259,10 @@ def cached_runner(
             _store(final, key, lambda path: save_openvino(model, path), (".bin", ".xml"))
         return OpenVinoRunner(model, precision=precision)
     final = None if cache_dir is None else cache_dir / f"onnx_{key}.onnx"
-    if final is not None and not _cached(final, key, (".onnx",)):
-        _store(final, key, lambda path: write_onnx(network, example, path), (".onnx",))
-    if final is not None and _cached(final, key, (".onnx",), warn=False):
+    if final is not None and (
+        _cached(final, key, (".onnx",))
+        or _store(final, key, lambda path: write_onnx(network, example, path), (".onnx",))
+    ):
         try:
             return OnnxRuntimeRunner(final)
         except Exception as exc:  # noqa: BLE001
@@ -271,19 +272,20 @@ def cached_runner(
         return OnnxRuntimeRunner(Path(scratch) / "model.onnx")
 
 
-def _cached(final: Path, key: str, suffixes: Sequence[str], *, warn: bool = True) -> bool:
+def _cached(final: Path, key: str, suffixes: Sequence[str]) -> bool:
     """Whether a complete, intact copy of ``final`` (and its siblings) is cached: its record names ``key`` and
     every file's SHA-256 matches. Files present that fail the check are reported (they are converted again)."""
-    files = [final.with_suffix(suffix) for suffix in suffixes]
+    names = {final.with_suffix(suffix).name for suffix in suffixes}
     record = final.with_suffix(".json")
-    if not any(path.exists() for path in [*files, record]):
+    if not any((final.parent / name).exists() for name in [*names, record.name]):
         return False
     try:
         data = json.loads(record.read_text())
-        intact = data["key"] == key and {p.name: file_sha256(p) for p in files} == data["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        files = data["files"]
+        intact = data["key"] == key and set(files) == names and mismatched_file(final.parent, files) is None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         intact = False
-    if not intact and warn:
+    if not intact:
         _rebuilt(final, f"its files do not match their record {record.name} (replaced, damaged or unfinished)")
     return intact
 
@@ -299,17 +301,17 @@ def _rebuilt(final: Path, why: str) -> None:
         path.unlink(missing_ok=True)
 
 
-def _store(final: Path, key: str, write: Any, suffixes: Sequence[str]) -> None:
+def _store(final: Path, key: str, write: Any, suffixes: Sequence[str]) -> bool:
     """Write ``final`` (and its siblings with ``suffixes``) in a temporary folder beside it, move them into
-    place, then write their record (key and SHA-256s). An unwritable cache folder is not an error: nothing is
-    cached."""
+    place, then write their record (key and SHA-256s); whether it is cached now. An unwritable cache folder is not
+    an error: nothing is cached."""
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         scratch = final.parent / f".{final.stem}.{os.getpid()}.tmp"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir()
     except OSError:
-        return
+        return False
     try:
         write(scratch / final.name)
         final.with_suffix(".json").unlink(missing_ok=True)  # no record while the files change
@@ -318,8 +320,9 @@ def _store(final: Path, key: str, write: Any, suffixes: Sequence[str]) -> None:
         files = {final.with_suffix(suffix).name: file_sha256(final.with_suffix(suffix)) for suffix in suffixes}
         with atomic_path(final.with_suffix(".json")) as tmp:
             tmp.write_text(json.dumps({"key": key, "files": files}))
+        return True
     except OSError:
-        pass
+        return False
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

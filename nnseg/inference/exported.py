@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from nnseg.digest import file_sha256, json_sha256
+from nnseg.digest import CONTENT_KEY, content_sha256, mismatched_file
 from nnseg.errors import NnsegError, first_line
 from nnseg.inference import backends
 from nnseg.inference.config import EXPORT_FORMATS, EXPORT_PRECISIONS, EXPORT_RUNTIMES
@@ -105,7 +105,7 @@ class Manifest:
     def save(self, folder: Path) -> Path:
         """Write ``manifest.json`` with the digest of its content."""
         data = asdict(self)
-        data["content_sha256"] = json_sha256({k: v for k, v in data.items() if k != "content_sha256"})
+        data[CONTENT_KEY] = content_sha256(data)
         return write_json_atomic(folder / MANIFEST, data)
 
     @classmethod
@@ -121,8 +121,7 @@ class Manifest:
                 f"{path}: manifest version {version!r}, this nnseg reads version {MANIFEST_VERSION} (with the "
                 f"hashes of every file); {fix}"
             )
-        recorded = data.get("content_sha256")
-        if recorded != json_sha256({k: v for k, v in data.items() if k != "content_sha256"}):
+        if data.get(CONTENT_KEY) != content_sha256(data):
             raise NnsegError(f"{path}: its content does not match its digest (edited or damaged); {fix}")
         try:
             manifest = load_dataclass(cls, data, "manifest")
@@ -180,18 +179,16 @@ def load_export(
 def verify_files(folder: Path, hashes: dict[str, str]) -> None:
     """Every file of ``hashes`` lies in ``folder`` (no link out of it) with its recorded SHA-256; NnsegError
     naming the first that does not."""
-    root = folder.resolve()
-    for name, recorded in hashes.items():
-        path = folder / name
-        if not path.is_file():
-            raise NnsegError(f"{path}: missing from the export; export the model again")
-        if path.resolve().parent != root:
-            raise NnsegError(f"{path}: points outside the export folder {folder}; export the model again")
-        if file_sha256(path) != recorded:
-            raise NnsegError(
-                f"{path}: does not match the SHA-256 recorded in {MANIFEST} (replaced or damaged); export the "
-                "model again"
-            )
+    found = mismatched_file(folder, hashes)
+    if found is None:
+        return
+    path, why = found
+    problem = {
+        "missing": "missing from the export",
+        "outside": f"points outside the export folder {folder}",
+        "changed": f"does not match the SHA-256 recorded in {MANIFEST} (replaced or damaged)",
+    }[why]
+    raise NnsegError(f"{path}: {problem}; export the model again")
 
 
 def export_runner(format: str, path: Path, precision: str, device: torch.device | None = None) -> backends.WindowRunner:

@@ -133,10 +133,12 @@ def open_model(
         NnsegError: nothing usable there; the message names the path or URI and what to give instead.
     """
     source = str(model)
-    if is_model_uri(model):
+    if is_model_uri(model):  # checked against its registration's hashes by the download
         root = download_model(source.strip(), tracking_uri, cache_dir=cache_dir)
         return _open_checkpoints(source, root, _registered_configuration(root, configuration), folds)
     path = Path(model)
+    if Workspace(path).registered_manifest.is_file():  # a registered model's folder, opened by its path
+        verify_model_folder(path, source)
     if path.is_dir() and is_export(path):
         manifest = Manifest.load(path)
         _require_own(configuration, manifest.configuration, path)
@@ -151,27 +153,34 @@ def open_model(
     return _open_checkpoints(source, path, configuration, folds)
 
 
+def open_trained(
+    model: str | os.PathLike, configuration: str | None, folds: Sequence[int | str] | None, *, command: str
+) -> Model:
+    """:func:`open_model` for what needs the trained checkpoints (``command``: export, register): a registered
+    model or an export folder is refused, naming what to give instead."""
+    if is_model_uri(model) or is_export(Path(model)):
+        raise NnsegError(f"-m {model}: {command} takes trained checkpoints (a work folder, models/<config>, a fold)")
+    return open_model(model, configuration, folds)
+
+
 def _open_checkpoints(source: str, path: Path, configuration: str | None, folds: Sequence[int | str] | None) -> Model:
-    """A work folder, ``models/<config>`` folder, fold folder or checkpoint file; a registered model's folder is
-    checked against the hashes recorded at registration first."""
-    if Workspace(path).registered_manifest.is_file():
-        verify_model_folder(path, source)
+    """A work folder, ``models/<config>`` folder, fold folder or checkpoint file."""
     chosen = configuration or _default_configuration(path)
     location, work = locate_model(path, chosen or DEFAULT_CONFIGURATION)
     checkpoints = load_checkpoints(find_checkpoints(location, folds))
     first = checkpoints[0].checkpoint
-    whole = work is not None and (work.root == path or work.models(path.name) == path)
-    if configuration is not None and not whole and first.configuration != configuration:
+    # the whole configuration of a work folder (-m WORK or WORK/models/<config>), whose find-best choice applies
+    whole = work.root if work is not None and (work.root == path or work.models(path.name) == path) else None
+    if configuration is not None and whole is None and first.configuration != configuration:
         raise NnsegError(f"-c {configuration}: {path} holds a {first.configuration} model; leave -c out")
-    postprocessing = chosen_postprocessing(work.root, first.configuration) if whole and work is not None else None
     return Model(
         source,
         path,
         first.configuration,
         first.plan,
         checkpoints=tuple(checkpoints),
-        postprocessing=postprocessing,
-        work=work.root if whole and work is not None else None,
+        postprocessing=None if whole is None else chosen_postprocessing(whole, first.configuration),
+        work=whole,
     )
 
 
@@ -181,7 +190,7 @@ def _default_configuration(path: Path) -> str | None:
     work = Workspace.containing(path)
     if work is None or work.root != path:
         return None
-    trained = sorted(p.name for p in work.models_root.glob("*") if p.is_dir()) if work.models_root.is_dir() else []
+    trained = work.trained_configurations()
     if DEFAULT_CONFIGURATION in trained or len(trained) != 1:
         return DEFAULT_CONFIGURATION
     return trained[0]
@@ -189,7 +198,7 @@ def _default_configuration(path: Path) -> str | None:
 
 def _registered_configuration(root: Path, configuration: str | None) -> str:
     """The one configuration a registered model's folder holds."""
-    folders = sorted(p.name for p in Workspace(root).models_root.glob("*") if p.is_dir())
+    folders = Workspace(root).trained_configurations()
     if len(folders) != 1:
         raise NnsegError(f"{root}: not an nnseg model folder (expected one models/<configuration> folder)")
     _require_own(configuration, folders[0], root)

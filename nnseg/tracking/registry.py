@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nnseg.digest import file_sha256, json_sha256
+from nnseg.digest import CONTENT_KEY, content_sha256, mismatched_file
 from nnseg.errors import NnsegError, first_line
 from nnseg.tracking.probe import probe_server
 from nnseg.tracking.uri import default_tracking_uri, is_http, sqlite_path
@@ -149,18 +149,10 @@ def intact(folder: Path) -> bool:
     plan, labels, postprocessing) lies inside the folder with its recorded SHA-256."""
     try:
         data = json.loads(Workspace(folder).registered_manifest.read_text())
-        if "content_sha256" in data and data["content_sha256"] != json_sha256(
-            {k: v for k, v in data.items() if k != "content_sha256"}
-        ):
+        if CONTENT_KEY in data and data[CONTENT_KEY] != content_sha256(data):  # registered before 0.2: none
             return False
         hashes = {**data["checkpoints_sha256"], **data.get("files_sha256", {})}
-        root = folder.resolve()
-        inside = all(root in (folder / rel).resolve().parents for rel in hashes)
-        return (
-            bool(data["checkpoints_sha256"])
-            and inside
-            and all(file_sha256(folder / rel) == digest for rel, digest in hashes.items())
-        )
+        return bool(data["checkpoints_sha256"]) and mismatched_file(folder, hashes) is None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 

@@ -14,7 +14,7 @@ import torch
 
 import nnseg
 from nnseg.deploy.export import export_model
-from nnseg.digest import json_sha256
+from nnseg.digest import CONTENT_KEY, content_sha256
 from nnseg.inference import backends
 from nnseg.inference.exported import MANIFEST
 from nnseg.inference.predictor import Predictor
@@ -47,7 +47,7 @@ def _edit_manifest(export: Path, change, *, keep_digest: bool = False) -> None:
     data = json.loads(path.read_text())
     change(data)
     if not keep_digest:
-        data["content_sha256"] = json_sha256({k: v for k, v in data.items() if k != "content_sha256"})
+        data[CONTENT_KEY] = content_sha256(data)
     path.write_text(json.dumps(data))
 
 
