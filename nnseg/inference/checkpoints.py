@@ -12,14 +12,17 @@ from nnseg.errors import NnsegError
 from nnseg.workspace import FoldPaths, Workspace, fold_folder_name, fold_folders
 
 #: what ``-m`` may name besides a work folder
-MODEL_KINDS = "a models/<config> folder, a fold_<k> folder or a checkpoint file"
+MODEL_KINDS = (
+    "a models/<config> folder, a fold_<k> folder, a checkpoint file, an export folder or a registered model "
+    "(models:/NAME/VERSION)"
+)
 
 
-def locate_model(model: Path, configuration: str, *, kinds: str = MODEL_KINDS) -> tuple[Path, Workspace | None]:
+def locate_model(model: Path, configuration: str) -> tuple[Path, Workspace | None]:
     """Where ``-m`` points: a work folder's ``models/<configuration>``, else ``model`` itself; and the work folder
     it lies in (None outside one). A missing path or an untrained configuration raises NnsegError."""
     if not model.exists():
-        raise NnsegError(f"-m {model}: not found; give a work folder (holding plans.json and models/), {kinds}")
+        raise NnsegError(f"-m {model}: not found; give a work folder (holding plans.json and models/), {MODEL_KINDS}")
     work = Workspace.containing(model)
     if work is not None and work.root == model:
         location = work.models(configuration)
